@@ -1,0 +1,168 @@
+"""The Python API: load a model once, generate many times.
+
+    from specdraft import LLM
+    llm = LLM("smollm2-135m")              # a zoo name or a local HF-format directory
+    r = llm.generate("Write a haiku about the sea.", max_new_tokens=64)
+    print(r.text, r.tokens_per_s)
+    for piece in llm.stream("Tell me a joke."):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from . import zoo
+from .engine import GenerationStats, generate_ids
+from .errors import SpecdraftError
+from .runtime.loader import load_decoder
+from .runtime.sampling import SamplingParams
+from .text import Detokenizer, Messages, Tokenizer
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SpecdraftError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SpecdraftError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecdraftError(f"device {device!r} requested but no CUDA device is available: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SpecdraftError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        raise SpecdraftError(f"unsupported dtype {dtype}: use {' or '.join(DTYPES)}")
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise SpecdraftError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}") from None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # generated ids only (an EOS that ended generation included)
+    prompt_tokens: int
+    stats: GenerationStats
+    model: str
+    drafter: str
+    dtype: str
+
+    @property
+    def new_tokens(self) -> int:
+        return self.stats.new_tokens
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.stats.tokens_per_s
+
+    def to_json(self) -> dict:
+        s = self.stats
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "new_tokens": s.new_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "target_forwards": s.target_forwards,
+            "tau": s.tau,
+            "acceptance_rate": s.acceptance_rate,
+            "tokens_per_s": s.tokens_per_s,
+            "wall_s": s.wall_s,
+            "time_split_s": {"prefill": s.prefill_s, "draft": s.draft_s, "verify": s.verify_s, "other": s.other_s},
+            "stop_reason": s.stop_reason,
+            "model": self.model,
+            "drafter": self.drafter,
+            "dtype": self.dtype,
+        }
+
+
+class LLM:
+    """A loaded target model with its tokenizer."""
+
+    def __init__(self, model: str = zoo.DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None,
+                 device: str | None = None, progress: bool = True):
+        self.device = resolve_device(device)
+        # bf16 is about 2x faster than fp32 on CPUs with bf16 units and the norm on GPUs.
+        self.dtype = resolve_dtype(dtype or "bfloat16")
+        self.path: Path = zoo.resolve(model, progress=progress)
+        self.name = model if model in zoo.ZOO else str(self.path)
+        self.tokenizer = Tokenizer(self.path)
+        self.model = load_decoder(self.path, self.dtype, self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def generate(
+        self,
+        prompt: str | Messages | list[int],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        chat: bool = True,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Generate a completion. A list of ints is taken as already-encoded prompt ids."""
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
+            ids = list(prompt)
+        else:
+            ids = self.tokenizer.encode_prompt(prompt, chat=chat)
+        detok = Detokenizer(self.tokenizer) if on_text is not None else None
+
+        def on_tokens(new: list[int]) -> None:
+            piece = detok.push(new)
+            if piece:
+                on_text(piece)
+
+        out, stats = generate_ids(
+            self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
+            on_tokens=on_tokens if detok else None, should_stop=should_stop,
+        )
+        return GenerationResult(
+            text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
+            model=self.name, drafter="plain", dtype=self.dtype_name,
+        )
+
+    def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:
+        """Yield text pieces as they are committed (generation runs in a worker thread)."""
+        q: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def work():
+            try:
+                self.generate(prompt, on_text=q.put, should_stop=stop.is_set, **kwargs)
+                q.put(done)
+            except BaseException as e:  # re-raised in the consumer
+                q.put(e)
+
+        threading.Thread(target=work, daemon=True).start()
+        try:
+            while (item := q.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()

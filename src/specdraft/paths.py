@@ -1,0 +1,52 @@
+"""Where specdraft keeps its cache, and the write-to-temp-then-rename discipline."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def home() -> Path:
+    """The cache root: `$SPECDRAFT_HOME`, default `~/.cache/specdraft`."""
+    env = os.environ.get("SPECDRAFT_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "specdraft"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; rename it to `final` only if the block succeeds.
+
+    On any exception the temporary directory is removed, so an interrupted write never leaves a
+    half-written `final` behind.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside `final`; rename it to `final` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.chmod(name, 0o644)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(name, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise

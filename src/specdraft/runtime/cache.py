@@ -1,0 +1,64 @@
+"""A preallocated KV cache that changes length only through explicit calls.
+
+Batch size is 1 by design (speculative decoding is a batch-1 latency technique; the server queues
+requests). Slots [0, length) hold the committed prefix. A forward writes its N new tokens at
+slots [start, start + N) with start >= length (default: start = length) and attends to every slot
+before them, but never changes `length`: the caller commits, truncates or compacts afterwards.
+Rolling back a rejected draft is therefore free -- the next forward simply overwrites it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SpecdraftError
+from .config import ModelConfig
+
+
+class KVCache:
+    def __init__(self, cfg: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (cfg.num_layers, cfg.num_kv_heads, capacity, cfg.head_dim)  # [L, H_kv, T, D]
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.length = 0
+
+    def room(self) -> int:
+        """Slots still free after the committed prefix."""
+        return self.capacity - self.length
+
+    def check_fits(self, start: int, n: int) -> None:
+        if start < self.length or start + n > self.capacity:
+            raise SpecdraftError(
+                f"KV cache overflow: writing {n} tokens at slot {start} (committed {self.length}, "
+                f"capacity {self.capacity})"
+            )
+
+    def commit(self, n: int) -> None:
+        """Accept the n tokens written right after the committed prefix."""
+        if n < 0 or self.length + n > self.capacity:
+            raise ValueError(f"cannot commit {n} tokens at length {self.length} / {self.capacity}")
+        self.length += n
+
+    def truncate(self, length: int) -> None:
+        """Forget everything from slot `length` on."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate to {length} (length {self.length})")
+        self.length = length
+
+    def compact(self, offsets: torch.Tensor | list[int]) -> None:
+        """Move the accepted nodes of a verified tree into contiguous slots and commit them.
+
+        offsets: [n] slot offsets relative to `length` of the accepted path, in path order
+        (strictly increasing, since a node is always written after its parent).
+        """
+        offsets = torch.as_tensor(offsets, dtype=torch.long, device=self.k.device)
+        n = offsets.numel()
+        if n == 0:
+            return
+        src = offsets + self.length
+        dst = torch.arange(self.length, self.length + n, device=self.k.device)
+        if not torch.equal(src, dst):  # a chain needs no copy
+            self.k[:, :, dst] = self.k[:, :, src]
+            self.v[:, :, dst] = self.v[:, :, src]
+        self.commit(n)

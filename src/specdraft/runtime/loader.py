@@ -1,0 +1,64 @@
+"""Build a `Decoder` from an HF-format directory (config.json + *.safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import SpecdraftError
+from .config import ModelConfig
+from .model import Decoder, rope_inv_freq
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise SpecdraftError(f"{path} has no *.safetensors weights")
+    state = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise SpecdraftError(f"cannot read weights {f}: {e}") from None
+    return state
+
+
+def hf_to_ours(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename HF tensors to ours, fusing q/k/v and gate/up into single matmuls."""
+    def take(name: str) -> torch.Tensor:
+        try:
+            return state[name]
+        except KeyError:
+            raise SpecdraftError(f"checkpoint is missing tensor {name}") from None
+
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = take("lm_head.weight")
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        out[f"layers.{i}.attn_norm"] = take(p + "input_layernorm.weight")
+        out[f"layers.{i}.mlp_norm"] = take(p + "post_attention_layernorm.weight")
+        out[f"layers.{i}.qkv.weight"] = torch.cat([take(a + f"{x}_proj.weight") for x in "qkv"])
+        if cfg.attention_bias:
+            out[f"layers.{i}.qkv.bias"] = torch.cat([take(a + f"{x}_proj.bias") for x in "qkv"])
+        out[f"layers.{i}.o.weight"] = take(a + "o_proj.weight")
+        m = p + "mlp."
+        out[f"layers.{i}.gate_up.weight"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
+        out[f"layers.{i}.down.weight"] = take(m + "down_proj.weight")
+    return out
+
+
+def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:
+    path = Path(path)
+    cfg = ModelConfig.from_dir(path)
+    state = hf_to_ours(_read_state(path), cfg)
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True, strict=True)
+    model.inv_freq = rope_inv_freq(cfg)  # buffers built on "meta" hold no values
+    return model.to(device).eval().requires_grad_(False)

