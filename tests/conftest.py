@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random-weight models (seconds) and the real SmolLM2-135M (integration)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+def _save_tiny(path, family: str, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "qwen2":
+        cfg = Qwen2Config(**TINY, rope_theta=1e6, tie_word_embeddings=False, eos_token_id=3)
+        model = Qwen2ForCausalLM(cfg)
+    else:
+        cfg = LlamaConfig(**TINY, rope_theta=1e5, tie_word_embeddings=True, eos_token_id=3)
+        model = LlamaForCausalLM(cfg)
+    # Random init is nearly uniform; a larger scale gives peaked, realistic next-token distributions.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session", params=["qwen2", "llama"])
+def tiny_dir(request, tmp_path_factory):
+    """A random-weight model in HF format: Qwen2-style (q/k/v bias, untied) or Llama-style (tied)."""
+    return _save_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("tiny-qwen2-only"), "qwen2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M, pulled into $SPECDRAFT_HOME once per machine."""
+    from specdraft import zoo
+
+    return zoo.resolve("smollm2-135m", progress=False)

@@ -1,0 +1,38 @@
+"""Bad input at the CLI: one line saying what to do, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from specdraft.cli import main
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["generate", ""], "empty"),
+    (["generate", "   "], "empty"),
+    (["generate", "hi", "--max-new-tokens", "0"], "positive"),
+    (["generate", "hi", "--max-new-tokens", "-4"], "positive"),
+    (["generate", "hi", "--dtype", "float8"], "dtype"),
+    (["generate", "hi", "--device", "tpu"], "device"),
+    (["generate", "hi", "--device", "cuda:7"], "cuda"),
+    (["generate", "hi", "--temperature", "-1"], "temperature"),
+    (["generate", "hi", "--top-p", "0"], "top_p"),
+    (["generate", "hi", "--model", "gpt-17"], "unknown model"),
+    (["generate", "hi", "--model", "gemma3-270m"], "not supported"),
+    (["models", "pull", "gpt-17"], "unknown model"),
+    (["models", "path", "gpt-17"], "unknown model"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = [sys.executable, "-m", "specdraft", "generate", "hi", "--dtype", "nope"]
+    r = subprocess.run(exe, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "dtype" in r.stderr

