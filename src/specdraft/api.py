@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import zoo
+from .drafters import Drafter, build_drafter
 from .engine import GenerationStats, generate_ids
 from .errors import SpecdraftError
 from .runtime.loader import load_decoder
@@ -89,6 +90,7 @@ class GenerationResult:
             "stop_reason": s.stop_reason,
             "model": self.model,
             "drafter": self.drafter,
+            "drafter_info": s.extra,
             "dtype": self.dtype,
         }
 
@@ -96,8 +98,8 @@ class GenerationResult:
 class LLM:
     """A loaded target model with its tokenizer."""
 
-    def __init__(self, model: str = zoo.DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None,
-                 device: str | None = None, progress: bool = True):
+    def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
+                 dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True):
         self.device = resolve_device(device)
         # bf16 is about 2x faster than fp32 on CPUs with bf16 units and the norm on GPUs.
         self.dtype = resolve_dtype(dtype or "bfloat16")
@@ -105,6 +107,17 @@ class LLM:
         self.name = model if model in zoo.ZOO else str(self.path)
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
+        self._drafters: dict[str, Drafter | None] = {}
+        self.default_drafter = drafter
+        self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
+
+    def drafter(self, spec: str | Drafter | None) -> Drafter | None:
+        """The drafter for a spec (built once and kept), a Drafter as is, or None for plain."""
+        if spec is None or isinstance(spec, Drafter):
+            return spec
+        if spec not in self._drafters:
+            self._drafters[spec] = build_drafter(spec, self)
+        return self._drafters[spec]
 
     @property
     def dtype_name(self) -> str:
@@ -120,10 +133,17 @@ class LLM:
         top_k: int = 0,
         seed: int | None = None,
         chat: bool = True,
+        drafter: str | Drafter | None = "default",
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        """Generate a completion. A list of ints is taken as already-encoded prompt ids."""
+        """Generate a completion. A list of ints is taken as already-encoded prompt ids.
+
+        drafter: a spec ("plain", "lookup", "draft-model:NAME"), a Drafter, or "default" for the
+        one this LLM was loaded with.
+        """
+        spec = self.default_drafter if drafter == "default" else drafter
+        d = self.drafter(spec)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
             ids = list(prompt)
@@ -138,11 +158,11 @@ class LLM:
 
         out, stats = generate_ids(
             self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
-            on_tokens=on_tokens if detok else None, should_stop=should_stop,
+            drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop,
         )
         return GenerationResult(
             text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
-            model=self.name, drafter="plain", dtype=self.dtype_name,
+            model=self.name, drafter=d.name if d is not None else "plain", dtype=self.dtype_name,
         )
 
     def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:

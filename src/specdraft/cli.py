@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a completion (streams text, then a one-line summary)")
     g.add_argument("prompt", nargs="?", help="the prompt (read from stdin when absent)")
     g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name or local HF-format directory (default: %(default)s)")
+    g.add_argument("--drafter", default="plain", help="plain (default), lookup[:N] or draft-model:NAME")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
@@ -92,7 +93,7 @@ def cmd_generate(a) -> int:
 
     SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
 
-    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
     kwargs = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                   top_k=a.top_k, seed=a.seed, chat=not a.no_chat)
     if a.json:
@@ -101,7 +102,7 @@ def cmd_generate(a) -> int:
         return 0
     r = llm.generate(prompt, on_text=lambda s: print(s, end="", flush=True), **kwargs)
     s = r.stats
-    tau = f", tau {s.tau:.2f}" if s.acceptance_rate is not None else ""
+    tau = f", tau {s.tau:.2f}, acceptance {s.acceptance_rate:.2f}" if s.acceptance_rate is not None else ""
     print(f"\n[{s.new_tokens} new tokens in {s.wall_s:.2f} s, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
           f"{r.drafter}, {r.dtype}, stop: {s.stop_reason}]", file=sys.stderr)
     return 0

@@ -1,8 +1,8 @@
-"""The decode loop over token ids (it knows nothing about text).
+"""The propose / verify loop over token ids (it knows nothing about text).
 
-Plain decoding for now: prefill, then one target forward per token. Every forward is counted
-(the prefill too, since it yields the first token), so tau = new tokens / target forwards is 1.0
-for plain decoding, and the same arithmetic holds once a drafter proposes several tokens a step.
+Every target forward is counted, the prefill too (it yields the first token), so
+tau = new tokens / target forwards is 1.0 for plain decoding and, with a drafter, the mean number
+of tokens committed per target forward (accepted drafted tokens + 1).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import torch
 
 from .errors import SpecdraftError
 from .runtime.model import Decoder
+from .drafters.base import Drafter, Needs, StepContext
 from .runtime.sampling import SamplingParams, next_token
+from .verify.tree import Draft, accepted_slots, depths, verify_mask
+from .verify.verify import verify
 
 
 @dataclass
@@ -75,36 +78,49 @@ def generate_ids(
     max_new_tokens: int,
     params: SamplingParams = SamplingParams(),
     eos_ids: frozenset[int] = frozenset(),
+    drafter: Drafter | None = None,
     on_tokens: Callable[[list[int]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to max_new_tokens ids after prompt_ids; returns (new ids, stats).
 
-    on_tokens is called with each batch of newly committed ids (for streaming); should_stop is
-    polled between steps (a disconnected client, a Ctrl-C) and ends generation early.
+    Without a drafter this is plain decoding. With one, every step is: propose a token tree under
+    the last committed token, run the target once over [that token] + tree (tree mask, per-node
+    positions), verify, then compact the accepted path into contiguous cache slots and commit.
+    on_tokens is called with each batch of newly committed ids (streaming); should_stop is polled
+    between steps (a disconnected client) and ends generation early.
     """
-    ctx = model.cfg.max_position_embeddings
-    max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, ctx)
+    ctx_window = model.cfg.max_position_embeddings
+    max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, ctx_window)
     device = model.device
+    needs = drafter.needs if drafter is not None else Needs()
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     gen = None if params.greedy else params.generator(device)
     t0 = time.perf_counter()
 
+    # Capacity: the prompt, every new token, and room for one draft beyond the last one.
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
     prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
-    logits = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_at=slice(-1, None)).logits
+    fwd = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_at=slice(-1, None),
+                final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
     cache.commit(len(prompt_ids))
     stats.target_forwards += 1
-    out: list[int] = []
-    tok = next_token(logits, params, gen)
+    tok = int(next_token(fwd.logits, params, gen)[0])
+    out: list[int] = [tok]
+    ids = list(prompt_ids) + out
+    step = StepContext(ids=ids, budget=0, capacity=cache.capacity, params=params, generator=gen,
+                       hidden=None if fwd.final_hidden is None else fwd.final_hidden[-1])
     _sync(device)
     stats.prefill_s = time.perf_counter() - t0
+    if drafter is not None:
+        td = time.perf_counter()
+        drafter.start(prompt_ids, step)
+        stats.draft_s += time.perf_counter() - td
+    if on_tokens is not None:
+        on_tokens([tok])
+
     while True:
-        t = int(tok)
-        out.append(t)
-        if on_tokens is not None:
-            on_tokens([t])
-        if t in eos_ids:
+        if tok in eos_ids:
             stats.stop_reason = "eos"
             break
         if len(out) >= max_new_tokens:
@@ -113,14 +129,47 @@ def generate_ids(
         if should_stop is not None and should_stop():
             stats.stop_reason = "cancelled"
             break
+        # The root (last committed token) takes one slot; the tree may use the rest, but never
+        # more than the tokens still wanted (an accepted path longer than that is wasted work).
+        step.budget = max(0, min(cache.capacity - cache.length - 1, max_new_tokens - len(out) - 1))
+        draft = Draft.empty()
+        if drafter is not None and step.budget > 0:
+            td = time.perf_counter()
+            draft = drafter.propose(step).truncated(step.budget)
+            stats.draft_s += time.perf_counter() - td
         tv = time.perf_counter()
-        pos = torch.tensor([cache.length], device=device)
-        logits = model(tok.view(1), pos, cache).logits
-        cache.commit(1)
+        n = len(draft)
+        tokens = torch.tensor([tok] + draft.tokens, dtype=torch.long, device=device)
+        positions = torch.tensor([0] + depths(draft.parents), device=device) + cache.length
+        fwd = model(tokens, positions, cache, tree_mask=None if draft.is_chain else verify_mask(draft.parents),
+                    final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
         stats.target_forwards += 1
-        tok = next_token(logits, params, gen)
+        verdict = verify(draft, fwd.logits, params, gen)
+        cache.compact(accepted_slots(verdict.path))
         stats.verify_s += time.perf_counter() - tv
+        stats.drafted += n
+        stats.accepted += len(verdict.path)
+
+        new = verdict.tokens[: max_new_tokens - len(out)]
+        for i, t in enumerate(new):  # plain decoding would have stopped at an EOS
+            if t in eos_ids:
+                new = new[: i + 1]
+                break
+        tok = new[-1]
+        out.extend(new)
+        ids.extend(new)
+        if fwd.final_hidden is not None:
+            row = 1 + verdict.path[-1] if verdict.path else 0  # whose logits produced the last token
+            step.hidden = fwd.final_hidden[row]
+        if drafter is not None:
+            td = time.perf_counter()
+            drafter.observe(draft, verdict)
+            stats.draft_s += time.perf_counter() - td
+        if on_tokens is not None:
+            on_tokens(new)
     _sync(device)
     stats.new_tokens = len(out)
     stats.wall_s = time.perf_counter() - t0
+    if drafter is not None:
+        stats.extra.update(drafter.describe())
     return out, stats

@@ -1,0 +1,51 @@
+"""Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import SpecdraftError
+from .base import Drafter, Needs, StepContext
+
+if TYPE_CHECKING:
+    from ..api import LLM
+
+SPECS = "plain, lookup[:N], draft-model:NAME"
+
+
+def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
+    """The drafter a spec names, for the target loaded in `llm`; None for plain decoding."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("", "plain") and not arg:
+        return None
+    if kind == "lookup":
+        from .lookup import LookupDrafter
+
+        if arg and not arg.isdigit():
+            raise SpecdraftError(f"lookup takes a number of draft tokens (lookup:10), got {spec!r}")
+        return LookupDrafter(num_tokens=int(arg) if arg else 10, **options)
+    if kind == "draft-model":
+        if not arg:
+            raise SpecdraftError("draft-model needs a model: draft-model:NAME (a zoo name or a directory)")
+        return _draft_model(arg, llm, **options)
+    raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
+
+
+def _draft_model(name: str, llm: "LLM", **options) -> Drafter:
+    from .. import zoo
+    from ..runtime.loader import load_decoder
+    from ..text import Tokenizer
+    from .draft_model import DraftModelDrafter
+
+    path = zoo.resolve(name)
+    tok = Tokenizer(path)
+    if tok.hf.get_vocab() != llm.tokenizer.hf.get_vocab():
+        raise SpecdraftError(
+            f"draft model {name} has a different tokenizer than the target {llm.name}: "
+            "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
+        )
+    model = load_decoder(path, llm.dtype, llm.device)
+    return DraftModelDrafter(model, name, target_vocab=llm.model.cfg.vocab_size, **options)
+
+
+__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "SPECS"]

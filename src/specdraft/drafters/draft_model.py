@@ -1,0 +1,107 @@
+"""A smaller model with the same tokenizer drafts for the target (classic speculative decoding).
+
+The draft model keeps its own KV cache in step with the committed text: each step it first reads
+the committed tokens it has not seen (usually the last bonus token), then drafts autoregressively
+into uncommitted slots. After verification the slots of accepted drafted tokens are committed,
+the rest are simply overwritten next time. Optionally the top alternatives of each step are added
+as leaf siblings (a tree the target checks in the same forward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..runtime.model import Decoder
+from ..runtime.sampling import target_probs
+from ..verify.tree import Draft
+from ..verify.verify import Verdict
+from .base import Drafter, StepContext
+
+
+class DraftModelDrafter(Drafter):
+    def __init__(self, model: Decoder, name: str, *, length: int = 4, max_length: int = 12,
+                 tree_width: int = 1, confidence: float = 0.3, target_vocab: int | None = None):
+        self.model = model
+        self.name = f"draft-model:{name}"
+        self.initial_length = length
+        self.max_length = max_length
+        self.tree_width = max(1, tree_width)
+        self.confidence = confidence  # stop drafting once the draft's own top-1 probability is below this
+        self.target_vocab = target_vocab or model.cfg.vocab_size
+        self.cache = None
+        self.length = length
+        self.main: list[int] = []  # node indices of the drafted main chain, in order
+        self.fed = 0  # main-chain tokens whose KV sits uncommitted in our cache
+
+    def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
+        self.cache = self.model.new_cache(ctx.capacity)
+        self.length = self.initial_length
+
+    def _fit_vocab(self, x: torch.Tensor) -> torch.Tensor:
+        # Same tokenizer, but embedding tables may be padded to different sizes.
+        V = self.target_vocab
+        if x.shape[-1] == V:
+            return x
+        if x.shape[-1] > V:
+            return x[..., :V]
+        return torch.nn.functional.pad(x, (0, V - x.shape[-1]), value=float("-inf"))
+
+    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+        dev = self.model.device
+        t = torch.tensor(tokens, dtype=torch.long, device=dev)
+        pos = torch.arange(start, start + len(tokens), device=dev)
+        return self._fit_vocab(self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None)).logits)
+
+    def propose(self, ctx: StepContext) -> Draft:
+        cache = self.cache
+        feed = ctx.ids[cache.length:]  # committed tokens we have not read yet (at least the root)
+        logits = self._forward(feed, cache.length)
+        cache.commit(len(feed))
+        budget = ctx.budget
+        tokens: list[int] = []
+        parents: list[int] = []
+        qrows: list[torch.Tensor] = []
+        self.main, self.fed = [], 0
+        parent = -1
+        for step in range(min(self.length, budget)):
+            if ctx.params.greedy:
+                probs = logits.float().softmax(-1)[0]
+                width = min(self.tree_width, budget - len(tokens))
+                picks = torch.topk(probs, width).indices.tolist()
+                conf = probs[picks[0]].item()
+            else:
+                probs = target_probs(logits.float(), ctx.params)[0]
+                width = min(self.tree_width, budget - len(tokens), int((probs > 0).sum()))
+                picks = torch.multinomial(probs, width, replacement=False, generator=ctx.generator).tolist()
+                conf = probs.max().item()
+            main = len(tokens)
+            for tok in picks:  # main pick first, so the verifier tries it first
+                tokens.append(tok)
+                parents.append(parent)
+                if not ctx.params.greedy:
+                    qrows.append(probs)
+            self.main.append(main)
+            parent = main
+            if conf < self.confidence or len(tokens) >= budget or step + 1 >= self.length:
+                break
+            logits = self._forward([picks[0]], cache.length + self.fed)
+            self.fed += 1
+        q = torch.stack(qrows) if qrows else None
+        return Draft(tokens, parents, q)
+
+    def observe(self, draft: Draft, verdict: Verdict) -> None:
+        # Accepted main-chain tokens already have their KV in our cache: keep them.
+        keep = 0
+        for node, main in zip(verdict.path, self.main):
+            if node != main:
+                break
+            keep += 1
+        self.cache.commit(min(keep, self.fed))
+        # Adapt the draft length (the heuristic transformers' assisted generation uses).
+        if len(verdict.path) >= len(self.main):
+            self.length = min(self.length + 2, self.max_length)
+        else:
+            self.length = max(1, self.length - 1)
+
+    def describe(self) -> dict:
+        return {"draft_length": self.length, "tree_width": self.tree_width}

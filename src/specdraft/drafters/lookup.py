@@ -1,0 +1,46 @@
+"""Prompt lookup: draft by copying what followed the latest earlier occurrence of the current n-gram.
+
+Training-free and nearly free to run; strong where the answer repeats the input (summaries,
+code edits, extraction), weak on free-form chat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..verify.tree import Draft
+from .base import Drafter, StepContext
+
+
+def ngram_lookup(ids: list[int] | np.ndarray, max_ngram: int = 3, min_ngram: int = 1, num_tokens: int = 10) -> list[int]:
+    """Tokens that followed the most recent earlier occurrence of the longest matching suffix n-gram.
+
+    Tries n = max_ngram down to min_ngram: the suffix ids[-n:] is searched in ids[:-1] (most
+    recent match first); the up-to-num_tokens tokens after the match are the draft. [] if no match.
+    """
+    a = np.asarray(ids, dtype=np.int64)
+    L = len(a)
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        if n <= 0:
+            break
+        windows = np.lib.stride_tricks.sliding_window_view(a[:-1], n)  # [L-n, n]: starts 0 .. L-n-1
+        hits = np.flatnonzero((windows == a[L - n:]).all(axis=1))
+        for start in hits[::-1]:  # most recent first; it must leave a continuation
+            follow = a[start + n: start + n + num_tokens]
+            if len(follow):
+                return follow.tolist()
+    return []
+
+
+class LookupDrafter(Drafter):
+    name = "lookup"
+
+    def __init__(self, max_ngram: int = 3, num_tokens: int = 10):
+        self.max_ngram = max_ngram
+        self.num_tokens = num_tokens
+
+    def propose(self, ctx: StepContext) -> Draft:
+        return Draft.chain(ngram_lookup(ctx.ids, self.max_ngram, 1, min(self.num_tokens, ctx.budget)))
+
+    def describe(self) -> dict:
+        return {"max_ngram": self.max_ngram, "num_tokens": self.num_tokens}
