@@ -52,3 +52,34 @@ def smollm2_dir():
     from specdraft import zoo
 
     return zoo.resolve("smollm2-135m", progress=False)
+
+
+def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float = 0.25, family: str = "qwen2"):
+    """A random-weight Decoder built directly (no HF round trip), float32, on the CPU."""
+    from specdraft.runtime.config import ModelConfig
+    from specdraft.runtime.model import Decoder
+
+    cfg = ModelConfig(family=family, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=layers,
+                      num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=1e4,
+                      max_position_embeddings=256, tie_word_embeddings=False, attention_bias=family == "qwen2")
+    torch.manual_seed(seed)
+    model = Decoder(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, scale)
+            elif "bias" in name:
+                p.normal_(0, 0.1)
+    return model.eval().requires_grad_(False)
+
+
+def perturbed(model, noise: float, seed: int):
+    """A copy of `model` with Gaussian noise on its weights: a draft model that agrees often, not always."""
+    import copy
+
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * noise)
+    return m

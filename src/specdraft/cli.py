@@ -78,6 +78,7 @@ def cmd_models(a) -> int:
 
 def cmd_generate(a) -> int:
     from .api import LLM, resolve_device, resolve_dtype
+    from .drafters import check_spec
 
     prompt = a.prompt
     if prompt is None:
@@ -89,6 +90,7 @@ def cmd_generate(a) -> int:
     # Validate cheap arguments before the (slow) model load.
     resolve_dtype(a.dtype)
     resolve_device(a.device)
+    check_spec(a.drafter)
     from .runtime.sampling import SamplingParams
 
     SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)

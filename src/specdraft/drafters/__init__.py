@@ -13,22 +13,33 @@ if TYPE_CHECKING:
 SPECS = "plain, lookup[:N], draft-model:NAME"
 
 
+KINDS = ("plain", "lookup", "draft-model")
+
+
+def check_spec(spec: str) -> None:
+    """Cheap syntax check of a drafter spec (before any model is loaded)."""
+    kind, _, arg = spec.partition(":")
+    if kind not in KINDS:
+        raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
+    if kind == "plain" and arg:
+        raise SpecdraftError(f"plain takes no argument, got {spec!r}")
+    if kind == "lookup" and arg and not arg.isdigit():
+        raise SpecdraftError(f"lookup takes a number of draft tokens (lookup:10), got {spec!r}")
+    if kind == "draft-model" and not arg:
+        raise SpecdraftError("draft-model needs a model: draft-model:NAME (a zoo name or a directory)")
+
+
 def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     """The drafter a spec names, for the target loaded in `llm`; None for plain decoding."""
+    check_spec(spec)
     kind, _, arg = spec.partition(":")
-    if kind in ("", "plain") and not arg:
+    if kind == "plain":
         return None
     if kind == "lookup":
         from .lookup import LookupDrafter
 
-        if arg and not arg.isdigit():
-            raise SpecdraftError(f"lookup takes a number of draft tokens (lookup:10), got {spec!r}")
         return LookupDrafter(num_tokens=int(arg) if arg else 10, **options)
-    if kind == "draft-model":
-        if not arg:
-            raise SpecdraftError("draft-model needs a model: draft-model:NAME (a zoo name or a directory)")
-        return _draft_model(arg, llm, **options)
-    raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
+    return _draft_model(arg, llm, **options)
 
 
 def _draft_model(name: str, llm: "LLM", **options) -> Drafter:
@@ -48,4 +59,4 @@ def _draft_model(name: str, llm: "LLM", **options) -> Drafter:
     return DraftModelDrafter(model, name, target_vocab=llm.model.cfg.vocab_size, **options)
 
 
-__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "SPECS"]
+__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "SPECS"]

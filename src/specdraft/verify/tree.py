@@ -47,6 +47,24 @@ class Draft:
     def is_chain(self) -> bool:
         return all(p == i - 1 for i, p in enumerate(self.parents))
 
+    @classmethod
+    def from_sequences(cls, seqs: list[list[int]]) -> "Draft":
+        """Deduplicate candidate continuations into a prefix tree (nodes in first-seen order, so
+        earlier candidates' branches are tried first)."""
+        tokens: list[int] = []
+        parents: list[int] = []
+        index: dict[tuple[int, int], int] = {}  # (parent, token) -> node
+        for seq in seqs:
+            parent = -1
+            for t in seq:
+                node = index.get((parent, t))
+                if node is None:
+                    node = index[(parent, t)] = len(tokens)
+                    tokens.append(t)
+                    parents.append(parent)
+                parent = node
+        return cls(tokens, parents)
+
     def truncated(self, n: int) -> "Draft":
         """The first n nodes (still a tree, by topological order)."""
         if n >= len(self):

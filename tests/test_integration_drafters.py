@@ -1,0 +1,66 @@
+"""Drafters on the real models, fp32 greedy: output identical to plain decoding (chat, code, math)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from specdraft import LLM, SpecdraftError
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = {
+    "chat": "Rewrite in the passive voice: the committee approved the new budget after a long debate.",
+    "code": "Write a Python function that checks whether a number is prime, then show how to call it.",
+    "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May?",
+}
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir):
+    return LLM(str(smollm2_dir), dtype="float32", progress=False)
+
+
+@pytest.mark.parametrize("domain", sorted(PROMPTS))
+def test_lookup_equals_plain_on_smollm2(smol, domain):
+    plain = smol.generate(PROMPTS[domain], max_new_tokens=64)
+    spec = smol.generate(PROMPTS[domain], max_new_tokens=64, drafter="lookup")
+    assert spec.token_ids == plain.token_ids
+    assert spec.stats.target_forwards <= plain.stats.target_forwards
+
+
+def test_unknown_drafter_and_tokenizer_mismatch(smol):
+    with pytest.raises(SpecdraftError, match="unknown drafter"):
+        smol.generate("hi", drafter="medusa-9000")
+    with pytest.raises(SpecdraftError, match="different tokenizer"):
+        smol.drafter("draft-model:qwen2.5-coder-0.5b")
+
+
+def test_cli_json_reports_tau_and_acceptance(smollm2_dir):
+    r = subprocess.run([sys.executable, "-m", "specdraft", "generate", PROMPTS["chat"], "--model", str(smollm2_dir),
+                        "--drafter", "lookup", "--json", "--max-new-tokens", "32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["drafter"] == "lookup" and d["acceptance_rate"] is not None
+    assert d["tau"] == pytest.approx(d["new_tokens"] / d["target_forwards"])
+
+
+def test_cli_bad_drafter_spec_fails_before_loading():
+    r = subprocess.run([sys.executable, "-m", "specdraft", "generate", "hi", "--drafter", "draft-model"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "draft-model needs a model" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return LLM("qwen2.5-coder-1.5b", dtype="float32", drafter="draft-model:qwen2.5-coder-0.5b", progress=False)
+
+
+@pytest.mark.parametrize("domain", sorted(PROMPTS))
+def test_draft_model_equals_plain_on_qwen_pair(qwen, domain):
+    plain = qwen.generate(PROMPTS[domain], max_new_tokens=32, drafter="plain")
+    spec = qwen.generate(PROMPTS[domain], max_new_tokens=32)
+    assert spec.token_ids == plain.token_ids
+    assert spec.drafter == "draft-model:qwen2.5-coder-0.5b" and spec.stats.accepted > 0

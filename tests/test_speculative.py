@@ -1,0 +1,172 @@
+"""The engine with drafters on tiny random models: lossless for greedy (every drafter, every
+kind of draft) and for sampling (distribution of short sequences vs exact enumeration)."""
+
+import itertools
+import random
+
+import pytest
+import torch
+from conftest import perturbed, tiny_decoder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+
+from specdraft.drafters.base import Drafter, StepContext
+from specdraft.drafters.draft_model import DraftModelDrafter
+from specdraft.drafters.lookup import LookupDrafter
+from specdraft.engine import generate_ids
+from specdraft.runtime.sampling import SamplingParams, target_probs
+from specdraft.verify import Draft
+
+
+class ScriptedDrafter(Drafter):
+    """Knows the plain greedy continuation and proposes drafts of a chosen kind around it."""
+
+    name = "scripted"
+
+    def __init__(self, full: list[int], mode: str, seed: int, vocab: int):
+        self.full, self.mode, self.rng, self.vocab = full, mode, random.Random(seed), vocab
+
+    def propose(self, ctx: StepContext) -> Draft:
+        truth = self.full[len(ctx.ids):len(ctx.ids) + 8]
+        wrong = [(t + 1 + self.rng.randrange(self.vocab - 1)) % self.vocab for t in truth]
+        if self.mode == "right":
+            return Draft.chain(truth)
+        if self.mode == "wrong":
+            return Draft.chain(wrong)
+        if self.mode == "empty":
+            return Draft.empty()
+        if self.mode == "huge":  # far more than the cache holds: the engine must clamp
+            return Draft.chain([self.rng.randrange(self.vocab) for _ in range(1000)])
+        # "tree": candidates sharing prefixes of the truth, then diverging at random
+        seqs = []
+        for _ in range(self.rng.randint(1, 5)):
+            k = self.rng.randint(0, len(truth))
+            seqs.append(truth[:k] + [self.rng.randrange(self.vocab) for _ in range(self.rng.randint(0, 3))])
+        self.rng.shuffle(seqs)
+        return Draft.from_sequences(seqs)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_decoder(vocab=97, seed=0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(["right", "wrong", "empty", "tree", "huge"]),
+       n_prompt=st.integers(1, 12), max_new=st.integers(1, 24))
+def test_greedy_is_lossless_for_any_draft(target, seed, mode, n_prompt, max_new):
+    prompt = random.Random(seed).choices(range(97), k=n_prompt)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=max_new)
+    d = ScriptedDrafter(prompt + ref, mode, seed, 97)
+    out, stats = generate_ids(target, prompt, max_new_tokens=max_new, drafter=d)
+    assert out == ref
+    assert stats.new_tokens == len(ref) and stats.target_forwards <= len(ref)
+    if mode == "right" and max_new > 2:
+        assert stats.target_forwards < len(ref)  # correct drafts are accepted
+    if mode in ("wrong", "empty"):
+        assert stats.accepted == 0 and stats.target_forwards == len(ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_eos_inside_an_accepted_draft_stops_there(target, seed):
+    prompt = [seed + 1, 7, 9]
+    ref, _ = generate_ids(target, prompt, max_new_tokens=20)
+    eos = ref[5]
+    ref_eos, _ = generate_ids(target, prompt, max_new_tokens=20, eos_ids=frozenset({eos}))
+    d = ScriptedDrafter(prompt + ref, "right", seed, 97)
+    out, stats = generate_ids(target, prompt, max_new_tokens=20, eos_ids=frozenset({eos}), drafter=d)
+    assert out == ref_eos and stats.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("tree_width", [1, 3])
+@pytest.mark.parametrize("seed", range(6))
+def test_draft_model_greedy_lossless(target, seed, tree_width):
+    draft = perturbed(target, 0.05, seed)
+    prompt = random.Random(seed).choices(range(97), k=6)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=30)
+    d = DraftModelDrafter(draft, "tiny", tree_width=tree_width)
+    out, stats = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
+    assert out == ref
+    assert stats.accepted > 0  # a close draft model does get tokens accepted
+    # and it can be reused for the next generation
+    out2, _ = generate_ids(target, prompt[:3], max_new_tokens=10, drafter=d)
+    assert out2 == generate_ids(target, prompt[:3], max_new_tokens=10)[0]
+
+
+def test_lookup_greedy_lossless_on_repetitive_text(target):
+    prompt = [5, 6, 7, 8, 9] * 4
+    ref, _ = generate_ids(target, prompt, max_new_tokens=40)
+    out, stats = generate_ids(target, prompt, max_new_tokens=40, drafter=LookupDrafter())
+    assert out == ref and stats.drafted > 0
+
+
+def test_seeded_speculative_sampling_is_reproducible(target):
+    p = SamplingParams(temperature=0.9, top_p=0.95, seed=3)
+    d = DraftModelDrafter(perturbed(target, 0.05, 0), "tiny", tree_width=2)
+    a, _ = generate_ids(target, [1, 2, 3], max_new_tokens=25, params=p, drafter=d)
+    b, _ = generate_ids(target, [1, 2, 3], max_new_tokens=25, params=p, drafter=d)
+    assert a == b
+
+
+# --- sampling: distribution of the first three tokens vs exact enumeration -----------------------
+
+V, T, N = 5, 3, 3000
+PROMPT = [1, 3, 0, 2, 1, 3]
+
+
+@torch.inference_mode()
+def exact_distribution(model, params):
+    """P(x1 x2 x3 | PROMPT) under plain sampling, for every one of V^3 sequences."""
+    def dist(prefix):
+        ids = torch.tensor(PROMPT + list(prefix))
+        logits = model(ids, torch.arange(len(ids)), model.new_cache(len(ids)), logits_at=slice(-1, None)).logits
+        return target_probs(logits, params)[0]
+
+    probs = {}
+    for seq in itertools.product(range(V), repeat=T):
+        p = 1.0
+        for i in range(T):
+            p *= dist(seq[:i])[seq[i]].item()
+        probs[seq] = p
+    return probs
+
+
+@pytest.fixture(scope="module")
+def small():
+    return tiny_decoder(vocab=V, seed=3, scale=0.5)
+
+
+def _drafter(kind, small):
+    if kind == "chain-q":
+        return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, confidence=0.0)
+    if kind == "tree-q":
+        return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0)
+    if kind == "tree-onehot":
+        return ScriptedDrafter([0] * 100, "tree", 0, V)  # random trees with shared prefixes
+    return LookupDrafter(num_tokens=3)
+
+
+@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-onehot", "lookup"])
+def test_sampling_distribution_matches_plain(small, kind):
+    params = SamplingParams(temperature=1.0, top_k=4)
+    exact = exact_distribution(small, params)
+    d = _drafter(kind, small)
+    g_seed = SamplingParams(temperature=1.0, top_k=4, seed=1234)
+    counts = dict.fromkeys(exact, 0)
+    gen = g_seed.generator()
+    drafted = 0
+    for i in range(N):
+        p = SamplingParams(temperature=1.0, top_k=4, seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+        out, stats = generate_ids(small, PROMPT, max_new_tokens=T, params=p, drafter=d)
+        counts[tuple(out)] += 1
+        drafted += stats.drafted
+    assert drafted > 0
+    seqs = sorted(exact, key=exact.get, reverse=True)
+    big = [s for s in seqs if exact[s] * N >= 5]
+    rest = [s for s in seqs if exact[s] * N < 5]
+    obs = [counts[s] for s in big] + [sum(counts[s] for s in rest)]
+    exp = [exact[s] * N for s in big] + [sum(exact[s] for s in rest) * N]
+    total = sum(exp)
+    exp = [e * N / total for e in exp]
+    assert chisquare(obs, exp).pvalue > 1e-3
