@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
+# The best drafter available for the default model (see docs/BENCHMARKS.md).
+DRAFTER ?= lookup
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 
-.PHONY: install run test test-fast bench-plain clean
+.PHONY: install run test test-fast bench-plain bench-spec clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(VENV)/bin/specdraft models pull $(MODEL)
-	$(VENV)/bin/specdraft generate --model $(MODEL) "$(PROMPT)"
+	$(VENV)/bin/specdraft generate --model $(MODEL) --drafter $(DRAFTER) "$(PROMPT)"
 
 test: install
 	$(PY) -m pytest -q
@@ -27,6 +29,9 @@ test-fast: install
 
 bench-plain: install
 	$(PY) benchmarks/plain.py --model $(MODEL)
+
+bench-spec: install
+	$(PY) benchmarks/speculative.py --model $(MODEL) --methods plain,$(DRAFTER)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarking: run methods side by side on the same questions and summarize tau / speedup."""

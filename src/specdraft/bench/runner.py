@@ -1,0 +1,73 @@
+"""Run several methods on the same questions, interleaved per question so machine drift hits all
+alike, after a warm-up; multi-turn questions run as conversations (turn 1's answer is in the
+context of turn 2, each method continuing its own conversation)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..api import LLM
+from .metrics import TurnRecord
+from .questions import Question
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    token_ids: tuple[int, ...]
+    text: str
+    wall_s: float
+    target_forwards: int
+    drafted: int = 0
+    accepted: int = 0
+
+
+class Method(Protocol):
+    name: str
+
+    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult: ...
+
+
+class SpecdraftMethod:
+    """Our engine with one drafter spec (plain decoding for "plain"), greedy."""
+
+    def __init__(self, llm: LLM, spec: str):
+        self.llm, self.name = llm, spec
+        llm.drafter(spec)  # build (and load any draft model) before timing starts
+
+    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
+        r = self.llm.generate(messages, max_new_tokens=max_new_tokens, drafter=self.name)
+        s = r.stats
+        return TurnResult(tuple(r.token_ids), r.text, s.wall_s, s.target_forwards, s.drafted, s.accepted)
+
+
+def run_methods(methods: list[Method], questions: list[Question], *, max_new_tokens: int, repeats: int = 1,
+                warmup: bool = True, progress: bool = True) -> list[TurnRecord]:
+    from tqdm.auto import tqdm
+
+    if warmup:
+        for m in methods:
+            m.generate([{"role": "user", "content": questions[0].turns[0]}], min(16, max_new_tokens))
+    records: list[TurnRecord] = []
+    counters = {m.name: [0, 0] for m in methods}  # new tokens, forwards: for the running tau
+    bar = tqdm(total=len(questions) * len(methods) * repeats, desc="bench", unit="run", disable=not progress,
+               file=sys.stderr)
+    with bar:
+        for q in questions:
+            for rep in range(repeats):
+                for m in methods:
+                    messages: list[dict] = []
+                    for turn, text in enumerate(q.turns):
+                        messages.append({"role": "user", "content": text})
+                        r = m.generate(messages, max_new_tokens)
+                        messages.append({"role": "assistant", "content": r.text})
+                        records.append(TurnRecord(m.name, q.question_id, q.category, turn, rep, len(r.token_ids),
+                                                  r.wall_s, r.target_forwards, r.drafted, r.accepted, r.token_ids,
+                                                  r.text))
+                        c = counters[m.name]
+                        c[0] += len(r.token_ids)
+                        c[1] += r.target_forwards
+                    bar.update(1)
+                    bar.set_postfix_str(" ".join(f"{k}:tau={v[0] / v[1]:.2f}" for k, v in counters.items() if v[1]))
+    return records
