@@ -83,3 +83,43 @@ def perturbed(model, noise: float, seed: int):
         for p in m.parameters():
             p.add_(torch.randn(p.shape, generator=g) * noise)
     return m
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory):
+    """A tiny random Llama-style model with a real (tiny, trained here) BPE tokenizer and a chat
+    template: what `LLM(...)`, the CLI and the bench need, in seconds and without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llm")
+    text = [
+        "def add(a, b): return a + b", "The quick brown fox jumps over the lazy dog.",
+        "Natalia sold 48 clips in April and half as many in May.", "Translate into English: Guten Morgen",
+        "Summarize the following text in a few sentences.", "What is the capital of France? Paris.",
+    ] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                     unk_token="<|endoftext|>")
+    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.save_pretrained(str(path))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{**TINY, "vocab_size": len(hf_tok)}, tie_word_embeddings=True,
+                      eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"))
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(str(path))
+    return path

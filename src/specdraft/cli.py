@@ -48,6 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
 
+    b = sub.add_parser("bench", help="run methods side by side on a question suite; write tables, answers, plot")
+    b.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    b.add_argument("--methods", default="plain,lookup",
+                   help="comma list of drafter specs and peers (hf-plain, hf-assisted:NAME, hf-lookup[:N], "
+                        "hf-early-exit[:L], llamacpp-plain, llamacpp-lookup[:N]); plain is always included")
+    b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
+    b.add_argument("--per-category", type=_positive_int, default=None, help="first K questions of each category")
+    b.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    b.add_argument("--dtype", default="bfloat16")
+    b.add_argument("--device", default=None)
+    b.add_argument("--repeats", type=_positive_int, default=1)
+    b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
+
+    d = sub.add_parser("data", help="benchmark questions and per-domain prompt pools")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    db = dsub.add_parser("build", help="build questions.jsonl and pool/DOMAIN.jsonl from the real data sets")
+    db.add_argument("--out", default=None, help="default: $SPECDRAFT_HOME/data")
+    db.add_argument("--per-domain", type=_positive_int, default=80, help="benchmark questions per domain")
+    db.add_argument("--pool-size", type=_positive_int, default=1000, help="pool prompts per domain")
+    db.add_argument("--seed", type=int, default=0)
+
     m = sub.add_parser("models", help="the offline model zoo")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     msub.add_parser("list", help="list zoo models, installed or not")
@@ -110,11 +131,62 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_data(a) -> int:
+    from pathlib import Path
+
+    from .data.build import build
+
+    out = build(Path(a.out) if a.out else None, per_domain=a.per_domain, pool_size=a.pool_size, seed=a.seed)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for dom, n in manifest["domains"].items():
+        print(f"{dom:<14} bench {n['bench']:>4}  pool {n['pool']:>5}")
+    print(out)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import datetime
+    import shlex
+    from pathlib import Path
+
+    from .api import LLM, resolve_device, resolve_dtype
+    from .bench.metrics import summarize
+    from .bench.peers import is_peer, make_peer
+    from .bench.questions import per_category, read_questions
+    from .bench.report import markdown_table, write_all
+    from .bench.runner import SpecdraftMethod, run_methods
+    from .data.build import default_questions
+    from .drafters import check_spec
+
+    resolve_dtype(a.dtype)
+    resolve_device(a.device)
+    specs = list(dict.fromkeys(["plain", *[s.strip() for s in a.methods.split(",") if s.strip()]]))
+    for s in specs:
+        if not is_peer(s):
+            check_spec(s)
+    questions = per_category(read_questions(a.questions or default_questions()), a.per_category)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    hf_cache: dict = {}
+    methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
+    records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
+    summary = {"model": llm.name, "dtype": llm.dtype_name, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+               "date": datetime.date.today().isoformat(), "methods": summarize(records)}
+    out = Path(a.out)
+    write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    print(markdown_table(summary))
+    print(f"\nwritten: {out}/summary.json, report.md, speedup.png, answers/", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == "models":
             return cmd_models(a)
+        if a.command == "data":
+            return cmd_data(a)
+        if a.command == "bench":
+            return cmd_bench(a)
         return cmd_generate(a)
     except SpecdraftError as e:
         print(f"specdraft: error: {e}", file=sys.stderr)

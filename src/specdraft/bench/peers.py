@@ -1,0 +1,110 @@
+"""Peers measured in the same run: transformers' own `generate` (plain, assistant model, prompt
+lookup, early-exit self-speculation) and llama.cpp (plain and prompt-lookup speculation).
+
+Specs: hf-plain, hf-assisted:NAME, hf-lookup[:N], hf-early-exit[:LAYER], llamacpp-plain,
+llamacpp-lookup[:N]. Target forwards are counted by a hook on the target's last decoder layer,
+which draft passes (an assistant model, or early exit) never reach.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..api import LLM
+from ..errors import SpecdraftError
+from .runner import TurnResult
+
+PEER_KINDS = ("hf-plain", "hf-assisted", "hf-lookup", "hf-early-exit", "llamacpp-plain", "llamacpp-lookup")
+
+
+def is_peer(spec: str) -> bool:
+    return spec.partition(":")[0] in PEER_KINDS
+
+
+class HFMethod:
+    def __init__(self, llm: LLM, spec: str, hf_cache: dict):
+        from transformers import AutoModelForCausalLM
+
+        from .. import zoo
+
+        self.name, self.llm = spec, llm
+        kind, _, arg = spec.partition(":")
+        if "target" not in hf_cache:
+            hf_cache["target"] = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=llm.dtype).eval()
+        self.model = hf_cache["target"]
+        self.kwargs: dict = {}
+        if kind == "hf-assisted":
+            if not arg:
+                raise SpecdraftError("hf-assisted needs a model: hf-assisted:NAME")
+            key = f"assistant:{arg}"
+            if key not in hf_cache:
+                hf_cache[key] = AutoModelForCausalLM.from_pretrained(str(zoo.resolve(arg)), dtype=llm.dtype).eval()
+            self.kwargs["assistant_model"] = hf_cache[key]
+        elif kind == "hf-lookup":
+            self.kwargs["prompt_lookup_num_tokens"] = int(arg or 10)
+        elif kind == "hf-early-exit":
+            self.kwargs["assistant_early_exit"] = int(arg or max(1, llm.model.cfg.num_layers // 4))
+        self.forwards = 0
+        last = self.model.model.layers[-1]
+        last.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.forwards += 1
+
+    @torch.inference_mode()
+    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
+        ids = self.llm.tokenizer.encode_prompt(messages)
+        x = torch.tensor([ids], device=self.model.device)
+        eos = sorted(self.llm.tokenizer.eos_ids)
+        self.forwards = 0
+        t = time.perf_counter()
+        y = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=eos, pad_token_id=eos[0], **self.kwargs)
+        dt = time.perf_counter() - t
+        new = y[0, len(ids):].tolist()
+        return TurnResult(tuple(new), self.llm.tokenizer.decode(new), dt, self.forwards)
+
+
+class LlamaCppMethod:
+    """llama-cpp-python on the model's original GGUF file (its own quantized kernels)."""
+
+    def __init__(self, llm: LLM, spec: str, cache: dict):
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+        except ImportError:
+            raise SpecdraftError("llama.cpp peers need llama-cpp-python: pip install llama-cpp-python") from None
+        import json
+
+        from .. import paths
+
+        self.name, self.llm = spec, llm
+        marker = llm.path / "specdraft.json"
+        if not marker.is_file():
+            raise SpecdraftError("llama.cpp peers need a zoo model (its GGUF file)")
+        gguf = paths.home() / "gguf" / json.loads(marker.read_text())["gguf"]
+        kind, _, arg = spec.partition(":")
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None
+        self.model = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), draft_model=draft,
+                           verbose=False)
+
+    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
+        ids = self.llm.tokenizer.encode_prompt(messages)
+        eos = self.llm.tokenizer.eos_ids
+        out: list[int] = []
+        self.model.reset()
+        t = time.perf_counter()
+        for tok in self.model.generate(ids, temp=0.0, top_k=1, reset=True):
+            out.append(int(tok))
+            if tok in eos or len(out) >= max_new_tokens:
+                break
+        dt = time.perf_counter() - t
+        return TurnResult(tuple(out), self.llm.tokenizer.decode(out), dt, len(out))  # forwards not exposed
+
+
+def make_peer(llm: LLM, spec: str, cache: dict):
+    if spec.startswith("llamacpp-"):
+        return LlamaCppMethod(llm, spec, cache)
+    return HFMethod(llm, spec, cache)

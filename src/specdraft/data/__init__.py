@@ -1,0 +1,1 @@
+"""Benchmark questions and per-domain prompt pools built from real, offline-installable data."""
