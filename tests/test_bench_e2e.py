@@ -34,3 +34,26 @@ def test_bench_end_to_end(tiny_llm_dir, tmp_path, capsys):
     assert (out / "speedup.png").stat().st_size > 1000
     assert "| lookup | math |" in (out / "report.md").read_text()
     assert "| plain | **overall** |" in capsys.readouterr().out
+
+
+def test_a_failing_method_is_dropped_and_reported():
+    from specdraft.bench.questions import Question
+    from specdraft.bench.runner import TurnResult, run_methods
+
+    class Fake:
+        def __init__(self, name, fail_on=None):
+            self.name, self.fail_on, self.calls = name, fail_on, 0
+
+        def generate(self, messages, max_new_tokens):
+            self.calls += 1
+            if messages[-1]["content"] == self.fail_on:
+                raise RuntimeError("boom")
+            return TurnResult((1, 2), "ab", 0.1, 2)
+
+    qs = [Question(str(i), "c", (f"q{i}",)) for i in range(4)]
+    ok, bad = Fake("plain"), Fake("broken", fail_on="q2")
+    failures = {}
+    records = run_methods([ok, bad], qs, max_new_tokens=4, warmup=False, progress=False, failures=failures)
+    assert {r.method for r in records} == {"plain"} and len(records) == 4
+    assert "question 2" in failures["broken"] and "boom" in failures["broken"]
+    assert bad.calls == 3  # not called again after failing

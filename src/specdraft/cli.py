@@ -168,9 +168,10 @@ def cmd_bench(a) -> int:
     llm = LLM(a.model, dtype=a.dtype, device=a.device)
     hf_cache: dict = {}
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
-    records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
+    failures: dict[str, str] = {}
+    records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, failures=failures)
     summary = {"model": llm.name, "dtype": llm.dtype_name, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
-               "date": datetime.date.today().isoformat(), "methods": summarize(records)}
+               "date": datetime.date.today().isoformat(), "methods": summarize(records), "failures": failures}
     out = Path(a.out)
     write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     print(markdown_table(summary))

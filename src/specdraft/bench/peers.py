@@ -87,8 +87,8 @@ class LlamaCppMethod:
         gguf = paths.home() / "gguf" / json.loads(marker.read_text())["gguf"]
         kind, _, arg = spec.partition(":")
         draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None
-        self.model = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), draft_model=draft,
-                           verbose=False)
+        self.model = Llama(model_path=str(gguf), n_ctx=min(8192, llm.model.cfg.max_position_embeddings),
+                           n_threads=torch.get_num_threads(), draft_model=draft, verbose=False)
 
     def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
@@ -101,7 +101,8 @@ class LlamaCppMethod:
             if tok in eos or len(out) >= max_new_tokens:
                 break
         dt = time.perf_counter() - t
-        return TurnResult(tuple(out), self.llm.tokenizer.decode(out), dt, len(out))  # forwards not exposed
+        # llama-cpp-python does not expose its forward count: 0 makes tau "unknown" in the summary.
+        return TurnResult(tuple(out), self.llm.tokenizer.decode(out), dt, 0)
 
 
 def make_peer(llm: LLM, spec: str, cache: dict):

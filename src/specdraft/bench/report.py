@@ -87,4 +87,6 @@ def write_all(summary: dict, records: list[TurnRecord], out: Path, command: str)
                 f"{summary['date']}, max {summary['max_new_tokens']} new tokens, {summary['repeats']} repeat(s), "
                 f"greedy. speedup = mean over questions of tokens/s ratio to plain (same run).\n\n"
                 f"{markdown_table(summary)}\n")
+        for method, why in summary.get("failures", {}).items():
+            f.write(f"\n- **{method} failed** and was dropped from the run: {why}\n")
     plot(summary, out / "speedup.png")

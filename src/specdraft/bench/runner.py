@@ -43,12 +43,18 @@ class SpecdraftMethod:
 
 
 def run_methods(methods: list[Method], questions: list[Question], *, max_new_tokens: int, repeats: int = 1,
-                warmup: bool = True, progress: bool = True) -> list[TurnRecord]:
+                warmup: bool = True, progress: bool = True, failures: dict[str, str] | None = None) -> list[TurnRecord]:
+    """Records of every turn. A method that raises is dropped from the rest of the run and its
+    error kept in `failures` (method -> message): one broken peer must not sink a long run."""
     from tqdm.auto import tqdm
 
+    failures = {} if failures is None else failures
     if warmup:
         for m in methods:
-            m.generate([{"role": "user", "content": questions[0].turns[0]}], min(16, max_new_tokens))
+            try:
+                m.generate([{"role": "user", "content": questions[0].turns[0]}], min(16, max_new_tokens))
+            except Exception as e:  # noqa: BLE001 -- reported, not hidden
+                failures[m.name] = f"warm-up: {type(e).__name__}: {e}"
     records: list[TurnRecord] = []
     counters = {m.name: [0, 0] for m in methods}  # new tokens, forwards: for the running tau
     bar = tqdm(total=len(questions) * len(methods) * repeats, desc="bench", unit="run", disable=not progress,
@@ -57,10 +63,19 @@ def run_methods(methods: list[Method], questions: list[Question], *, max_new_tok
         for q in questions:
             for rep in range(repeats):
                 for m in methods:
+                    if m.name in failures:
+                        bar.update(1)
+                        continue
                     messages: list[dict] = []
                     for turn, text in enumerate(q.turns):
                         messages.append({"role": "user", "content": text})
-                        r = m.generate(messages, max_new_tokens)
+                        try:
+                            r = m.generate(messages, max_new_tokens)
+                        except Exception as e:  # noqa: BLE001 -- reported, not hidden
+                            failures[m.name] = f"question {q.question_id} turn {turn}: {type(e).__name__}: {e}"
+                            print(f"\n{m.name} failed and is dropped: {failures[m.name]}", file=sys.stderr)
+                            records = [r for r in records if r.method != m.name]
+                            break
                         messages.append({"role": "assistant", "content": r.text})
                         records.append(TurnRecord(m.name, q.question_id, q.category, turn, rep, len(r.token_ids),
                                                   r.wall_s, r.target_forwards, r.drafted, r.accepted, r.token_ids,
