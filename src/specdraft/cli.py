@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int, default=1)
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
 
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
+    sv.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    sv.add_argument("--drafter", default="plain", help="plain (default), lookup[:N] or draft-model:NAME")
+    sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also $SPECDRAFT_API_KEY)")
+    sv.add_argument("--served-name", default=None, help="model id clients use (default: the --model value)")
+    sv.add_argument("--dtype", default="bfloat16")
+    sv.add_argument("--device", default=None)
+    sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
+    sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
+    sv.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting or running before 429")
+
     d = sub.add_parser("data", help="benchmark questions and per-domain prompt pools")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     db = dsub.add_parser("build", help="build questions.jsonl and pool/DOMAIN.jsonl from the real data sets")
@@ -179,6 +192,27 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import os
+
+    import uvicorn
+
+    from .api import LLM, resolve_device, resolve_dtype
+    from .drafters import check_spec
+    from .server.app import ServerConfig, create_app
+
+    resolve_dtype(a.dtype)
+    resolve_device(a.device)
+    check_spec(a.drafter)
+    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
+                       api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
+                       max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue)
+    print(f"serving {cfg.model_name} (drafter {cfg.drafter}) on http://{a.host}:{a.port}/v1", file=sys.stderr)
+    uvicorn.run(create_app(llm, cfg), host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -188,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(a)
         if a.command == "bench":
             return cmd_bench(a)
+        if a.command == "serve":
+            return cmd_serve(a)
         return cmd_generate(a)
     except SpecdraftError as e:
         print(f"specdraft: error: {e}", file=sys.stderr)

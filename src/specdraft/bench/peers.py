@@ -87,8 +87,12 @@ class LlamaCppMethod:
         gguf = paths.home() / "gguf" / json.loads(marker.read_text())["gguf"]
         kind, _, arg = spec.partition(":")
         draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None
+        # logits_all must be passed explicitly with a draft model: llama-cpp-python 0.3.16 turns it
+        # on internally but sizes its score buffer from the argument (n_batch rows), and so fails
+        # with "could not broadcast ... into shape (0,)" once the context passes 512 tokens.
         self.model = Llama(model_path=str(gguf), n_ctx=min(8192, llm.model.cfg.max_position_embeddings),
-                           n_threads=torch.get_num_threads(), draft_model=draft, verbose=False)
+                           n_threads=torch.get_num_threads(), draft_model=draft, logits_all=draft is not None,
+                           verbose=False)
 
     def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
