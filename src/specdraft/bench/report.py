@@ -59,7 +59,7 @@ def plot(summary: dict, path: Path) -> None:
         v = (s["overall"] if c == "overall" else s["categories"].get(c, {})).get(key)
         return v or 0.0
 
-    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.4 * len(cats) * max(1, len(methods)) / 2), 7), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(min(16, max(7, 0.7 * len(cats) * len(methods))), 7), sharex=True)
     width = 0.8 / len(methods)
     for ax, key, label in ((axes[0], "speedup", "speedup vs plain (x)"), (axes[1], "tau", "tau (tokens / target forward)")):
         for i, m in enumerate(methods):
