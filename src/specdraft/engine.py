@@ -98,7 +98,7 @@ def generate_ids(
     gen = None if params.greedy else params.generator(device)
     t0 = time.perf_counter()
 
-    # Capacity: the prompt, every new token, and room for one draft beyond the last one.
+    # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
     prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     fwd = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_at=slice(-1, None),

@@ -10,7 +10,7 @@ Life cycle per generation: `start` once after the prefill, then `propose` / `obs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +35,6 @@ class StepContext:
     params: SamplingParams
     generator: torch.Generator | None
     hidden: torch.Tensor | None = None  # [hidden] target state whose logits produced ids[-1], if asked
-    info: dict = field(default_factory=dict)  # per-generation scratch the drafter may fill (e.g. its route)
 
 
 class Drafter:
