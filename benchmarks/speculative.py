@@ -18,13 +18,10 @@ from pathlib import Path
 from specdraft import LLM
 from specdraft.bench.metrics import summarize
 from specdraft.bench.questions import per_category, read_questions
+from specdraft.bench.report import fmt
 from specdraft.bench.runner import SpecdraftMethod, run_methods
 
 HERE = Path(__file__).parent
-
-
-def fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
 
 
 def table(summary: dict) -> str:

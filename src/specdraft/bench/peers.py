@@ -23,6 +23,16 @@ def is_peer(spec: str) -> bool:
     return spec.partition(":")[0] in PEER_KINDS
 
 
+class _ForwardCounter:
+    """A forward pre-hook counting calls of the layer it is registered on."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, module, args) -> None:
+        self.n += 1
+
+
 class HFMethod:
     def __init__(self, llm: LLM, spec: str, hf_cache: dict):
         from transformers import AutoModelForCausalLM
@@ -32,8 +42,12 @@ class HFMethod:
         self.name, self.llm = spec, llm
         kind, _, arg = spec.partition(":")
         if "target" not in hf_cache:
-            hf_cache["target"] = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=llm.dtype).eval()
+            target = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=llm.dtype).eval()
+            hf_cache["forwards"] = _ForwardCounter()  # one hook for the target all hf-* methods share
+            target.model.layers[-1].register_forward_pre_hook(hf_cache["forwards"])
+            hf_cache["target"] = target
         self.model = hf_cache["target"]
+        self.forwards = hf_cache["forwards"]
         self.kwargs: dict = {}
         if kind == "hf-assisted":
             if not arg:
@@ -46,31 +60,25 @@ class HFMethod:
             self.kwargs["prompt_lookup_num_tokens"] = int(arg or 10)
         elif kind == "hf-early-exit":
             self.kwargs["assistant_early_exit"] = int(arg or max(1, llm.model.cfg.num_layers // 4))
-        self.forwards = 0
-        last = self.model.model.layers[-1]
-        last.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args):
-        self.forwards += 1
 
     @torch.inference_mode()
     def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
         x = torch.tensor([ids], device=self.model.device)
         eos = sorted(self.llm.tokenizer.eos_ids)
-        self.forwards = 0
+        self.forwards.n = 0  # methods run one at a time, so the shared count is this call's
         t = time.perf_counter()
         y = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=eos, pad_token_id=eos[0], **self.kwargs)
         dt = time.perf_counter() - t
         new = y[0, len(ids):].tolist()
-        return TurnResult(tuple(new), self.llm.tokenizer.decode(new), dt, self.forwards)
+        return TurnResult(tuple(new), self.llm.tokenizer.decode(new), dt, self.forwards.n)
 
 
 class LlamaCppMethod:
     """llama-cpp-python on the model's original GGUF file (its own quantized kernels)."""
 
-    def __init__(self, llm: LLM, spec: str, cache: dict):
+    def __init__(self, llm: LLM, spec: str):
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
@@ -109,7 +117,8 @@ class LlamaCppMethod:
         return TurnResult(tuple(out), self.llm.tokenizer.decode(out), dt, 0)
 
 
-def make_peer(llm: LLM, spec: str, cache: dict):
+def make_peer(llm: LLM, spec: str, hf_cache: dict):
+    """A peer method; hf_cache shares loaded transformers models between the hf-* methods."""
     if spec.startswith("llamacpp-"):
-        return LlamaCppMethod(llm, spec, cache)
-    return HFMethod(llm, spec, cache)
+        return LlamaCppMethod(llm, spec)
+    return HFMethod(llm, spec, hf_cache)

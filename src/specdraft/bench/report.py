@@ -10,7 +10,7 @@ from ..paths import atomic_file
 from .metrics import TurnRecord
 
 
-def _fmt(x, spec=".2f") -> str:
+def fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
@@ -19,8 +19,8 @@ def markdown_table(summary: dict) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for method, s in summary["methods"].items():
         for cat, st in [*s["categories"].items(), ("**overall**", s["overall"])]:
-            rows.append(f"| {method} | {cat} | {st['questions']} | {_fmt(st['tau'])} | {_fmt(st['acceptance_rate'])} | "
-                        f"{_fmt(st['tokens_per_s'], '.1f')} | {_fmt(st['speedup'])}x | {_fmt(st['greedy_match'])} |")
+            rows.append(f"| {method} | {cat} | {st['questions']} | {fmt(st['tau'])} | {fmt(st['acceptance_rate'])} | "
+                        f"{fmt(st['tokens_per_s'], '.1f')} | {fmt(st['speedup'])}x | {fmt(st['greedy_match'])} |")
     return "\n".join(rows)
 
 
