@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a completion (streams text, then a one-line summary)")
     g.add_argument("prompt", nargs="?", help="the prompt (read from stdin when absent)")
     g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name or local HF-format directory (default: %(default)s)")
-    g.add_argument("--drafter", default="plain", help="plain (default), lookup[:N] or draft-model:NAME")
+    g.add_argument("--drafter", default="plain", help="plain (default), lookup[:N], draft-model:NAME, layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
     sv.add_argument("--model", default=zoo.DEFAULT_MODEL)
-    sv.add_argument("--drafter", default="plain", help="plain (default), lookup[:N] or draft-model:NAME")
+    sv.add_argument("--drafter", default="plain", help="plain (default), lookup[:N], draft-model:NAME, layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also $SPECDRAFT_API_KEY)")
@@ -81,6 +81,63 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--per-domain", type=_positive_int, default=80, help="benchmark questions per domain")
     db.add_argument("--pool-size", type=_positive_int, default=1000, help="pool prompts per domain")
     db.add_argument("--seed", type=int, default=0)
+
+    ss = sub.add_parser("search-skip", help="search a layer-skip set for one domain (self-speculative drafting)")
+    ss.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    ss.add_argument("--domain", default=None, help="a pool domain (conversation, code, math, qa, translation, summarization)")
+    ss.add_argument("--prompts", default=None, help="or a Spec-Bench-format question file")
+    ss.add_argument("--num-prompts", type=_positive_int, default=8, help="search prompts (default: %(default)s)")
+    ss.add_argument("--tokens", type=_positive_int, default=32, help="full-model tokens per prompt scored (default: %(default)s)")
+    ss.add_argument("--budget", type=_positive_int, default=300, help="most evaluations (default: %(default)s)")
+    ss.add_argument("--patience", type=_positive_int, default=100, help="stop after this many without improvement")
+    ss.add_argument("--max-seconds", type=float, default=900.0)
+    ss.add_argument("--heldout", type=int, default=3, help="held-apart prompts for measured tau/speedup (0 = skip)")
+    ss.add_argument("--dtype", default="bfloat16")
+    ss.add_argument("--device", default=None)
+    ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--out", required=True, help="skip-set JSON to write")
+
+    kn = sub.add_parser("knn", help="KNN-SSD routing artifacts")
+    knsub = kn.add_subparsers(dest="knn_command", required=True, parser_class=_Parser)
+    kb = knsub.add_parser("build", help="anchors, per-domain skip sets and measured routes from the domain pools")
+    kb.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    kb.add_argument("--domains", default="conversation,code,math,qa,translation,summarization")
+    kb.add_argument("--candidates", default="lookup",
+                    help="drafter specs a domain may route to besides its skip set (default: %(default)s)")
+    kb.add_argument("--anchors-per-domain", type=_positive_int, default=10)
+    kb.add_argument("--anchor-prompts", type=_positive_int, default=100)
+    kb.add_argument("--search-prompts", type=_positive_int, default=6)
+    kb.add_argument("--search-evals", type=_positive_int, default=120)
+    kb.add_argument("--unseen-prompts", type=_positive_int, default=30)
+    kb.add_argument("--measure-prompts", type=_positive_int, default=2)
+    kb.add_argument("--measure-tokens", type=_positive_int, default=48)
+    kb.add_argument("--dtype", default="bfloat16")
+    kb.add_argument("--device", default=None)
+    kb.add_argument("--out", required=True, help="artifact directory to write")
+
+    tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa)")
+    trsub = tr.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
+    td = trsub.add_parser("data", help="base-model answers teacher-forced: hidden states + greedy tokens (resumable)")
+    td.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    td.add_argument("--out", default=None, help="default: $SPECDRAFT_HOME/distill/MODEL")
+    td.add_argument("--sharegpt", type=_positive_int, default=1600, help="ShareGPT prompts (default: %(default)s)")
+    td.add_argument("--per-pool", type=_positive_int, default=120, help="prompts from each domain pool")
+    td.add_argument("--max-new-tokens", type=_positive_int, default=192)
+    td.add_argument("--batch-size", type=_positive_int, default=24)
+    td.add_argument("--shards", type=_positive_int, default=None, help="stop after the first N shards (batches)")
+    for kind in ("ctc", "medusa"):
+        tk = trsub.add_parser(kind, help=f"train the {kind} drafter (resumes from OUT/checkpoint)")
+        tk.add_argument("--model", default=zoo.DEFAULT_MODEL)
+        tk.add_argument("--data", default=None, help="default: $SPECDRAFT_HOME/distill/MODEL")
+        tk.add_argument("--out", required=True)
+        tk.add_argument("--epochs", type=float, default=1.0)
+        tk.add_argument("--batch-size", type=_positive_int, default=128)
+        tk.add_argument("--lr", type=float, default=1e-3)
+        tk.add_argument("--max-labels", type=_positive_int, default=4, help="drafted tokens trained (medusa: heads)")
+        if kind == "ctc":
+            tk.add_argument("--frames", type=_positive_int, default=6)
+        tk.add_argument("--draft-vocab", type=_positive_int, default=8192)
+        tk.add_argument("--eval-every", type=_positive_int, default=250)
 
     m = sub.add_parser("models", help="the offline model zoo")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -213,6 +270,94 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_search_skip(a) -> int:
+    from pathlib import Path
+
+    from .api import LLM
+    from .bench.questions import read_questions
+    from .paths import atomic_file
+    from .train import skipsearch
+    from .train.knn_build import measure, pool_prompts
+    from .drafters.layerskip import LayerSkipDrafter, skipset_to_json
+
+    if (a.domain is None) == (a.prompts is None):
+        raise SpecdraftError("give exactly one of --domain or --prompts")
+    texts = pool_prompts(a.domain) if a.domain else [q.turns[0] for q in read_questions(a.prompts)]
+    if len(texts) < a.num_prompts + a.heldout:
+        raise SpecdraftError(f"{len(texts)} prompts; need {a.num_prompts} for the search + {a.heldout} held apart")
+    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    ids = [llm.tokenizer.encode_prompt(t) for t in texts[: a.num_prompts + a.heldout]]
+    data = skipsearch.prepare(llm.model, ids[: a.num_prompts], a.tokens)
+    L = llm.model.cfg.num_layers
+    obj = skipsearch.Objective(llm.model, data, protect=(0, L - 1))
+    r = skipsearch.search(obj, max_evals=a.budget, patience=a.patience, max_seconds=a.max_seconds, seed=a.seed)
+    skip = skipsearch.bits_to_skip(list(r["bits"]), L)
+    facts = dict(domain=a.domain or a.prompts, matchness=r["matchness"], cost=r["cost"],
+                 modelled_speedup=r["modelled_speedup"], evals=r["total_evals"], seconds=round(r["total_seconds"], 1),
+                 trace=r["trace"])
+    if a.heldout:
+        d = LayerSkipDrafter(skip, "search")
+        facts["heldout_speedup"] = measure(llm, ["layerskip"], ids[a.num_prompts:], 64, {"layerskip": d})["layerskip"]
+    out = skipset_to_json(skip, llm.name, **facts)
+    with atomic_file(Path(a.out), "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"skipped {skip.count()} of {2 * L} sublayers (attn {out['attn']}, mlp {out['mlp']}); matchness "
+          f"{r['matchness']:.3f}, cost {r['cost']:.3f}, modelled speedup {r['modelled_speedup']:.3f}, "
+          f"{r['total_evals']} evaluations in {r['total_seconds']:.0f} s"
+          + (f"; held-apart speedup {facts['heldout_speedup']:.2f}x" if a.heldout else ""))
+    print(a.out)
+    return 0
+
+
+def cmd_knn(a) -> int:
+    from pathlib import Path
+
+    from .api import LLM
+    from .drafters import check_spec
+    from .train.knn_build import build_knn
+
+    cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
+    for c in cands:
+        check_spec(c)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
+                     anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
+                     search_prompts=a.search_prompts, search_evals=a.search_evals, unseen_prompts=a.unseen_prompts,
+                     measure_prompts=a.measure_prompts, measure_tokens=a.measure_tokens, candidates=cands)
+    for d, v in meta["domains"].items():
+        print(f"{d:<14} route {v['route']:<28} " + " ".join(f"{k}={x:.2f}x" for k, x in v["measured_speedup"].items()))
+    print(f"routing accuracy on unseen prompts: {meta['routing_accuracy']:.3f}; fallback route {meta['fallback']['route']}")
+    print(a.out)
+    return 0
+
+
+def cmd_train(a) -> int:
+    from pathlib import Path
+
+    from .paths import home
+
+    data = Path(a.out if a.train_command == "data" and a.out else (getattr(a, "data", None) or home() / "distill" / Path(a.model).name))
+    if a.train_command == "data":
+        from .train.data import build_distill
+
+        out = build_distill(a.model, data, n_sharegpt=a.sharegpt, n_per_pool=a.per_pool,
+                            max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, max_shards=a.shards)
+        meta = json.loads((out / "data.json").read_text())
+        print(f"{meta['shards']} shards, {meta['answer_tokens']} answer tokens, {meta['seconds']:.0f} s "
+              f"({meta['seconds'] / max(1, meta['tokens']) * 1e6 / 3600:.2f} h per million tokens)")
+        print(out)
+        return 0
+    from .train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(a.train_command, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
+                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, **({"frames": a.frames} if a.train_command == "ctc" else {}))
+    state = Trainer(a.model, data, Path(a.out), cfg).run()
+    last = state["history"][-1] if state["history"] else {}
+    print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")
+    print(a.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -224,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(a)
         if a.command == "serve":
             return cmd_serve(a)
+        if a.command == "search-skip":
+            return cmd_search_skip(a)
+        if a.command == "knn":
+            return cmd_knn(a)
+        if a.command == "train":
+            return cmd_train(a)
         return cmd_generate(a)
     except SpecdraftError as e:
         print(f"specdraft: error: {e}", file=sys.stderr)

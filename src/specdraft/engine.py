@@ -109,7 +109,8 @@ def generate_ids(
     out: list[int] = [tok]
     ids = list(prompt_ids) + out
     step = StepContext(ids=ids, budget=0, capacity=cache.capacity, params=params, generator=gen,
-                       hidden=None if fwd.final_hidden is None else fwd.final_hidden[-1])
+                       hidden=None if fwd.final_hidden is None else fwd.final_hidden[-1], rows=fwd.final_hidden,
+                       target=model if needs.target else None, cache=cache if needs.target else None)
     _sync(device)
     stats.prefill_s = time.perf_counter() - t0
     if drafter is not None:
@@ -159,8 +160,8 @@ def generate_ids(
         out.extend(new)
         ids.extend(new)
         if fwd.final_hidden is not None:
-            row = 1 + verdict.path[-1] if verdict.path else 0  # whose logits produced the last token
-            step.hidden = fwd.final_hidden[row]
+            step.rows = fwd.final_hidden[accepted_slots(verdict.path)]  # the root, then the accepted nodes
+            step.hidden = step.rows[-1]  # whose logits produced the last token
         if drafter is not None:
             td = time.perf_counter()
             drafter.observe(draft, verdict)

@@ -1,4 +1,6 @@
-"""Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`."""
+"""Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`,
+`layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]` (without an argument the
+last four use the artifact shipped for the model, see `specdraft.artifacts`)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from .base import Drafter, Needs, StepContext
 if TYPE_CHECKING:
     from ..api import LLM
 
-SPECS = "plain, lookup[:N], draft-model:NAME"
+SPECS = "plain, lookup[:N], draft-model:NAME, layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]"
 
 
-KINDS = ("plain", "lookup", "draft-model")
+KINDS = ("plain", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
 
 
 def check_spec(spec: str) -> None:
@@ -39,7 +41,22 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
         from .lookup import LookupDrafter
 
         return LookupDrafter(num_tokens=int(arg) if arg else 10, **options)
-    return _draft_model(arg, llm, **options)
+    if kind == "draft-model":
+        return _draft_model(arg, llm, **options)
+    if kind == "layerskip":
+        from .layerskip import load
+    elif kind == "knn-ssd":
+        from .knn import load
+    elif kind == "ctc":
+        from .ctc import load
+    else:
+        from .medusa import load
+    if kind in ("ctc", "medusa"):
+        from .. import artifacts
+        from pathlib import Path
+
+        return load(Path(arg) if arg else artifacts.find(llm, kind), llm, **options)
+    return load(arg, llm, **options)
 
 
 def _draft_model(name: str, llm: "LLM", **options) -> Drafter:

@@ -2,8 +2,11 @@
 
 A drafter proposes a small frozen value -- a `Draft` (a token tree; a chain is the special case,
 with optional draft probabilities) -- and may observe each verification result to adapt. It
-declares what it needs from the target's forwards (hidden states). It never touches the
-target's KV cache: anything it caches (a draft model's own KV, n-gram indexes) is its own.
+declares what it needs from the target's forwards (hidden states). Anything it caches (a draft
+model's own KV, n-gram indexes) is its own. The one exception is self-speculation: a drafter that
+declares `Needs(target=True)` gets the target model and its KV cache in the step context and may
+run the target (with a skip set) over the *uncommitted* slots (from `cache.length` on) while it
+proposes; the verification forward overwrites those slots, and committed slots are read-only.
 
 Life cycle per generation: `start` once after the prefill, then `propose` / `observe` per step.
 """
@@ -21,8 +24,9 @@ from ..verify.verify import Verdict
 
 @dataclass(frozen=True)
 class Needs:
-    final_hidden: bool = False  # the target's final-norm hidden state of the last committed token
+    final_hidden: bool = False  # the target's final-norm hidden states of the committed tokens
     hidden_layers: tuple[int, ...] = ()
+    target: bool = False  # the target model and its cache, for drafting with the target itself
 
 
 @dataclass
@@ -35,6 +39,12 @@ class StepContext:
     params: SamplingParams
     generator: torch.Generator | None
     hidden: torch.Tensor | None = None  # [hidden] target state whose logits produced ids[-1], if asked
+    # [k, hidden] the final states of the k tokens the last target forward committed (the prefill:
+    # every prompt token; later the old root and the accepted nodes), i.e. of positions
+    # len(ids) - 1 - k .. len(ids) - 2; rows[-1] is `hidden`. Only with Needs(final_hidden=True).
+    rows: torch.Tensor | None = None
+    target: object | None = None  # the target `Decoder`, with Needs(target=True)
+    cache: object | None = None  # the target's `KVCache`: committed slots read-only, the rest scratch
 
 
 class Drafter:

@@ -125,6 +125,7 @@ class Decoder(nn.Module):
         *,
         start: int | None = None,  # first slot to write; default cache.length
         tree_mask: torch.Tensor | None = None,  # [N, N] bool among new tokens; default causal
+        mask: torch.Tensor | None = None,  # [N, start + N] bool over all slots; overrides tree_mask
         skip: SkipSet | None = None,
         logits_at: slice | torch.Tensor | None = None,  # rows to compute logits for; None = all
         final_hidden: bool = False,
@@ -141,7 +142,7 @@ class Decoder(nn.Module):
         freqs = positions.to(self.device).float()[:, None] * self.inv_freq[None, :]  # [N, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        mask = self.attention_mask(start, n, tree_mask)
+        mask = self.attention_mask(start, n, tree_mask) if mask is None else mask.to(self.device, torch.bool)
         if mask is not None and G > 1:
             # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D]
             # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.

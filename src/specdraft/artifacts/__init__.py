@@ -1,0 +1,28 @@
+"""Small drafter artifacts shipped with the package, one folder per zoo model:
+`artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads).
+Each is produced by a documented command (see README, "Shipped drafters")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SpecdraftError
+
+ROOT = Path(__file__).parent
+
+HOW = {
+    "skipset.json": "specdraft search-skip --model {m} --domain conversation --out FILE",
+    "knn-ssd": "specdraft knn build --model {m} --out DIR",
+    "ctc": "specdraft train ctc --model {m} --data DIR --out DIR",
+    "medusa": "specdraft train medusa --model {m} --data DIR --out DIR",
+}
+
+
+def find(llm, name: str) -> Path:
+    """The shipped artifact `name` for the loaded model, or a clear error naming the recipe."""
+    model = getattr(llm, "name", str(llm))
+    path = ROOT / Path(model).name / name
+    if not path.exists():
+        raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{HOW[name].format(m=model)}` "
+                             f"and pass its path (e.g. --drafter {name.split('.')[0]}:PATH)")
+    return path

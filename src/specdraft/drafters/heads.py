@@ -1,0 +1,200 @@
+"""Trained draft modules on the target's final hidden states: the CTC draft layer and Medusa heads.
+
+Both reuse the base model's frozen embedding and LM head (passed in at call time, never stored),
+so a checkpoint holds only the trained parameters: a few MB. Checkpoints are HF-style directories,
+`config.json` + `model.safetensors`; the config names the base model's hidden size and vocabulary,
+and loading refuses a checkpoint made for another base.
+
+CTC draft layer, for the position t whose hidden state h_t produced the root token r = x_{t+1}:
+  context c_j = W_in [emb(x_{j+1}) ; h_j] + rel[t - j]  for the last `window` positions j <= t
+  frames  f_k = W_in [emb(r) ; h_t] + frame[k]           for k < frames
+  one pre-norm transformer layer: frames attend to the context and to each other; then a trained
+  RMSNorm, and logits [frozen LM head ; blank] over V + 1 symbols.
+The frames are decoded with CTC (blanks removed, repeats merged) into the tokens after r.
+
+Both draft over a reduced vocabulary (the most frequent tokens of the training data, listed in the
+checkpoint's `vocab` buffer), as EAGLE-3 does: the LM-head product is the dominant cost of a small
+drafter, and a token outside it could only be drafted wrongly anyway; verification is unaffected.
+
+Medusa head k (k = 1..K): ResBlock (x + SiLU(W x), W zero-initialised) on h_t, then the frozen LM
+head; it predicts the token k steps after the root (x_{t+1+k}).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ..errors import SpecdraftError
+from ..paths import atomic_dir
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    kind: str  # "ctc" | "medusa"
+    base_model: str
+    hidden_size: int
+    vocab_size: int
+    frames: int = 6  # ctc: frames per draft; medusa: number of heads
+    window: int = 16  # ctc: context positions the frames attend to
+    num_heads: int = 9  # ctc: attention heads
+    intermediate_size: int = 1536  # ctc: MLP width
+    draft_vocab: int = 0  # size of the drafting vocabulary (the buffer `vocab` lists its token ids); 0 = all
+
+    def to_json(self) -> dict:
+        return {"specdraft_head": asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> "HeadConfig":
+        try:
+            return cls(**d["specdraft_head"])
+        except (KeyError, TypeError) as e:
+            raise SpecdraftError(f"{where}: not a specdraft drafter config ({e})") from None
+
+
+class CTCDraftLayer(torch.nn.Module):
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.w_in = torch.nn.Linear(2 * d, d, bias=False)
+        self.rel = torch.nn.Parameter(torch.zeros(cfg.window, d))
+        self.frame = torch.nn.Parameter(torch.randn(cfg.frames, d) * 0.02)
+        self.attn_norm = torch.nn.Parameter(torch.ones(d))
+        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
+        self.o = torch.nn.Linear(d, d, bias=False)
+        self.mlp_norm = torch.nn.Parameter(torch.ones(d))
+        self.gate_up = torch.nn.Linear(d, 2 * cfg.intermediate_size, bias=False)
+        self.down = torch.nn.Linear(cfg.intermediate_size, d, bias=False)
+        self.norm = torch.nn.Parameter(torch.ones(d))
+        self.blank = torch.nn.Parameter(torch.zeros(d))
+        self.blank_bias = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("vocab", torch.arange(cfg.draft_vocab or cfg.vocab_size))
+
+    def features(self, ctx_hidden: torch.Tensor, ctx_next: torch.Tensor, valid: torch.Tensor,
+                 embed: torch.Tensor) -> torch.Tensor:
+        """Frame features [B, F, d].
+
+        ctx_hidden [B, W, d]: h_j for the window, oldest first, the last one being h_t;
+        ctx_next [B, W]: x_{j+1} (for the last row: the root token); valid [B, W] bool.
+        """
+        B, W, d = ctx_hidden.shape
+        c = self.w_in(torch.cat((F.embedding(ctx_next, embed).to(ctx_hidden.dtype), ctx_hidden), -1))
+        c = c + self.rel[:W].flip(0).to(c.dtype)  # rel[0] belongs to the newest position
+        frames = c[:, -1:, :] + self.frame.to(c.dtype)  # [B, F, d]
+        x = torch.cat((c, frames), 1)  # [B, W + F, d]
+        H = self.cfg.num_heads
+        h = _rms(x, self.attn_norm)
+        q, k, v = self.qkv(h).view(B, x.shape[1], 3, H, d // H).permute(2, 0, 3, 1, 4)
+        q = q[:, :, W:]  # only the frames need outputs
+        keymask = torch.cat((valid, torch.ones(B, self.cfg.frames, dtype=torch.bool, device=valid.device)), 1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keymask[:, None, None, :])
+        y = frames + self.o(a.transpose(1, 2).reshape(B, self.cfg.frames, d))
+        gate, up = self.gate_up(_rms(y, self.mlp_norm)).chunk(2, -1)
+        y = y + self.down(F.silu(gate) * up)
+        return _rms(y, self.norm)
+
+    def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """[..., Vd + 1] logits: the LM head's rows of the draft vocabulary (`head` is already
+        head[vocab], see `sub_head`), then the blank's (last)."""
+        lm = F.linear(feats, head.to(feats.dtype))
+        blank = (feats @ self.blank.to(feats.dtype) + self.blank_bias.to(feats.dtype))[..., None]
+        return torch.cat((lm, blank), -1)
+
+
+class MedusaHeads(torch.nn.Module):
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.res = torch.nn.ModuleList(torch.nn.Linear(d, d) for _ in range(cfg.frames))
+        for lin in self.res:  # identity at start: every head begins as the base LM head
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+        self.register_buffer("vocab", torch.arange(cfg.draft_vocab or cfg.vocab_size))
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, d] final hidden states -> [B, K, d]."""
+        return torch.stack([hidden + F.silu(lin(hidden)) for lin in self.res], 1)
+
+    def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        return F.linear(feats, head.to(feats.dtype))
+
+
+def sub_head(module: torch.nn.Module, head: torch.Tensor) -> torch.Tensor:
+    """The base LM head's rows for the module's draft vocabulary (computed once, not per step)."""
+    return head[module.vocab.to(head.device)].contiguous()
+
+
+def make_module(cfg: HeadConfig) -> torch.nn.Module:
+    if cfg.kind == "ctc":
+        return CTCDraftLayer(cfg)
+    if cfg.kind == "medusa":
+        return MedusaHeads(cfg)
+    raise SpecdraftError(f"unknown drafter kind {cfg.kind!r} (ctc or medusa)")
+
+
+def save_module(module: torch.nn.Module, out: Path, extra: dict | None = None, dtype=torch.bfloat16) -> None:
+    """config.json + model.safetensors (bf16 by default: half the size, the precision the drafter
+    runs at), written to a temp dir and renamed."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+                   for k, v in module.state_dict().items()}
+        (tmp / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
+        (tmp / "config.json").write_text(json.dumps({**module.cfg.to_json(), **(extra or {})}, indent=2))
+
+
+def load_module(path: Path, hidden_size: int, vocab_size: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a checkpoint made for a base with this hidden size and vocabulary."""
+    path = Path(path)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise SpecdraftError(f"{path} is not a drafter checkpoint (no config.json)") from None
+    except json.JSONDecodeError as e:
+        raise SpecdraftError(f"{path}/config.json is corrupt: {e.msg}") from None
+    cfg = HeadConfig.from_json(raw, str(path / "config.json"))
+    if (cfg.hidden_size, cfg.vocab_size) != (hidden_size, vocab_size):
+        raise SpecdraftError(
+            f"{path} was trained for {cfg.base_model} (hidden {cfg.hidden_size}, vocabulary {cfg.vocab_size}); "
+            f"this model has hidden {hidden_size}, vocabulary {vocab_size}: train one for it with `specdraft train`")
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SpecdraftError(f"cannot read {path}/model.safetensors: {e}") from None
+    module = make_module(cfg)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise SpecdraftError(f"{path}/model.safetensors does not match its config: {str(e).splitlines()[0]}") from None
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise SpecdraftError(f"{path}/model.safetensors holds non-finite weights")
+    if module.vocab.numel() and not (0 <= int(module.vocab.min()) and int(module.vocab.max()) < vocab_size):
+        raise SpecdraftError(f"{path}/model.safetensors lists draft-vocabulary ids outside the model's vocabulary")
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False), raw
+
+
+def log_softmax_f32(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), -1)
+
+
+def init_from_base(module: torch.nn.Module, final_norm: torch.Tensor) -> None:
+    """Start the CTC layer's output norm at the base model's final norm."""
+    if isinstance(module, CTCDraftLayer):
+        with torch.no_grad():
+            module.norm.copy_(final_norm.float())
+            torch.nn.init.normal_(module.w_in.weight, std=1 / math.sqrt(2 * module.cfg.hidden_size))

@@ -1,0 +1,145 @@
+"""KNN-SSD: route each prompt to the drafter of its nearest domain anchor.
+
+The prompt's vector is the mean of the final hidden states of the prefill the engine runs anyway
+(chat template included); the nearest anchor by cosine distance (scikit-learn's NearestNeighbors,
+K = 1) names a domain, and the domain's route -- a searched skip set (the seed system) or any
+other drafter spec measured fastest on that domain (the generalisation) -- drafts for the whole
+generation. A prompt farther than the artifact's `max_distance` from every anchor takes the
+fallback route. The route taken is reported in the generation's JSON (`route`).
+
+Artifact directory: `knn.json` (domains, routes, skip sets, fallback, build facts) and
+`anchors.safetensors` (`anchors` [A, d] float32, `labels` [A] domain index).
+Spec: `knn-ssd[:DIR][:skipsets]`; `skipsets` restricts every route to the domain's skip set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import SpecdraftError
+from ..verify.tree import Draft
+from ..verify.verify import Verdict
+from .base import Drafter, Needs, StepContext
+
+FORMAT = "specdraft-knn-1"
+
+
+class Router:
+    """Anchors + labels -> (domain, cosine distance) for a vector."""
+
+    def __init__(self, anchors: torch.Tensor, labels: list[int], domains: list[str]):
+        from sklearn.neighbors import NearestNeighbors
+
+        self.domains, self.labels = domains, labels
+        self.nn = NearestNeighbors(n_neighbors=1, metric="cosine").fit(anchors.float().numpy())
+
+    def route(self, vec: torch.Tensor) -> tuple[str, float]:
+        dist, idx = self.nn.kneighbors(vec.float().cpu().numpy().reshape(1, -1))
+        return self.domains[self.labels[int(idx[0, 0])]], float(dist[0, 0])
+
+    def route_many(self, vecs: torch.Tensor) -> tuple[list[str], list[float]]:
+        dist, idx = self.nn.kneighbors(vecs.float().cpu().numpy())
+        return [self.domains[self.labels[int(i)]] for i in idx[:, 0]], dist[:, 0].tolist()
+
+
+def read_artifact(path: Path, num_layers: int, hidden_size: int) -> tuple[dict, torch.Tensor, list[int]]:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "knn.json").read_text())
+    except FileNotFoundError:
+        raise SpecdraftError(f"{path} is not a knn-ssd artifact (no knn.json): build one with `specdraft knn build`") from None
+    except json.JSONDecodeError as e:
+        raise SpecdraftError(f"{path}/knn.json is corrupt ({e.msg})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SpecdraftError(f"{path}/knn.json is not a {FORMAT} artifact")
+    if meta.get("num_layers") != num_layers or meta.get("hidden_size") != hidden_size:
+        raise SpecdraftError(f"{path} was built for {meta.get('model')} ({meta.get('num_layers')} layers, hidden "
+                             f"{meta.get('hidden_size')}); this model has {num_layers} layers, hidden {hidden_size}")
+    try:
+        t = load_file(str(path / "anchors.safetensors"))
+        anchors, labels = t["anchors"], t["labels"].tolist()
+    except (FileNotFoundError, SafetensorError, OSError, KeyError) as e:
+        raise SpecdraftError(f"{path}/anchors.safetensors is missing or corrupt ({e})") from None
+    domains = meta.get("domains")
+    if (not isinstance(domains, dict) or anchors.ndim != 2 or anchors.shape[1] != hidden_size
+            or len(labels) != anchors.shape[0] or any(not 0 <= l < len(domains) for l in labels)
+            or not torch.isfinite(anchors).all()):
+        raise SpecdraftError(f"{path}: anchors and knn.json do not agree (corrupt artifact)")
+    return meta, anchors, labels
+
+
+class KNNDrafter(Drafter):
+    needs = Needs(final_hidden=True, target=True)
+
+    def __init__(self, llm, path: Path, meta: dict, anchors: torch.Tensor, labels: list[int], skipsets_only: bool = False):
+        from .layerskip import skipset_from_json
+
+        self.llm, self.meta = llm, meta
+        self.name = f"knn-ssd{':skipsets' if skipsets_only else ''}:{Path(path).name}"
+        self.domains = list(meta["domains"])
+        self.router = Router(anchors, labels, self.domains)
+        self.max_distance = float(meta.get("max_distance", 2.0))
+        self.skipsets_only = skipsets_only
+        L = llm.model.cfg.num_layers
+        self.skipsets = {d: skipset_from_json(v["skipset"], L, f"{path}/knn.json [{d}]")
+                         for d, v in meta["domains"].items() if v.get("skipset")}
+        self.inner: Drafter | None = None
+        self.cache: dict[str, Drafter | None] = {}
+        self.last: dict = {}
+
+    def _route_drafter(self, domain: str | None) -> tuple[str, Drafter | None]:
+        from .layerskip import LayerSkipDrafter
+
+        if domain is None:
+            spec = self.meta["fallback"]["skipsets" if self.skipsets_only else "route"]
+        elif self.skipsets_only:
+            spec = f"skipset:{domain}"
+        else:
+            spec = self.meta["domains"][domain]["route"]
+        if spec not in self.cache:
+            if spec.startswith("skipset:"):
+                d = spec.split(":", 1)[1]
+                self.cache[spec] = LayerSkipDrafter(self.skipsets[d], d)
+            else:
+                self.cache[spec] = self.llm.drafter(spec)  # built once, shared with the LLM
+        return spec, self.cache[spec]
+
+    def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
+        vec = ctx.rows.float().mean(0)
+        domain, dist = self.router.route(vec)
+        fallback = dist > self.max_distance
+        spec, self.inner = self._route_drafter(None if fallback else domain)
+        self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
+                     "fallback": fallback, "drafter": spec}
+        if self.inner is not None:
+            self.inner.start(prompt_ids, ctx)
+
+    def propose(self, ctx: StepContext) -> Draft:
+        return Draft.empty() if self.inner is None else self.inner.propose(ctx)
+
+    def observe(self, draft: Draft, verdict: Verdict) -> None:
+        if self.inner is not None:
+            self.inner.observe(draft, verdict)
+
+    def describe(self) -> dict:
+        out = {"route": dict(self.last)}
+        if self.inner is not None:
+            out.update(self.inner.describe())
+        return out
+
+
+def load(arg: str, llm, **options) -> KNNDrafter:
+    from .. import artifacts
+
+    parts = [p for p in arg.split(":") if p] if arg else []
+    skipsets_only = bool(parts) and parts[-1] == "skipsets"
+    if skipsets_only:
+        parts = parts[:-1]
+    path = Path(":".join(parts)) if parts else artifacts.find(llm, "knn-ssd")
+    meta, anchors, labels = read_artifact(path, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
+    return KNNDrafter(llm, path, meta, anchors, labels, skipsets_only)

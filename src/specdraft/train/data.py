@@ -1,0 +1,183 @@
+"""Self-distillation data for trained drafters (CTC drafter, Medusa heads).
+
+The base model answers a mix of prompts itself (greedy, batched with transformers), then the
+prompt + answer is teacher-forced through it once more to record, for every position, the final
+hidden state (after the final norm) and the base model's own greedy next token. Training labels
+come from the base model, never from dataset text, so the drafter learns what it will be asked to
+predict at decoding time.
+
+On disk, `DIR/shard-00000.safetensors` ... each hold one batch of conversations:
+  hidden  [N, d]  bf16   final hidden state at position t
+  next    [N]     int64  the token at position t + 1 (the answer the base model wrote)
+  greedy  [N]     int64  the base model's argmax at position t (teacher-forced)
+  seq     [N]     int32  conversation index inside the shard
+  target  [N]     bool   t is an answer position (t + 1 is an answer token)
+Only the last `context` prompt positions are stored (the drafter's attention window).
+`DIR/data.json` records the model, the prompt mix, sizes and the cost. Shards are written
+atomically and skipped when present, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from ..errors import SpecdraftError
+from ..paths import atomic_file, home
+
+FORMAT = "specdraft-distill-1"
+
+
+def training_prompts(n_sharegpt: int, n_per_pool: int, seed: int = 0, progress: bool = True) -> list[dict]:
+    """ShareGPT first user turns plus prompts of every domain pool; benchmark questions excluded."""
+    from ..bench.questions import read_questions
+    from ..data import sources
+    from ..data.build import default_questions
+
+    bench = {t.strip() for q in read_questions(default_questions(progress)) for t in q.turns}
+    rng = random.Random(seed)
+    out: list[dict] = []
+    convs = [c[0] for c in sources.sharegpt(progress=progress) if 20 <= len(c[0]) <= 1500]
+    rng.shuffle(convs)
+    out += [{"domain": "sharegpt", "prompt": p} for p in convs if p.strip() not in bench][:n_sharegpt]
+    pool_dir = home() / "data" / "pool"
+    for path in sorted(pool_dir.glob("*.jsonl")):
+        rows = [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.strip() not in bench]
+        rng.shuffle(rows)
+        out += [{"domain": path.stem, "prompt": p} for p in rows[:n_per_pool]]
+    rng.shuffle(out)
+    return out
+
+
+def _shard_path(out: Path, i: int) -> Path:
+    return out / f"shard-{i:05d}.safetensors"
+
+
+@torch.inference_mode()
+def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: int = 120,
+                  max_new_tokens: int = 192, max_prompt_tokens: int = 384, batch_size: int = 24,
+                  context: int = 16, seed: int = 0, max_shards: int | None = None,
+                  progress: bool = True) -> Path:
+    """Build (or resume) a self-distillation data directory for base `model`; `max_shards` stops
+    after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix."""
+    from transformers import AutoModelForCausalLM
+
+    from .. import zoo
+    from ..text import Tokenizer
+
+    path = zoo.resolve(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "data.json"
+    settings = {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
+                "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
+                "batch_size": batch_size, "context": context, "seed": seed}
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise SpecdraftError(f"{out} holds data built with other settings ({meta_path}); use a new directory")
+        meta = old
+    else:
+        meta = dict(settings, shards=0, tokens=0, answer_tokens=0, seconds=0.0)
+    tok = Tokenizer(path)
+    prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    pad = sorted(tok.eos_ids)[0]
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
+    meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
+    meta["shards_total"] = len(batches)
+    bar = tqdm(batches, desc="distill", unit="batch", disable=not progress)
+    for i, batch in enumerate(bar):
+        if _shard_path(out, i).exists():
+            continue
+        t0 = time.perf_counter()
+        encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
+        width = max(map(len, encoded))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, e in enumerate(encoded):  # left padding
+            ids[r, width - len(e):] = torch.tensor(e)
+            mask[r, width - len(e):] = 1
+        y = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                        eos_token_id=sorted(tok.eos_ids), pad_token_id=pad)
+        answers = []
+        for r in range(len(batch)):
+            a = y[r, width:].tolist()
+            for j, t in enumerate(a):
+                if t in tok.eos_ids:
+                    a = a[: j + 1]
+                    break
+            answers.append(a)
+        # Teacher-force prompt + answer again (right padded, so positions are plain aranges).
+        seqs = [e + a for e, a in zip(encoded, answers)]
+        full = max(map(len, seqs))
+        x = torch.full((len(seqs), full), pad, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            x[r, : len(s)] = torch.tensor(s)
+        hidden = hf.model(input_ids=x, attention_mask=(torch.arange(full)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()).last_hidden_state
+        greedy = hf.lm_head(hidden).argmax(-1)
+        cols = {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
+        for r, (e, a) in enumerate(zip(encoded, answers)):
+            lo, hi = max(0, len(e) - context), len(e) + len(a) - 1  # position t predicts t + 1 < len
+            if hi <= len(e) - 1:
+                continue
+            cols["hidden"].append(hidden[r, lo:hi].to(torch.bfloat16))
+            cols["next"].append(x[r, lo + 1:hi + 1])
+            cols["greedy"].append(greedy[r, lo:hi])
+            cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
+            cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
+        tensors = {k: torch.cat(v).contiguous() for k, v in cols.items()}
+        with atomic_file(_shard_path(out, i)) as f:
+            f.write(_serialize(tensors))
+        meta["shards"] += 1
+        meta["tokens"] += int(tensors["next"].numel())
+        meta["answer_tokens"] += int(tensors["target"].sum())
+        meta["seconds"] += time.perf_counter() - t0
+        with atomic_file(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+        bar.set_postfix(answer_tokens=meta["answer_tokens"])
+    return out
+
+
+def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"format": FORMAT})
+
+
+def shard_paths(data: Path) -> list[Path]:
+    data = Path(data)
+    meta = data / "data.json"
+    if not meta.is_file():
+        raise SpecdraftError(f"{data} is not a distillation data directory (no data.json): build it with "
+                             "`specdraft train data --model M --out DIR`")
+    shards = sorted(data.glob("shard-*.safetensors"))
+    if not shards:
+        raise SpecdraftError(f"{data} has no shards yet")
+    return shards
+
+
+def load_shards(data: Path, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Concatenate every shard; `seq` becomes globally unique."""
+    cols: dict[str, list[torch.Tensor]] = {}
+    offset = 0
+    for p in tqdm(shard_paths(data), desc="load data", unit="shard", disable=not progress):
+        try:
+            t = load_file(str(p))
+        except Exception as e:  # a truncated or foreign file
+            raise SpecdraftError(f"corrupt data shard {p}: {e}") from None
+        t["seq"] = t["seq"].long() + offset
+        offset = int(t["seq"].max()) + 1
+        for k, v in t.items():
+            cols.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+__all__ = ["build_distill", "load_shards", "training_prompts"]

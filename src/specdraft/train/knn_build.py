@@ -1,0 +1,156 @@
+"""Build a KNN-SSD artifact from the per-domain prompt pools (`specdraft data build`).
+
+Per domain, the pool is split into disjoint parts: anchor prompts (k-means over their mean-pooled
+final hidden states, scikit-learn KMeans with n_init 10 -> `anchors_per_domain` centroids), search
+prompts (the domain's skip set, train/skipsearch.py), measure prompts (the route: every candidate
+drafter is timed against plain decoding there and the fastest wins), and unseen prompts (routing
+accuracy: never used for the anchors). The mixture of all domains' search prompts gives the
+Self-SD(Mix) set, written beside the artifact for the baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+from tqdm import tqdm
+
+from ..drafters.knn import FORMAT, Router
+from ..drafters.layerskip import LayerSkipDrafter, skipset_to_json
+from ..errors import SpecdraftError
+from ..paths import atomic_dir, home
+from . import skipsearch
+
+
+def pool_prompts(domain: str) -> list[str]:
+    path = home() / "data" / "pool" / f"{domain}.jsonl"
+    if not path.is_file():
+        raise SpecdraftError(f"no prompt pool for domain {domain!r} ({path}): run `specdraft data build` "
+                             "(domains: conversation, code, math, qa, translation, summarization)")
+    return [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.inference_mode()
+def prompt_vectors(model, ids_list: list[list[int]], progress: bool = True, desc: str = "anchors") -> torch.Tensor:
+    """Mean-pooled final hidden states of one full-model prefill per prompt: [n, d] float32."""
+    out = []
+    for ids in tqdm(ids_list, desc=desc, unit="prompt", disable=not progress, leave=False):
+        cache = model.new_cache(len(ids))
+        fwd = model(torch.tensor(ids, device=model.device), torch.arange(len(ids), device=model.device), cache,
+                    logits_at=slice(0, 0), final_hidden=True)
+        out.append(fwd.final_hidden.float().mean(0).cpu())
+    return torch.stack(out)
+
+
+def kmeans_anchors(vecs: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    from sklearn.cluster import KMeans
+
+    x = torch.nn.functional.normalize(vecs, dim=-1).numpy()  # cosine geometry
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+    return torch.tensor(km.cluster_centers_, dtype=torch.float32)
+
+
+def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int, drafters: dict) -> dict[str, float]:
+    """Speedup of each spec over plain decoding on the prompts (ratio of summed tokens/s, same
+    process, interleaved per prompt)."""
+    from ..engine import generate_ids
+
+    tps: dict[str, list[float]] = {s: [] for s in ["plain", *specs]}
+    for ids in prompts:
+        for s in tps:
+            d = drafters.get(s) if s != "plain" else None
+            out, st = generate_ids(llm.model, ids, max_new_tokens=max_new_tokens, eos_ids=llm.tokenizer.eos_ids, drafter=d)
+            tps[s].append(st.new_tokens / st.wall_s)
+    plain = statistics.mean(tps["plain"])
+    return {s: statistics.mean(v) / plain for s, v in tps.items() if s != "plain"}
+
+
+def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: int = 10, anchor_prompts: int = 100,
+              search_prompts: int = 6, search_tokens: int = 24, search_evals: int = 120, unseen_prompts: int = 30,
+              measure_prompts: int = 2, measure_tokens: int = 48, candidates: tuple[str, ...] = ("lookup",),
+              seed: int = 0, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    model, tok = llm.model, llm.tokenizer
+    L = model.cfg.num_layers
+    splits: dict[str, dict[str, list[list[int]]]] = {}
+    for d in domains:
+        rows = pool_prompts(d)
+        need = anchor_prompts + search_prompts + measure_prompts + unseen_prompts
+        if len(rows) < need or anchor_prompts < anchors_per_domain:
+            raise SpecdraftError(f"domain {d!r} has {len(rows)} pool prompts; building needs {need} "
+                                 f"(at least {anchors_per_domain} for k-means): lower --anchor-prompts or add prompts")
+        enc = [tok.encode_prompt(r) for r in rows[:need]]
+        a, s, m = anchor_prompts, anchor_prompts + search_prompts, anchor_prompts + search_prompts + measure_prompts
+        splits[d] = {"anchor": enc[:a], "search": enc[a:s], "measure": enc[s:m], "unseen": enc[m:need]}
+
+    anchors, labels, meta_domains = [], [], {}
+    anchor_dists = []
+    for di, d in enumerate(domains):
+        vecs = prompt_vectors(model, splits[d]["anchor"], progress, f"anchors {d}")
+        cent = kmeans_anchors(vecs, anchors_per_domain, seed)
+        anchors.append(cent)
+        labels += [di] * cent.shape[0]
+        meta_domains[d] = {"anchor_prompts": len(splits[d]["anchor"])}
+    anchors_t = torch.cat(anchors)
+    router = Router(anchors_t, labels, list(domains))
+    for d in domains:  # how far build prompts sit from their nearest anchor: the fallback radius
+        _, dist = router.route_many(prompt_vectors(model, splits[d]["anchor"][:20], False))
+        anchor_dists += dist
+    max_distance = 1.5 * max(anchor_dists)
+
+    # Skip sets: one per domain, one for the mixture (the Self-SD(Mix) baseline).
+    searches = {}
+    groups = {d: splits[d]["search"] for d in domains}
+    groups["mix"] = [p for d in domains for p in splits[d]["search"][: max(1, search_prompts // len(domains) + 1)]]
+    for name, prompts in groups.items():
+        data = skipsearch.prepare(model, prompts, search_tokens, progress=False)
+        obj = skipsearch.Objective(model, data, protect=(0, L - 1))
+        r = skipsearch.search(obj, max_evals=search_evals, patience=max(30, search_evals // 3), seed=seed,
+                              progress=progress)
+        skip = skipsearch.bits_to_skip(list(r["bits"]), L)
+        searches[name] = {"skip": skip, "json": skipset_to_json(
+            skip, llm.name, domain=name, matchness=r["matchness"], cost=r["cost"],
+            modelled_speedup=r["modelled_speedup"], evals=r["total_evals"], seconds=round(r["total_seconds"], 1))}
+
+    # Routes: time every candidate (and the domain's skip set) on the domain's measure prompts.
+    routes_measured = {}
+    for d in tqdm(domains, desc="measure routes", unit="domain", disable=not progress):
+        drafters = {"skipset:" + d: LayerSkipDrafter(searches[d]["skip"], d)}
+        for c in candidates:
+            drafters[c] = llm.drafter(c)
+        sp = measure(llm, list(drafters), splits[d]["measure"], measure_tokens, drafters)
+        routes_measured[d] = sp
+        best = max(sp, key=sp.get)
+        meta_domains[d].update(route=best if sp[best] > 1.0 else "plain", measured_speedup={k: round(v, 3) for k, v in sp.items()},
+                               skipset=searches[d]["json"])
+    # Fallback: the best single route over all domains (mean measured speedup).
+    single = {c: statistics.mean(routes_measured[d][c] for d in domains) for c in candidates}
+    fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
+
+    # Routing accuracy on prompts never used for anchors.
+    correct, total, per = 0, 0, {}
+    for d in domains:
+        got, _ = router.route_many(prompt_vectors(model, splits[d]["unseen"], progress, f"unseen {d}"))
+        hits = sum(g == d for g in got)
+        per[d] = hits / len(got)
+        correct, total = correct + hits, total + len(got)
+    meta = {"format": FORMAT, "model": llm.name, "num_layers": L, "hidden_size": model.cfg.hidden_size,
+            "dtype": llm.dtype_name, "domains": meta_domains, "max_distance": max_distance,
+            "fallback": {"route": fallback, "skipsets": "skipset:" + max(domains, key=lambda d: routes_measured[d]["skipset:" + d])},
+            "mix_skipset": searches["mix"]["json"], "routing_accuracy": correct / total, "routing_accuracy_per_domain": per,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "settings": {"anchors_per_domain": anchors_per_domain, "anchor_prompts": anchor_prompts,
+                         "search_prompts": search_prompts, "search_tokens": search_tokens, "search_evals": search_evals,
+                         "unseen_prompts": unseen_prompts, "measure_prompts": measure_prompts,
+                         "measure_tokens": measure_tokens, "candidates": list(candidates), "seed": seed}}
+    with atomic_dir(Path(out)) as tmp:
+        (tmp / "anchors.safetensors").write_bytes(save({"anchors": anchors_t.contiguous(),
+                                                         "labels": torch.tensor(labels, dtype=torch.long)}))
+        (tmp / "knn.json").write_text(json.dumps(meta, indent=2))
+        for name, s in searches.items():
+            (tmp / f"skipset-{name}.json").write_text(json.dumps(s["json"], indent=2))
+    return meta

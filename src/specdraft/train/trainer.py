@@ -1,0 +1,274 @@
+"""Training of the CTC draft layer and of Medusa heads on self-distillation data (train/data.py).
+
+Samples: every answer position t whose token x_{t+1} is the base model's own greedy token (the
+root the drafter will draft after). Labels: the base model's greedy continuation after the root,
+x_{t+2} .. x_{t+1+L}, cut where the recorded text leaves the base model's greedy path (then the
+tokens are no longer what greedy decoding would produce) and at `max_labels`; CTC handles the
+variable length. Medusa head k learns label k with cross-entropy (where it exists).
+
+The base model stays frozen; only the draft module trains (AdamW, warmup + cosine, grad clip,
+bf16 autocast). Every `eval_every` steps a held-out tau estimate decodes the drafts exactly as the
+drafter does and counts how deep the tree follows the base model's greedy labels (a lower bound:
+labels stop where the data does). Checkpoints (`OUT/checkpoint/`: config.json, model.safetensors,
+optimizer.safetensors, trainer_state.json) are written atomically; rerunning the same command
+resumes from the last one. The final drafter goes to OUT/config.json + OUT/model.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from ..drafters.ctc import candidates_to_draft, ctc_candidates
+from ..drafters.heads import HeadConfig, init_from_base, make_module, save_module, sub_head
+from ..drafters.medusa import medusa_candidates
+from ..errors import SpecdraftError
+from ..paths import atomic_dir
+from ..verify.tree import Draft, children
+from .data import load_shards
+
+
+@dataclass
+class TrainConfig:
+    kind: str  # ctc | medusa
+    epochs: float = 2.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    clip: float = 0.5
+    frames: int = 6  # ctc frames per draft
+    max_labels: int = 4  # longest label sequence (ctc) = number of heads (medusa)
+    intermediate_size: int = 1024  # ctc layer MLP width
+    draft_vocab: int = 8192  # the most frequent answer tokens of the data
+    window: int = 16
+    eval_every: int = 250
+    eval_samples: int = 1500
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+class Samples:
+    """Index arrays over the flat data: positions, labels [S, max_labels], label lengths."""
+
+    def __init__(self, data: dict[str, torch.Tensor], max_labels: int, window: int, vocab: torch.Tensor):
+        nxt, greedy, seq, target = data["next"], data["greedy"], data["seq"], data["target"]
+        n = nxt.numel()
+        index = torch.full((int(max(nxt.max(), vocab.max())) + 1,), -1, dtype=torch.long)
+        index[vocab] = torch.arange(vocab.numel())  # token id -> draft-vocabulary index
+        ok = target & (greedy == nxt)
+        pos = torch.nonzero(ok).flatten()
+        labels = torch.zeros(pos.numel(), max_labels, dtype=torch.long)
+        length = torch.zeros(pos.numel(), dtype=torch.long)
+        alive = torch.ones(pos.numel(), dtype=torch.bool)
+        for j in range(1, max_labels + 1):
+            idx = (pos + j).clamp(max=n - 1)
+            alive &= (pos + j < n) & (seq[idx] == seq[pos]) & target[idx] & (greedy[idx] == nxt[idx])
+            alive &= index[nxt[idx]] >= 0  # a token outside the draft vocabulary ends the labels
+            labels[:, j - 1] = torch.where(alive, index[nxt[idx]], 0)
+            length += alive.long()
+        keep = length > 0
+        self.pos, self.labels, self.length = pos[keep], labels[keep], length[keep]
+        self.data, self.window = data, window
+
+    def __len__(self) -> int:
+        return self.pos.numel()
+
+    def split(self, every: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out = whole conversations (seq % every == 0): no leakage through the window."""
+        held = (self.data["seq"][self.pos] % every) == 0
+        return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.data
+        t = self.pos[idx]
+        W = self.window
+        win = t[:, None] - torch.arange(W - 1, -1, -1)[None, :]  # oldest first, last = t
+        valid = win >= 0
+        winc = win.clamp(min=0)
+        valid &= d["seq"][winc] == d["seq"][t][:, None]
+        ctx_next = d["next"][winc].clone()
+        ctx_next[:, -1] = d["greedy"][t]  # the root
+        return {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
+                "labels": self.labels[idx], "length": self.length[idx]}
+
+
+def tree_accept(draft: Draft, labels: list[int]) -> int:
+    """How many nodes greedy verification would accept if the base model's tokens were `labels`."""
+    kids = children(draft.parents)
+    node, n = -1, 0
+    for tok in labels:
+        nxt = next((c for c in kids[node + 1] if draft.tokens[c] == tok), None)
+        if nxt is None:
+            break
+        node, n = nxt, n + 1
+    return n
+
+
+class Trainer:
+    def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True):
+        from .. import zoo
+        from ..runtime.loader import load_decoder
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        meta = json.loads((Path(data_dir) / "data.json").read_text()) if (Path(data_dir) / "data.json").is_file() else {}
+        if meta.get("model") not in (None, model_name):
+            raise SpecdraftError(f"{data_dir} was built from {meta['model']}, not {model_name}")
+        base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
+        data = load_shards(data_dir, progress)
+        counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
+        vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
+        self.vocab_coverage = float(counts[vocab].sum() / counts.sum())
+        self.hcfg = HeadConfig(kind=cfg.kind, base_model=model_name, hidden_size=base.cfg.hidden_size,
+                               vocab_size=base.cfg.vocab_size, draft_vocab=int(vocab.numel()),
+                               frames=cfg.frames if cfg.kind == "ctc" else cfg.max_labels, window=cfg.window,
+                               num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size)
+        torch.manual_seed(cfg.seed)
+        self.module = make_module(self.hcfg)
+        self.module.vocab.copy_(vocab)
+        init_from_base(self.module, base.norm)
+        self.embed, self.head = base.embed.weight, sub_head(self.module, base.head_weight())
+        self.samples = Samples(data, cfg.max_labels, cfg.window, vocab)
+        self.train_idx, self.held_idx = self.samples.split()
+        if len(self.train_idx) == 0 or len(self.held_idx) == 0:
+            raise SpecdraftError(f"{data_dir} has too little data to train on")
+        self.steps = max(1, int(cfg.epochs * len(self.train_idx) / cfg.batch_size))
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        self.step, self.seconds, self.history = 0, 0.0, []
+
+    # -- schedule, loss ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warm = max(1, int(self.cfg.warmup * self.steps))
+        if step < warm:
+            return self.cfg.lr * (step + 1) / warm
+        return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
+
+    def logits(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.cfg.kind == "ctc":
+            feats = self.module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], self.embed)
+        else:
+            feats = self.module.features(b["hidden"])
+        return self.module.logits(feats, self.head)  # [B, F, C]
+
+    def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
+            logits = self.logits(b)
+        logp = torch.log_softmax(logits, -1, dtype=torch.float32)
+        if self.cfg.kind == "ctc":
+            B, Fr, C = logp.shape
+            return F.ctc_loss(logp.transpose(0, 1), b["labels"], torch.full((B,), Fr, dtype=torch.long), b["length"],
+                              blank=C - 1, reduction="mean", zero_infinity=True)
+        K = logp.shape[1]
+        mask = torch.arange(K)[None, :] < b["length"][:, None]
+        nll = -logp.gather(-1, b["labels"][:, :K, None]).squeeze(-1)
+        return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+    # -- held-out tau ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_tau(self, max_nodes: int = 24) -> float:
+        self.module.eval()
+        idx = self.held_idx[: self.cfg.eval_samples]
+        total = 0
+        for chunk in idx.split(256):
+            b = self.samples.batch(chunk)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
+                logp = torch.log_softmax(self.logits(b).float(), -1)
+            for r in range(logp.shape[0]):
+                if self.cfg.kind == "ctc":
+                    draft = candidates_to_draft(ctc_candidates(logp[r], blank=logp.shape[-1] - 1), max_nodes)
+                else:
+                    draft = Draft.from_sequences([c for c, _ in medusa_candidates(logp[r])]).truncated(max_nodes)
+                total += tree_accept(draft, b["labels"][r, : int(b["length"][r])].tolist())
+        self.module.train()
+        return 1.0 + total / max(1, idx.numel())
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"step": self.step, "steps": self.steps, "seconds": self.seconds, "history": self.history,
+                "train": vars(self.cfg), "samples": len(self.samples), "train_samples": int(self.train_idx.numel()),
+                "heldout_samples": int(self.held_idx.numel()),
+                "draft_vocab_coverage": self.vocab_coverage}
+
+    def save_checkpoint(self) -> None:
+        ckpt = self.out / "checkpoint"
+        with atomic_dir(ckpt) as tmp:
+            tensors = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
+            (tmp / "model.safetensors").write_bytes(save(tensors))
+            opt = {}
+            names = dict(self.module.named_parameters())
+            for name, p in names.items():
+                st = self.opt.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in st:
+                        opt[f"{name}.{key}"] = st[key].contiguous()
+                if "step" in st:
+                    opt[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+            (tmp / "optimizer.safetensors").write_bytes(save(opt))
+            (tmp / "config.json").write_text(json.dumps(self.hcfg.to_json(), indent=2))
+            (tmp / "trainer_state.json").write_text(json.dumps(self._state(), indent=2))
+
+    def try_resume(self) -> bool:
+        ckpt = self.out / "checkpoint"
+        if not (ckpt / "trainer_state.json").is_file():
+            return False
+        try:
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            self.module.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+            opt = load_file(str(ckpt / "optimizer.safetensors"))
+        except Exception as e:
+            raise SpecdraftError(f"corrupt training checkpoint {ckpt}: {e}; delete it to start over") from None
+        if state.get("train", {}).get("kind") != self.cfg.kind or state.get("steps") != self.steps:
+            raise SpecdraftError(f"{ckpt} belongs to another training run (kind or length differs); use a new --out")
+        for name, p in self.module.named_parameters():
+            if f"{name}.exp_avg" in opt:
+                self.opt.state[p] = {"exp_avg": opt[f"{name}.exp_avg"], "exp_avg_sq": opt[f"{name}.exp_avg_sq"],
+                                     "step": opt[f"{name}.step"].reshape(())}
+        self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
+        return True
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        resumed = self.try_resume()
+        per_epoch = max(1, len(self.train_idx) // self.cfg.batch_size)
+        orders: dict[int, torch.Tensor] = {}
+        self.module.train()
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train {self.cfg.kind}", unit="step", disable=not self.progress)
+        t0, loss_ema = time.perf_counter(), None
+        while self.step < self.steps:
+            epoch, k = divmod(self.step, per_epoch)
+            if epoch not in orders:  # the same order on resume: a fresh generator per epoch
+                orders = {epoch: self.train_idx[torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))]}
+            idx = orders[epoch][k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            loss = self.loss(self.samples.batch(idx))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip)
+            self.opt.step()
+            self.step += 1
+            lv = loss.item()
+            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", resumed=resumed)
+            if self.step % self.cfg.eval_every == 0 or self.step == self.steps:
+                tau = self.estimate_tau()
+                self.history.append({"step": self.step, "loss": loss_ema, "heldout_tau": tau})
+                bar.write(f"step {self.step}/{self.steps}: loss {loss_ema:.3f}, held-out tau estimate {tau:.2f}")
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
+                self.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save_checkpoint()
+        bar.close()
+        self.seconds += time.perf_counter() - t0
+        state = self._state()
+        save_module(self.module, self.out, extra={"training": state})
+        return state
