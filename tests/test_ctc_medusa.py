@@ -1,0 +1,215 @@
+"""CTC decoding (pure), CTC / Medusa drafters on tiny models (lossless), checkpoints, training resume."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_decoder
+from safetensors.torch import save_file
+
+from specdraft.drafters.ctc import CTCDrafter, candidates_to_draft, ctc_candidates
+from specdraft.drafters.heads import HeadConfig, load_module, make_module, save_module
+from specdraft.drafters.medusa import MedusaDrafter, medusa_candidates
+from specdraft.engine import generate_ids
+from specdraft.errors import SpecdraftError
+from specdraft.runtime.sampling import SamplingParams
+
+PROMPT = [5, 17, 3, 60, 2, 9, 41]
+BLANK = 9
+
+
+def frames(*rows):
+    """Frames whose top symbol is given per frame (prob 0.9), the rest spread evenly."""
+    lp = torch.full((len(rows), 10), math.log(0.1 / 9))
+    for f, s in enumerate(rows):
+        lp[f, s] = math.log(0.9)
+    return lp
+
+
+def test_ctc_collapse_blanks_and_repeats():
+    best, score = ctc_candidates(frames(4, 4, BLANK, 4, 7, BLANK), BLANK)[0]
+    assert best == [4, 4, 7]  # a blank separates the two 4s; the adjacent pair merges
+    assert score < 0
+    assert ctc_candidates(frames(3, 3, 3), BLANK)[0][0] == [3]
+
+
+def test_ctc_all_blank_gives_no_candidate_and_an_empty_draft():
+    lp = torch.full((4, 10), -30.0)
+    lp[:, BLANK] = 0.0
+    assert ctc_candidates(lp, BLANK, min_logp=-5) == []
+    assert len(candidates_to_draft([], 10)) == 0
+
+
+def test_ctc_candidates_are_distinct_and_tree_dedups_prefixes():
+    lp = torch.log_softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(1)), -1)
+    cands = ctc_candidates(lp, BLANK, topk=3, beams=10)
+    seqs = [tuple(c) for c, _ in cands]
+    assert len(seqs) == len(set(seqs)) and all(seqs)
+    assert all(BLANK not in s for s in seqs)
+    scores = [s for _, s in cands]
+    assert scores == sorted(scores, reverse=True)
+    d = candidates_to_draft(cands, 100)
+    assert len(d) <= sum(len(s) for s in seqs)  # shared prefixes are one node
+    paths = set()
+    for i in range(len(d)):  # every candidate is a root-to-node path of the tree
+        path, n = [], i
+        while n >= 0:
+            path.append(d.tokens[n])
+            n = d.parents[n]
+        paths.add(tuple(reversed(path)))
+    assert set(seqs) <= paths
+
+
+def test_medusa_candidates_beam():
+    lp = torch.log_softmax(torch.randn(3, 10, generator=torch.Generator().manual_seed(2)), -1)
+    cands = medusa_candidates(lp, topk=2, beams=4)
+    assert len(cands) == 4 and all(len(c) == 3 for c, _ in cands)
+    assert cands[0][0] == lp.argmax(-1).tolist()
+
+
+def tiny_heads(kind, model, seed=0, frames=5):
+    cfg = HeadConfig(kind=kind, base_model="tiny", hidden_size=model.cfg.hidden_size, vocab_size=model.cfg.vocab_size,
+                     frames=frames, window=4, num_heads=4, intermediate_size=48, draft_vocab=60)
+    torch.manual_seed(seed)
+    m = make_module(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+        m.vocab.copy_(torch.randperm(model.cfg.vocab_size)[:60].sort().values)
+    return m.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("kind", ["ctc", "medusa"])
+@pytest.mark.parametrize("seed", range(4))
+def test_trained_head_drafters_are_lossless(kind, seed):
+    """Random heads draft garbage, duplicates and empty drafts; output must equal plain."""
+    model = tiny_decoder(layers=2, scale=0.2)
+    heads = tiny_heads(kind, model, seed)
+    if kind == "ctc":
+        d = CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", topk=3, beams=6, max_nodes=12)
+    else:
+        d = MedusaDrafter(heads, model.head_weight(), "t", topk=3, beams=6, max_nodes=12)
+    plain, _ = generate_ids(model, PROMPT, max_new_tokens=40)
+    out, stats = generate_ids(model, PROMPT, max_new_tokens=40, drafter=d)
+    assert out == plain
+    assert stats.drafted > 0
+    p = SamplingParams(temperature=0.9, seed=seed)
+    a, _ = generate_ids(model, PROMPT, max_new_tokens=20, params=p, drafter=d)
+    b, _ = generate_ids(model, PROMPT, max_new_tokens=20, params=p, drafter=d)
+    assert a == b
+
+
+def test_ctc_drafter_window_matches_committed_rows():
+    """The drafter's hidden window must be the target's final states of the latest positions."""
+    model = tiny_decoder(layers=2, scale=0.2)
+    heads = tiny_heads("ctc", model)
+    seen = []
+
+    class Spy(CTCDrafter):
+        def propose(self, ctx):
+            draft = super().propose(ctx)
+            seen.append((list(ctx.ids), self.hist.clone()))
+            return draft
+
+    d = Spy(heads, model.embed.weight, model.head_weight(), "t", topk=2, beams=4, max_nodes=6)
+    generate_ids(model, PROMPT, max_new_tokens=12, drafter=d)
+    ids, hist = seen[-1]
+    cache = model.new_cache(len(ids))
+    fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True)
+    want = fwd.final_hidden[len(ids) - 1 - hist.shape[0]: len(ids) - 1]
+    assert torch.allclose(hist, want, atol=1e-4)
+
+
+def test_checkpoint_roundtrip_and_refusals(tmp_path):
+    model = tiny_decoder(layers=2, scale=0.2)
+    heads = tiny_heads("ctc", model)
+    save_module(heads, tmp_path / "c", dtype=torch.float32)
+    back, raw = load_module(tmp_path / "c", model.cfg.hidden_size, model.cfg.vocab_size)
+    assert torch.equal(back.vocab, heads.vocab)
+    for k, v in heads.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+    with pytest.raises(SpecdraftError, match="trained for tiny"):
+        load_module(tmp_path / "c", 64, model.cfg.vocab_size)
+    with pytest.raises(SpecdraftError, match="no config.json"):
+        load_module(tmp_path / "nothing", 32, 97)
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(SpecdraftError, match="cannot read"):
+        load_module(tmp_path / "c", model.cfg.hidden_size, model.cfg.vocab_size)
+    save_module(heads, tmp_path / "d", dtype=torch.float32)
+    state = {k: v.clone() for k, v in heads.state_dict().items()}
+    state["vocab"][0] = 10_000
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "d" / "model.safetensors"))
+    with pytest.raises(SpecdraftError, match="outside the model's vocabulary"):
+        load_module(tmp_path / "d", model.cfg.hidden_size, model.cfg.vocab_size)
+    (tmp_path / "d" / "config.json").write_text("{}")
+    with pytest.raises(SpecdraftError, match="not a specdraft drafter config"):
+        load_module(tmp_path / "d", model.cfg.hidden_size, model.cfg.vocab_size)
+
+
+def fake_distill(path, model, n_seq=12, length=40, seed=0):
+    """A distillation directory whose answers are the tiny model's own greedy continuations."""
+    g = torch.Generator().manual_seed(seed)
+    cols = {k: [] for k in ("hidden", "next", "greedy", "seq", "target")}
+    for s in range(n_seq):
+        prompt = torch.randint(0, model.cfg.vocab_size, (5,), generator=g).tolist()
+        cont, _ = generate_ids(model, prompt, max_new_tokens=length)
+        ids = prompt + cont
+        cache = model.new_cache(len(ids))
+        fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True)
+        n = len(ids) - 1
+        cols["hidden"].append(fwd.final_hidden[:n].to(torch.bfloat16))
+        cols["next"].append(torch.tensor(ids[1:]))
+        cols["greedy"].append(fwd.logits[:n].argmax(-1))
+        cols["seq"].append(torch.full((n,), s, dtype=torch.int32))
+        cols["target"].append(torch.arange(n) >= len(prompt) - 1)
+    path.mkdir(parents=True)
+    save_file({k: torch.cat(v).contiguous() for k, v in cols.items()}, str(path / "shard-00000.safetensors"))
+    (path / "data.json").write_text(json.dumps({"model": None}))
+
+
+@pytest.mark.parametrize("kind", ["ctc", "medusa"])
+def test_training_learns_resumes_and_refuses_corrupt_checkpoints(kind, tmp_path, tiny_qwen_dir):
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.train.trainer import TrainConfig, Trainer
+
+    base = load_decoder(tiny_qwen_dir, torch.bfloat16)
+    fake_distill(tmp_path / "data", base.float())
+    cfg = TrainConfig(kind, epochs=6, batch_size=32, lr=3e-3, max_labels=3, frames=5, window=4, intermediate_size=32,
+                      draft_vocab=64, eval_every=1000, checkpoint_every=4, eval_samples=200)
+    full = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "a", cfg, progress=False)
+    batch = full.samples.batch(full.train_idx[:64])
+    with torch.no_grad():
+        loss0 = float(full.loss(batch))
+    state = full.run()
+    with torch.no_grad():
+        assert float(full.loss(batch)) < 0.9 * loss0  # it learns
+    assert state["history"][-1]["heldout_tau"] >= 1.0
+    assert (tmp_path / "a" / "config.json").is_file() and not (tmp_path / "a" / "checkpoint").exists()
+
+    # Interrupted run: killed during step 5 (checkpoint at step 4), resumed by a new Trainer.
+    part = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "b", cfg, progress=False)
+    orig, calls = part.opt.step, {"n": 0}
+
+    def interrupting_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    part.opt.step = interrupting_step
+    with pytest.raises(KeyboardInterrupt):
+        part.run()
+    resumed = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "b", cfg, progress=False)
+    assert resumed.try_resume() and resumed.step == 4
+    Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "b", cfg, progress=False).run()
+    a, _ = load_module(tmp_path / "a", base.cfg.hidden_size, base.cfg.vocab_size)
+    b, _ = load_module(tmp_path / "b", base.cfg.hidden_size, base.cfg.vocab_size)
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v.float(), b.state_dict()[k].float(), atol=1e-2), k
+
+    (tmp_path / "c" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "c" / "checkpoint" / "trainer_state.json").write_text("{}")
+    (tmp_path / "c" / "checkpoint" / "model.safetensors").write_bytes(b"xx")
+    with pytest.raises(SpecdraftError, match="corrupt training checkpoint"):
+        Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "c", cfg, progress=False).run()
