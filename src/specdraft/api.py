@@ -91,6 +91,7 @@ class GenerationResult:
             "model": self.model,
             "drafter": self.drafter,
             "drafter_info": s.extra,
+            **({"route": s.extra["route"]} if "route" in s.extra else {}),  # knn-ssd: the route taken
             "dtype": self.dtype,
         }
 

@@ -1,0 +1,100 @@
+"""KNN-SSD routing: the router, artifacts (good and bad), the drafter on a tiny LLM (lossless, route
+reported, fallback), and k-means anchors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from specdraft import LLM
+from specdraft.drafters.knn import FORMAT, Router, read_artifact
+from specdraft.drafters.layerskip import skipset_to_json
+from specdraft.errors import SpecdraftError
+from specdraft.runtime.model import SkipSet
+from specdraft.train.knn_build import kmeans_anchors, prompt_vectors
+
+
+def test_router_picks_the_nearest_anchor_by_cosine():
+    anchors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    r = Router(anchors, [0, 1, 1], ["a", "b"])
+    assert r.route(torch.tensor([5.0, 0.1, 0.0]))[0] == "a"  # scale does not matter under cosine
+    d, dist = r.route(torch.tensor([0.1, 0.2, 3.0]))
+    assert d == "b" and 0 <= dist < 0.1
+    got, _ = r.route_many(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.1]]))
+    assert got == ["a", "b"]
+
+
+def test_kmeans_anchors_separate_clusters():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 8, generator=g) * 0.05 + torch.eye(8)[0]
+    b = torch.randn(40, 8, generator=g) * 0.05 + torch.eye(8)[1]
+    ca, cb = kmeans_anchors(a, 4), kmeans_anchors(b, 4)
+    r = Router(torch.cat((ca, cb)), [0] * 4 + [1] * 4, ["a", "b"])
+    assert r.route_many(torch.cat((a[:5], b[:5])))[0] == ["a"] * 5 + ["b"] * 5
+
+
+def write_artifact(path, llm, domains, anchors, max_distance=2.0, routes=None):
+    L = llm.model.cfg.num_layers
+    skip = SkipSet(tuple(i == 1 for i in range(L)), (False,) * L)
+    meta = {"format": FORMAT, "model": llm.name, "num_layers": L, "hidden_size": llm.model.cfg.hidden_size,
+            "domains": {d: {"route": (routes or {}).get(d, f"skipset:{d}"), "skipset": skipset_to_json(skip, "tiny")}
+                        for d in domains},
+            "max_distance": max_distance, "fallback": {"route": "lookup", "skipsets": f"skipset:{domains[0]}"}}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "knn.json").write_text(json.dumps(meta))
+    save_file({"anchors": anchors.contiguous(), "labels": torch.arange(len(domains))}, str(path / "anchors.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_llm_dir):
+    return LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+
+
+PROMPTS = ["def add(a, b): return a + b", "Translate into English: Guten Morgen", "The quick brown fox"]
+
+
+def test_knn_drafter_routes_reports_and_stays_lossless(tiny_llm, tmp_path):
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS]
+    vecs = prompt_vectors(tiny_llm.model, ids, progress=False)
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["code", "translation", "story"], vecs,
+                         routes={"translation": "lookup", "story": "plain"})
+    for p, want, drafter in zip(PROMPTS, ["code", "translation", "story"], ["skipset:code", "lookup", "plain"]):
+        plain = tiny_llm.generate(p, max_new_tokens=24, drafter="plain")
+        r = tiny_llm.generate(p, max_new_tokens=24, drafter=f"knn-ssd:{art}")
+        assert r.token_ids == plain.token_ids
+        route = r.to_json()["route"]
+        assert route["domain"] == want and route["drafter"] == drafter and not route["fallback"]
+        assert route["distance"] < 1e-4
+        s = tiny_llm.generate(p, max_new_tokens=24, drafter=f"knn-ssd:{art}:skipsets")
+        assert s.token_ids == plain.token_ids and s.to_json()["route"]["drafter"] == f"skipset:{want}"
+
+
+def test_far_prompt_takes_the_fallback_route(tiny_llm, tmp_path):
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
+    vecs = prompt_vectors(tiny_llm.model, ids, progress=False)
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["code", "translation"], vecs, max_distance=1e-6)
+    plain = tiny_llm.generate("What is the capital of France?", max_new_tokens=16, drafter="plain")
+    r = tiny_llm.generate("What is the capital of France?", max_new_tokens=16, drafter=f"knn-ssd:{art}")
+    assert r.token_ids == plain.token_ids
+    route = r.to_json()["route"]
+    assert route["fallback"] and route["domain"] is None and route["drafter"] == "lookup"
+
+
+def test_bad_artifacts_are_clear_errors(tiny_llm, tmp_path):
+    L, H = tiny_llm.model.cfg.num_layers, tiny_llm.model.cfg.hidden_size
+    with pytest.raises(SpecdraftError, match="no knn.json"):
+        read_artifact(tmp_path / "missing", L, H)
+    art = write_artifact(tmp_path / "k", tiny_llm, ["a", "b"], torch.randn(2, H))
+    with pytest.raises(SpecdraftError, match="layers"):
+        read_artifact(art, L + 5, H)
+    (art / "anchors.safetensors").write_bytes(b"broken")
+    with pytest.raises(SpecdraftError, match="missing or corrupt"):
+        read_artifact(art, L, H)
+    art = write_artifact(tmp_path / "k2", tiny_llm, ["a", "b"], torch.randn(3, H))  # 3 anchors, 2 labels
+    with pytest.raises(SpecdraftError, match="do not agree"):
+        read_artifact(art, L, H)
+    (art / "knn.json").write_text("{")
+    with pytest.raises(SpecdraftError, match="corrupt"):
+        read_artifact(art, L, H)
