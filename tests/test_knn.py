@@ -98,3 +98,20 @@ def test_bad_artifacts_are_clear_errors(tiny_llm, tmp_path):
     (art / "knn.json").write_text("{")
     with pytest.raises(SpecdraftError, match="corrupt"):
         read_artifact(art, L, H)
+
+
+def test_mixed_stream_orders_by_switch_probability():
+    from specdraft.bench.questions import Question
+    from specdraft.bench.runner import mixed_stream
+
+    qs = [Question(f"{c}{i}", c, ("x",)) for c in "abc" for i in range(6)]
+    blocks = [q.category for q in mixed_stream(qs, 0.0)]
+    assert sum(x != y for x, y in zip(blocks, blocks[1:])) == 2  # one block per category
+    inter = [q.category for q in mixed_stream(qs, 1.0, seed=3)]
+    assert sorted(q.question_id for q in mixed_stream(qs, 1.0)) == sorted(q.question_id for q in qs)
+    switches = sum(x != y for x, y in zip(inter, inter[1:]))
+    assert switches >= 12  # switches after every prompt while another category is left
+    half = [q.category for q in mixed_stream(qs, 0.5, seed=1)]
+    assert 2 < sum(x != y for x, y in zip(half, half[1:])) < switches
+    for c in "abc":  # within a category, file order is kept
+        assert [q.question_id for q in mixed_stream(qs, 0.5) if q.category == c] == [f"{c}{i}" for i in range(6)]

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="bfloat16")
     b.add_argument("--device", default=None)
     b.add_argument("--repeats", type=_positive_int, default=1)
+    b.add_argument("--mix", type=float, default=None,
+                   help="order the questions as a mixed-domain stream: chance of switching category after each prompt")
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
@@ -235,12 +237,19 @@ def cmd_bench(a) -> int:
         if not is_peer(s):
             check_spec(s)
     questions = per_category(read_questions(a.questions or default_questions()), a.per_category)
+    if a.mix is not None:
+        if not 0.0 <= a.mix <= 1.0:
+            raise SpecdraftError(f"--mix is a probability in [0, 1], got {a.mix}")
+        from .bench.runner import mixed_stream
+
+        questions = mixed_stream(questions, a.mix)
     llm = LLM(a.model, dtype=a.dtype, device=a.device)
     hf_cache: dict = {}
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
     failures: dict[str, str] = {}
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, failures=failures)
     summary = {"model": llm.name, "dtype": llm.dtype_name, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+               "mix": a.mix, "stream": [q.category for q in questions],
                "date": datetime.date.today().isoformat(), "methods": summarize(records), "failures": failures}
     out = Path(a.out)
     write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))

@@ -26,6 +26,7 @@ class TurnRecord:
     accepted: int
     token_ids: tuple[int, ...]
     text: str = ""
+    route: str | None = None  # knn-ssd: routed domain of the turn
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -39,7 +40,7 @@ def _question_totals(records: list[TurnRecord]) -> dict[tuple[str, str], dict]:
     for r in records:
         t = out.setdefault((r.method, r.question_id), {
             "category": r.category, "new_tokens": 0, "wall_s": 0.0, "target_forwards": 0, "drafted": 0,
-            "accepted": 0, "ids": {}})
+            "accepted": 0, "ids": {}, "route": None})
         t["new_tokens"] += r.new_tokens
         t["wall_s"] += r.wall_s
         t["target_forwards"] += r.target_forwards
@@ -47,6 +48,8 @@ def _question_totals(records: list[TurnRecord]) -> dict[tuple[str, str], dict]:
         t["accepted"] += r.accepted
         if r.repeat == 0:
             t["ids"][r.turn] = r.token_ids
+            if r.turn == 0:
+                t["route"] = r.route
     return out
 
 
@@ -70,6 +73,8 @@ def _stats(rows: list[tuple[str, dict]], plain: dict[str, dict] | None) -> dict:
         "new_tokens": new,
         "questions": len(rows),
         "greedy_match": statistics.fmean(matches) if matches else None,
+        **({"routing_accuracy": statistics.fmean(t["route"] == t["category"] for _, t in routed)}
+           if (routed := [(q, t) for q, t in rows if t["route"] is not None]) else {}),
     }
 
 

@@ -15,12 +15,15 @@ def fmt(x, spec=".2f") -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    rows = ["| method | category | questions | tau | acceptance | tokens/s | speedup | same output as plain |",
-            "|---|---|---|---|---|---|---|---|"]
+    routed = any("routing_accuracy" in s["overall"] for s in summary["methods"].values())
+    rows = ["| method | category | questions | tau | acceptance | tokens/s | speedup | same output as plain |"
+            + (" routing accuracy |" if routed else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if routed else "")]
     for method, s in summary["methods"].items():
         for cat, st in [*s["categories"].items(), ("**overall**", s["overall"])]:
             rows.append(f"| {method} | {cat} | {st['questions']} | {fmt(st['tau'])} | {fmt(st['acceptance_rate'])} | "
-                        f"{fmt(st['tokens_per_s'], '.1f')} | {fmt(st['speedup'])}x | {fmt(st['greedy_match'])} |")
+                        f"{fmt(st['tokens_per_s'], '.1f')} | {fmt(st['speedup'])}x | {fmt(st['greedy_match'])} |"
+                        + (f" {fmt(st.get('routing_accuracy'))} |" if routed else ""))
     return "\n".join(rows)
 
 

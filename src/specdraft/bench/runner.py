@@ -21,6 +21,7 @@ class TurnResult:
     target_forwards: int
     drafted: int = 0
     accepted: int = 0
+    route: str | None = None  # knn-ssd: the domain the prompt was routed to ("fallback" if none)
 
 
 class Method(Protocol):
@@ -39,7 +40,9 @@ class SpecdraftMethod:
     def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
         r = self.llm.generate(messages, max_new_tokens=max_new_tokens, drafter=self.name)
         s = r.stats
-        return TurnResult(tuple(r.token_ids), r.text, s.wall_s, s.target_forwards, s.drafted, s.accepted)
+        route = s.extra.get("route")
+        return TurnResult(tuple(r.token_ids), r.text, s.wall_s, s.target_forwards, s.drafted, s.accepted,
+                          None if route is None else (route["domain"] or "fallback"))
 
 
 def run_methods(methods: list[Method], questions: list[Question], *, max_new_tokens: int, repeats: int = 1,
@@ -79,10 +82,32 @@ def run_methods(methods: list[Method], questions: list[Question], *, max_new_tok
                         messages.append({"role": "assistant", "content": r.text})
                         records.append(TurnRecord(m.name, q.question_id, q.category, turn, rep, len(r.token_ids),
                                                   r.wall_s, r.target_forwards, r.drafted, r.accepted, r.token_ids,
-                                                  r.text))
+                                                  r.text, r.route))
                         c = counters[m.name]
                         c[0] += len(r.token_ids)
                         c[1] += r.target_forwards
                     bar.update(1)
                     bar.set_postfix_str(" ".join(f"{k}:tau={v[0] / v[1]:.2f}" for k, v in counters.items() if v[1]))
     return records
+
+
+def mixed_stream(questions: list[Question], mix: float, seed: int = 0) -> list[Question]:
+    """Order questions as a stream over their categories: after each prompt the stream switches to
+    another category with probability `mix` (0 = one category after another, 1 = a switch after
+    every prompt), as the KNN-SSD paper builds its mixed-domain streams."""
+    import random
+
+    rng = random.Random(seed)
+    left: dict[str, list[Question]] = {}
+    for q in questions:
+        left.setdefault(q.category, []).append(q)
+    out: list[Question] = []
+    cur = rng.choice(sorted(left))
+    while left:
+        if cur not in left or (out and rng.random() < mix):
+            others = sorted(c for c in left if c != cur) or sorted(left)
+            cur = rng.choice(others)
+        out.append(left[cur].pop(0))
+        if not left[cur]:
+            del left[cur]
+    return out
