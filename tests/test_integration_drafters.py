@@ -64,3 +64,45 @@ def test_draft_model_equals_plain_on_qwen_pair(qwen, domain):
     spec = qwen.generate(PROMPTS[domain], max_new_tokens=32)
     assert spec.token_ids == plain.token_ids
     assert spec.drafter == "draft-model:qwen2.5-coder-0.5b" and spec.stats.accepted > 0
+
+
+SEED_DRAFTERS = ["knn-ssd", "knn-ssd:skipsets", "ctc", "medusa"]
+
+
+@pytest.mark.parametrize("drafter", SEED_DRAFTERS)
+@pytest.mark.parametrize("domain", sorted(PROMPTS))
+def test_seed_drafters_equal_plain_on_smollm2(smol, drafter, domain):
+    """The shipped knn-ssd, ctc and medusa artifacts, fp32 greedy: output identical to plain."""
+    plain = smol.generate(PROMPTS[domain], max_new_tokens=48)
+    spec = smol.generate(PROMPTS[domain], max_new_tokens=48, drafter=drafter)
+    assert spec.token_ids == plain.token_ids
+    if drafter.startswith("knn-ssd"):
+        assert spec.to_json()["route"]["drafter"]
+
+
+@pytest.mark.parametrize("domain", sorted(PROMPTS))
+def test_layerskip_equals_plain_on_smollm2(smol, domain, tmp_path):
+    from specdraft.drafters.layerskip import skipset_to_json
+    from specdraft.runtime.model import SkipSet
+
+    L = smol.model.cfg.num_layers
+    skip = SkipSet(tuple(i in (4, 9, 17) for i in range(L)), tuple(i in (12, 20) for i in range(L)))
+    f = tmp_path / "set.json"
+    f.write_text(json.dumps(skipset_to_json(skip, "smollm2-135m")))
+    plain = smol.generate(PROMPTS[domain], max_new_tokens=48)
+    spec = smol.generate(PROMPTS[domain], max_new_tokens=48, drafter=f"layerskip:{f}")
+    assert spec.token_ids == plain.token_ids
+    assert spec.stats.accepted > 0
+
+
+def test_cli_knn_route_and_bad_skipset(smollm2_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "specdraft", "generate", PROMPTS["math"], "--model", str(smollm2_dir),
+                        "--drafter", "knn-ssd", "--json", "--max-new-tokens", "16"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    route = json.loads(r.stdout)["route"]
+    assert set(route) >= {"domain", "distance", "drafter", "fallback"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "specdraft-skipset-1", "model": "x", "num_layers": 28, "attn": [1], "mlp": []}))
+    r = subprocess.run([sys.executable, "-m", "specdraft", "generate", "hi", "--model", str(smollm2_dir),
+                        "--drafter", f"layerskip:{bad}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "28 layers" in r.stderr

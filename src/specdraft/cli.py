@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--device", default=None)
     kb.add_argument("--out", required=True, help="artifact directory to write")
 
+    kr = knsub.add_parser("routes", help="re-time an artifact's routes with other candidate drafters")
+    kr.add_argument("artifact")
+    kr.add_argument("--model", default=zoo.DEFAULT_MODEL)
+    kr.add_argument("--candidates", default="lookup")
+    kr.add_argument("--dtype", default="bfloat16")
+    kr.add_argument("--device", default=None)
+
     tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa)")
     trsub = tr.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
     td = trsub.add_parser("data", help="base-model answers teacher-forced: hidden states + greedy tokens (resumable)")
@@ -329,10 +336,16 @@ def cmd_knn(a) -> int:
     for c in cands:
         check_spec(c)
     llm = LLM(a.model, dtype=a.dtype, device=a.device)
-    meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
-                     anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
-                     search_prompts=a.search_prompts, search_evals=a.search_evals, unseen_prompts=a.unseen_prompts,
-                     measure_prompts=a.measure_prompts, measure_tokens=a.measure_tokens, candidates=cands)
+    if a.knn_command == "routes":
+        from .train.knn_build import remeasure
+
+        meta = remeasure(llm, Path(a.artifact), cands)
+        a.out = a.artifact
+    else:
+        meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
+                         anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
+                         search_prompts=a.search_prompts, search_evals=a.search_evals, unseen_prompts=a.unseen_prompts,
+                         measure_prompts=a.measure_prompts, measure_tokens=a.measure_tokens, candidates=cands)
     for d, v in meta["domains"].items():
         print(f"{d:<14} route {v['route']:<28} " + " ".join(f"{k}={x:.2f}x" for k, x in v["measured_speedup"].items()))
     print(f"routing accuracy on unseen prompts: {meta['routing_accuracy']:.3f}; fallback route {meta['fallback']['route']}")

@@ -69,6 +69,47 @@ def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int
     return {s: statistics.mean(v) / plain for s, v in tps.items() if s != "plain"}
 
 
+def measure_routes(llm, meta_domains: dict, measure_sets: dict, skips: dict, candidates, tokens: int,
+                   progress: bool = True) -> tuple[str, str]:
+    """Time every candidate and each domain's skip set on the domain's measure prompts; set each
+    domain's `route` to the fastest (plain if nothing beats it). Returns the fallback routes: the
+    best single candidate over all domains, and the best skip set."""
+    measured = {}
+    for d in tqdm(list(meta_domains), desc="measure routes", unit="domain", disable=not progress):
+        drafters = {"skipset:" + d: LayerSkipDrafter(skips[d], d)}
+        for c in candidates:
+            drafters[c] = llm.drafter(c)
+        sp = measure(llm, list(drafters), measure_sets[d], tokens, drafters)
+        measured[d] = sp
+        best = max(sp, key=sp.get)
+        meta_domains[d].update(route=best if sp[best] > 1.0 else "plain",
+                               measured_speedup={k: round(v, 3) for k, v in sp.items()})
+    single = {c: statistics.mean(measured[d][c] for d in measured) for c in candidates}
+    fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
+    return fallback, "skipset:" + max(measured, key=lambda d: measured[d]["skipset:" + d])
+
+
+def remeasure(llm, path: Path, candidates: tuple[str, ...], progress: bool = True) -> dict:
+    """Re-time the routes of an existing artifact with new candidates (e.g. once ctc is trained),
+    keeping its anchors and skip sets; the same measure prompts as the build (same split)."""
+    from ..drafters.knn import read_artifact
+    from ..drafters.layerskip import skipset_from_json
+
+    meta, _, _ = read_artifact(path, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
+    st = meta["settings"]
+    lo = st["anchor_prompts"] + st["search_prompts"]
+    sets = {d: [llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)[lo: lo + st["measure_prompts"]]]
+            for d in meta["domains"]}
+    skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
+    fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, st["measure_tokens"], progress)
+    meta["fallback"] = {"route": fallback, "skipsets": skip_fallback}
+    meta["settings"]["candidates"] = list(candidates)
+    tmp = Path(path) / "knn.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(Path(path) / "knn.json")
+    return meta
+
+
 def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: int = 10, anchor_prompts: int = 100,
               search_prompts: int = 6, search_tokens: int = 24, search_evals: int = 120, unseen_prompts: int = 30,
               measure_prompts: int = 2, measure_tokens: int = 48, candidates: tuple[str, ...] = ("lookup",),
@@ -116,20 +157,11 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
             skip, llm.name, domain=name, matchness=r["matchness"], cost=r["cost"],
             modelled_speedup=r["modelled_speedup"], evals=r["total_evals"], seconds=round(r["total_seconds"], 1))}
 
-    # Routes: time every candidate (and the domain's skip set) on the domain's measure prompts.
-    routes_measured = {}
-    for d in tqdm(domains, desc="measure routes", unit="domain", disable=not progress):
-        drafters = {"skipset:" + d: LayerSkipDrafter(searches[d]["skip"], d)}
-        for c in candidates:
-            drafters[c] = llm.drafter(c)
-        sp = measure(llm, list(drafters), splits[d]["measure"], measure_tokens, drafters)
-        routes_measured[d] = sp
-        best = max(sp, key=sp.get)
-        meta_domains[d].update(route=best if sp[best] > 1.0 else "plain", measured_speedup={k: round(v, 3) for k, v in sp.items()},
-                               skipset=searches[d]["json"])
-    # Fallback: the best single route over all domains (mean measured speedup).
-    single = {c: statistics.mean(routes_measured[d][c] for d in domains) for c in candidates}
-    fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
+    for d in domains:
+        meta_domains[d]["skipset"] = searches[d]["json"]
+    fallback, skip_fallback = measure_routes(llm, meta_domains, {d: splits[d]["measure"] for d in domains},
+                                             {d: searches[d]["skip"] for d in domains}, candidates, measure_tokens,
+                                             progress)
 
     # Routing accuracy on prompts never used for anchors.
     correct, total, per = 0, 0, {}
@@ -140,7 +172,7 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         correct, total = correct + hits, total + len(got)
     meta = {"format": FORMAT, "model": llm.name, "num_layers": L, "hidden_size": model.cfg.hidden_size,
             "dtype": llm.dtype_name, "domains": meta_domains, "max_distance": max_distance,
-            "fallback": {"route": fallback, "skipsets": "skipset:" + max(domains, key=lambda d: routes_measured[d]["skipset:" + d])},
+            "fallback": {"route": fallback, "skipsets": skip_fallback},
             "mix_skipset": searches["mix"]["json"], "routing_accuracy": correct / total, "routing_accuracy_per_domain": per,
             "build_seconds": round(time.perf_counter() - t0, 1),
             "settings": {"anchors_per_domain": anchors_per_domain, "anchor_prompts": anchor_prompts,
