@@ -98,8 +98,11 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], progress: bool = Tru
     meta, _, _ = read_artifact(path, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
     st = meta["settings"]
     lo = st["anchor_prompts"] + st["search_prompts"]
-    sets = {d: [llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)[lo: lo + st["measure_prompts"]]]
-            for d in meta["domains"]}
+    cap = st.get("max_prompt_tokens", 10**9)
+    sets = {}
+    for d in meta["domains"]:
+        enc = [e for e in (llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)) if len(e) <= cap]
+        sets[d] = enc[lo: lo + st["measure_prompts"]]
     skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
     fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, st["measure_tokens"], progress)
     meta["fallback"] = {"route": fallback, "skipsets": skip_fallback}
@@ -113,7 +116,7 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], progress: bool = Tru
 def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: int = 10, anchor_prompts: int = 100,
               search_prompts: int = 6, search_tokens: int = 24, search_evals: int = 120, unseen_prompts: int = 30,
               measure_prompts: int = 2, measure_tokens: int = 48, candidates: tuple[str, ...] = ("lookup",),
-              seed: int = 0, progress: bool = True) -> dict:
+              max_prompt_tokens: int = 1024, seed: int = 0, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     model, tok = llm.model, llm.tokenizer
     L = model.cfg.num_layers
@@ -124,7 +127,10 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         if len(rows) < need or anchor_prompts < anchors_per_domain:
             raise SpecdraftError(f"domain {d!r} has {len(rows)} pool prompts; building needs {need} "
                                  f"(at least {anchors_per_domain} for k-means): lower --anchor-prompts or add prompts")
-        enc = [tok.encode_prompt(r) for r in rows[:need]]
+        enc = [e for e in (tok.encode_prompt(r) for r in rows) if len(e) <= max_prompt_tokens][:need]
+        if len(enc) < need:
+            raise SpecdraftError(f"domain {d!r} has {len(enc)} pool prompts of at most {max_prompt_tokens} tokens; "
+                                 f"building needs {need}: lower --anchor-prompts")
         a, s, m = anchor_prompts, anchor_prompts + search_prompts, anchor_prompts + search_prompts + measure_prompts
         splits[d] = {"anchor": enc[:a], "search": enc[a:s], "measure": enc[s:m], "unseen": enc[m:need]}
 
@@ -178,7 +184,8 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
             "settings": {"anchors_per_domain": anchors_per_domain, "anchor_prompts": anchor_prompts,
                          "search_prompts": search_prompts, "search_tokens": search_tokens, "search_evals": search_evals,
                          "unseen_prompts": unseen_prompts, "measure_prompts": measure_prompts,
-                         "measure_tokens": measure_tokens, "candidates": list(candidates), "seed": seed}}
+                         "measure_tokens": measure_tokens, "candidates": list(candidates), "seed": seed,
+                         "max_prompt_tokens": max_prompt_tokens}}
     with atomic_dir(Path(out)) as tmp:
         (tmp / "anchors.safetensors").write_bytes(save({"anchors": anchors_t.contiguous(),
                                                          "labels": torch.tensor(labels, dtype=torch.long)}))
