@@ -134,10 +134,10 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         a, s, m = anchor_prompts, anchor_prompts + search_prompts, anchor_prompts + search_prompts + measure_prompts
         splits[d] = {"anchor": enc[:a], "search": enc[a:s], "measure": enc[s:m], "unseen": enc[m:need]}
 
-    anchors, labels, meta_domains = [], [], {}
+    anchors, labels, meta_domains, build_vecs = [], [], {}, {}
     anchor_dists = []
     for di, d in enumerate(domains):
-        vecs = prompt_vectors(model, splits[d]["anchor"], progress, f"anchors {d}")
+        vecs = build_vecs[d] = prompt_vectors(model, splits[d]["anchor"], progress, f"anchors {d}")
         cent = kmeans_anchors(vecs, anchors_per_domain, seed)
         anchors.append(cent)
         labels += [di] * cent.shape[0]
@@ -145,7 +145,7 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
     anchors_t = torch.cat(anchors)
     router = Router(anchors_t, labels, list(domains))
     for d in domains:  # how far build prompts sit from their nearest anchor: the fallback radius
-        _, dist = router.route_many(prompt_vectors(model, splits[d]["anchor"][:20], False))
+        _, dist = router.route_many(build_vecs[d])
         anchor_dists += dist
     max_distance = 1.5 * max(anchor_dists)
 
