@@ -143,6 +143,8 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
         with atomic_file(meta_path, "w") as f:
             json.dump(meta, f, indent=2)
         bar.set_postfix(answer_tokens=meta["answer_tokens"])
+    with atomic_file(meta_path, "w") as f:  # also when every shard was already there (shards_total)
+        json.dump(meta, f, indent=2)
     return out
 
 
