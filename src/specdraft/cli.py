@@ -313,14 +313,16 @@ def cmd_search_skip(a) -> int:
                  trace=r["trace"])
     if a.heldout:
         d = LayerSkipDrafter(skip, "search")
-        facts["heldout_speedup"] = measure(llm, ["layerskip"], ids[a.num_prompts:], 64, {"layerskip": d})["layerskip"]
+        taus: dict = {}
+        facts["heldout_speedup"] = measure(llm, ["layerskip"], ids[a.num_prompts:], 64, {"layerskip": d}, taus)["layerskip"]
+        facts["heldout_tau"] = taus["layerskip"]
     out = skipset_to_json(skip, llm.name, **facts)
     with atomic_file(Path(a.out), "w") as f:
         json.dump(out, f, indent=2)
     print(f"skipped {skip.count()} of {2 * L} sublayers (attn {out['attn']}, mlp {out['mlp']}); matchness "
           f"{r['matchness']:.3f}, cost {r['cost']:.3f}, modelled speedup {r['modelled_speedup']:.3f}, "
           f"{r['total_evals']} evaluations in {r['total_seconds']:.0f} s"
-          + (f"; held-apart speedup {facts['heldout_speedup']:.2f}x" if a.heldout else ""))
+          + (f"; held-apart tau {facts['heldout_tau']:.2f}, speedup {facts['heldout_speedup']:.2f}x" if a.heldout else ""))
     print(a.out)
     return 0
 

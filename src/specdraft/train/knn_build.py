@@ -54,17 +54,23 @@ def kmeans_anchors(vecs: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(km.cluster_centers_, dtype=torch.float32)
 
 
-def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int, drafters: dict) -> dict[str, float]:
-    """Speedup of each spec over plain decoding on the prompts (ratio of summed tokens/s, same
-    process, interleaved per prompt)."""
+def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int, drafters: dict,
+            taus: dict | None = None) -> dict[str, float]:
+    """Speedup of each spec over plain decoding on the prompts (ratio of mean tokens/s, same
+    process, interleaved per prompt); `taus`, if given, receives each spec's tau."""
     from ..engine import generate_ids
 
     tps: dict[str, list[float]] = {s: [] for s in ["plain", *specs]}
+    counts = {s: [0, 0] for s in tps}
     for ids in prompts:
         for s in tps:
             d = drafters.get(s) if s != "plain" else None
             out, st = generate_ids(llm.model, ids, max_new_tokens=max_new_tokens, eos_ids=llm.tokenizer.eos_ids, drafter=d)
             tps[s].append(st.new_tokens / st.wall_s)
+            counts[s][0] += st.new_tokens
+            counts[s][1] += st.target_forwards
+    if taus is not None:
+        taus.update({s: c[0] / max(1, c[1]) for s, c in counts.items() if s != "plain"})
     plain = statistics.mean(tps["plain"])
     return {s: statistics.mean(v) / plain for s, v in tps.items() if s != "plain"}
 
