@@ -115,3 +115,39 @@ def test_mixed_stream_orders_by_switch_probability():
     assert 2 < sum(x != y for x, y in zip(half, half[1:])) < switches
     for c in "abc":  # within a category, file order is kept
         assert [q.question_id for q in mixed_stream(qs, 0.5) if q.category == c] == [f"{c}{i}" for i in range(6)]
+
+
+def _cli(args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "specdraft", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_search_skip_writes_a_usable_skip_set(tiny_llm_dir, tmp_path):
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("\n".join(json.dumps({"question_id": i, "category": "x", "turns": [p]}) for i, p in enumerate(PROMPTS)))
+    out = tmp_path / "set.json"
+    r = _cli(["search-skip", "--model", str(tiny_llm_dir), "--prompts", str(qs), "--num-prompts", "2", "--tokens", "6",
+              "--budget", "6", "--heldout", "1", "--dtype", "float32", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["evals"] <= 6 and 0 <= d["matchness"] <= 1 and d["heldout_tau"] >= 1.0
+    r = _cli(["generate", "hi", "--model", str(tiny_llm_dir), "--drafter", f"layerskip:{out}", "--max-new-tokens", "5"])
+    assert r.returncode == 0, r.stderr
+    r = _cli(["search-skip", "--model", str(tiny_llm_dir), "--domain", "code", "--prompts", str(qs), "--out", str(out)])
+    assert r.returncode == 2 and "exactly one of" in r.stderr
+
+
+def test_cli_knn_build_refuses_a_domain_with_too_few_prompts(tiny_llm_dir, tmp_path):
+    pool = tmp_path / "home" / "data" / "pool"
+    pool.mkdir(parents=True)
+    (pool / "code.jsonl").write_text("\n".join(json.dumps({"turns": [p]}) for p in PROMPTS))
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "code", "--out", str(tmp_path / "k")],
+             env={"SPECDRAFT_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "pool prompts" in r.stderr
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "nosuch", "--out", str(tmp_path / "k")],
+             env={"SPECDRAFT_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "no prompt pool" in r.stderr
