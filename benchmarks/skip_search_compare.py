@@ -40,7 +40,7 @@ def main() -> None:
     rows["random"] = skipsearch.random_search(fresh(), a.random)
     rows["skip-nothing"] = fresh()([0] * (2 * L))
     out = {}
-    print(f"| search | best modelled speedup | matchness | cost | skipped sublayers | evaluations | seconds |")
+    print("| search | best modelled speedup | matchness | cost | skipped sublayers | evaluations | seconds |")
     print("|---|---|---|---|---|---|---|")
     for k, r in rows.items():
         out[k] = {x: r.get(x) for x in ("modelled_speedup", "matchness", "cost", "total_evals", "total_seconds")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,3 +51,15 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def read_json(path: Path, missing: str):
+    """Parse a JSON file; a missing file raises SpecdraftError(missing), a malformed one a clear error."""
+    from .errors import SpecdraftError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecdraftError(missing) from None
+    except json.JSONDecodeError as e:
+        raise SpecdraftError(f"{path} is corrupt: not valid JSON ({e.msg})") from None

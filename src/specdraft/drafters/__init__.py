@@ -51,11 +51,6 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
         from .ctc import load
     else:
         from .medusa import load
-    if kind in ("ctc", "medusa"):
-        from .. import artifacts
-        from pathlib import Path
-
-        return load(Path(arg) if arg else artifacts.find(llm, kind), llm, **options)
     return load(arg, llm, **options)
 
 

@@ -102,12 +102,11 @@ class CTCDrafter(Drafter):
         return {"drafter_options": {"topk": self.topk, "beams": self.beams, "max_nodes": self.max_nodes}}
 
 
-def load(path: Path, llm, **options) -> CTCDrafter:
+def load(arg: str, llm, **options) -> CTCDrafter:
+    """`arg` is a checkpoint directory, or empty for the model's shipped one."""
+    from .. import artifacts
     from .heads import load_module
 
-    module, raw = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device)
-    if module.cfg.kind != "ctc":
-        from ..errors import SpecdraftError
-
-        raise SpecdraftError(f"{path} holds a {module.cfg.kind} drafter, not a ctc one")
-    return CTCDrafter(module, llm.model.embed.weight, llm.model.head_weight(), Path(path).name, **options)
+    path = Path(arg) if arg else artifacts.find(llm, "ctc")
+    module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "ctc")
+    return CTCDrafter(module, llm.model.embed.weight, llm.model.head_weight(), path.name, **options)

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..errors import SpecdraftError
-from ..paths import atomic_dir
+from ..paths import atomic_dir, read_json
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -158,16 +158,13 @@ def save_module(module: torch.nn.Module, out: Path, extra: dict | None = None, d
 
 
 def load_module(path: Path, hidden_size: int, vocab_size: int, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a checkpoint made for a base with this hidden size and vocabulary."""
+                device: torch.device | str = "cpu", kind: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Load a checkpoint made for a base with this hidden size and vocabulary (and of this kind)."""
     path = Path(path)
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise SpecdraftError(f"{path} is not a drafter checkpoint (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise SpecdraftError(f"{path}/config.json is corrupt: {e.msg}") from None
+    raw = read_json(path / "config.json", f"{path} is not a drafter checkpoint (no config.json)")
     cfg = HeadConfig.from_json(raw, str(path / "config.json"))
+    if kind is not None and cfg.kind != kind:
+        raise SpecdraftError(f"{path} holds a {cfg.kind} drafter, not a {kind} one")
     if (cfg.hidden_size, cfg.vocab_size) != (hidden_size, vocab_size):
         raise SpecdraftError(
             f"{path} was trained for {cfg.base_model} (hidden {cfg.hidden_size}, vocabulary {cfg.vocab_size}); "

@@ -14,7 +14,6 @@ Spec: `knn-ssd[:DIR][:skipsets]`; `skipsets` restricts every route to the domain
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import SpecdraftError
+from ..paths import read_json
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
 from .base import Drafter, Needs, StepContext
@@ -49,12 +49,7 @@ class Router:
 
 def read_artifact(path: Path, num_layers: int, hidden_size: int) -> tuple[dict, torch.Tensor, list[int]]:
     path = Path(path)
-    try:
-        meta = json.loads((path / "knn.json").read_text())
-    except FileNotFoundError:
-        raise SpecdraftError(f"{path} is not a knn-ssd artifact (no knn.json): build one with `specdraft knn build`") from None
-    except json.JSONDecodeError as e:
-        raise SpecdraftError(f"{path}/knn.json is corrupt ({e.msg})") from None
+    meta = read_json(path / "knn.json", f"{path} is not a knn-ssd artifact (no knn.json): build one with `specdraft knn build`")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SpecdraftError(f"{path}/knn.json is not a {FORMAT} artifact")
     if meta.get("num_layers") != num_layers or meta.get("hidden_size") != hidden_size:

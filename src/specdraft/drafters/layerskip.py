@@ -15,13 +15,13 @@ Skip-set files (JSON): {"format": "specdraft-skipset-1", "model": ..., "num_laye
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import SpecdraftError
+from ..paths import read_json
 from ..runtime.model import SkipSet
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
@@ -52,12 +52,7 @@ def skipset_from_json(d: dict, num_layers: int, where: str) -> SkipSet:
 
 def read_skipset(path: str | Path, num_layers: int) -> tuple[SkipSet, dict]:
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecdraftError(f"skip-set file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise SpecdraftError(f"{path} is not valid JSON ({e.msg})") from None
+    d = read_json(path, f"skip-set file {path} not found")
     return skipset_from_json(d, num_layers, str(path)), d
 
 
@@ -128,7 +123,8 @@ class LayerSkipDrafter(Drafter):
         return Draft(tokens[: ctx.budget], parents[: ctx.budget])
 
     def observe(self, draft: Draft, verdict: Verdict) -> None:
-        accepted_main = sum(1 for p in verdict.path if p in set(self.main))
+        main = set(self.main)
+        accepted_main = sum(1 for p in verdict.path if p in main)
         self.threshold.update(len(self.main), accepted_main)
 
     def describe(self) -> dict:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SpecdraftError
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
+from .ctc import candidates_to_draft
 
 
 def medusa_candidates(logp: torch.Tensor, *, topk: int = 4, beams: int = 12) -> list[tuple[list[int], float]]:
@@ -39,16 +39,17 @@ class MedusaDrafter(Drafter):
         feats = self.module.features(ctx.hidden[None].to(self.module.res[0].weight.dtype))[0]
         logp = torch.log_softmax(self.module.logits(feats, self.head).float(), -1)
         cands = medusa_candidates(logp, topk=self.topk, beams=self.beams)
-        return Draft.from_sequences([[self.vocab[i] for i in c] for c, _ in cands]).truncated(min(self.max_nodes, ctx.budget))
+        return candidates_to_draft([([self.vocab[i] for i in c], s) for c, s in cands], min(self.max_nodes, ctx.budget))
 
     def describe(self) -> dict:
         return {"drafter_options": {"topk": self.topk, "beams": self.beams, "max_nodes": self.max_nodes}}
 
 
-def load(path: Path, llm, **options) -> MedusaDrafter:
+def load(arg: str, llm, **options) -> MedusaDrafter:
+    """`arg` is a checkpoint directory, or empty for the model's shipped one."""
+    from .. import artifacts
     from .heads import load_module
 
-    module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device)
-    if module.cfg.kind != "medusa":
-        raise SpecdraftError(f"{path} holds a {module.cfg.kind} drafter, not a medusa one")
-    return MedusaDrafter(module, llm.model.head_weight(), Path(path).name, **options)
+    path = Path(arg) if arg else artifacts.find(llm, "medusa")
+    module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "medusa")
+    return MedusaDrafter(module, llm.model.head_weight(), path.name, **options)

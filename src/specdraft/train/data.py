@@ -93,6 +93,11 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
     meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
     meta["shards_total"] = len(batches)
+
+    def write_meta() -> None:
+        with atomic_file(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+
     bar = tqdm(batches, desc="distill", unit="batch", disable=not progress)
     for i, batch in enumerate(bar):
         if _shard_path(out, i).exists():
@@ -140,11 +145,9 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
         meta["tokens"] += int(tensors["next"].numel())
         meta["answer_tokens"] += int(tensors["target"].sum())
         meta["seconds"] += time.perf_counter() - t0
-        with atomic_file(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
+        write_meta()
         bar.set_postfix(answer_tokens=meta["answer_tokens"])
-    with atomic_file(meta_path, "w") as f:  # also when every shard was already there (shards_total)
-        json.dump(meta, f, indent=2)
+    write_meta()  # also when every shard was already there (shards_total)
     return out
 
 

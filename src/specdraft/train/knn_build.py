@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..drafters.knn import FORMAT, Router
 from ..drafters.layerskip import LayerSkipDrafter, skipset_to_json
 from ..errors import SpecdraftError
-from ..paths import atomic_dir, home
+from ..paths import atomic_dir, atomic_file, home
 from . import skipsearch
 
 
@@ -113,9 +113,8 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], progress: bool = Tru
     fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, st["measure_tokens"], progress)
     meta["fallback"] = {"route": fallback, "skipsets": skip_fallback}
     meta["settings"]["candidates"] = list(candidates)
-    tmp = Path(path) / "knn.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(Path(path) / "knn.json")
+    with atomic_file(Path(path) / "knn.json", "w") as f:
+        json.dump(meta, f, indent=2)
     return meta
 
 
@@ -128,12 +127,11 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
     L = model.cfg.num_layers
     splits: dict[str, dict[str, list[list[int]]]] = {}
     for d in domains:
-        rows = pool_prompts(d)
         need = anchor_prompts + search_prompts + measure_prompts + unseen_prompts
-        if len(rows) < need or anchor_prompts < anchors_per_domain:
-            raise SpecdraftError(f"domain {d!r} has {len(rows)} pool prompts; building needs {need} "
-                                 f"(at least {anchors_per_domain} for k-means): lower --anchor-prompts or add prompts")
-        enc = [e for e in (tok.encode_prompt(r) for r in rows) if len(e) <= max_prompt_tokens][:need]
+        if anchor_prompts < anchors_per_domain:
+            raise SpecdraftError(f"k-means needs at least {anchors_per_domain} anchor prompts per domain, "
+                                 f"got --anchor-prompts {anchor_prompts}")
+        enc = [e for e in (tok.encode_prompt(r) for r in pool_prompts(d)) if len(e) <= max_prompt_tokens][:need]
         if len(enc) < need:
             raise SpecdraftError(f"domain {d!r} has {len(enc)} pool prompts of at most {max_prompt_tokens} tokens; "
                                  f"building needs {need}: lower --anchor-prompts")

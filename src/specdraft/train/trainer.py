@@ -185,7 +185,7 @@ class Trainer:
                 if self.cfg.kind == "ctc":
                     draft = candidates_to_draft(ctc_candidates(logp[r], blank=logp.shape[-1] - 1), max_nodes)
                 else:
-                    draft = Draft.from_sequences([c for c, _ in medusa_candidates(logp[r])]).truncated(max_nodes)
+                    draft = candidates_to_draft(medusa_candidates(logp[r]), max_nodes)
                 total += tree_accept(draft, b["labels"][r, : int(b["length"][r])].tolist())
         self.module.train()
         return 1.0 + total / max(1, idx.numel())
