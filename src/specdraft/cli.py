@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("artifact")
     kr.add_argument("--model", default=zoo.DEFAULT_MODEL)
     kr.add_argument("--candidates", default="lookup")
+    kr.add_argument("--measure-prompts", type=_positive_int, default=None,
+                    help="prompts per domain to time on (default: the build's; more come from unused pool prompts)")
+    kr.add_argument("--measure-tokens", type=_positive_int, default=None, help="default: the build's")
     kr.add_argument("--dtype", default="bfloat16")
     kr.add_argument("--device", default=None)
 
@@ -341,7 +344,7 @@ def cmd_knn(a) -> int:
     if a.knn_command == "routes":
         from .train.knn_build import remeasure
 
-        meta = remeasure(llm, Path(a.artifact), cands)
+        meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens)
         a.out = a.artifact
     else:
         meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),

@@ -95,24 +95,35 @@ def measure_routes(llm, meta_domains: dict, measure_sets: dict, skips: dict, can
     return fallback, "skipset:" + max(measured, key=lambda d: measured[d]["skipset:" + d])
 
 
-def remeasure(llm, path: Path, candidates: tuple[str, ...], progress: bool = True) -> dict:
+def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int | None = None,
+              measure_tokens: int | None = None, progress: bool = True) -> dict:
     """Re-time the routes of an existing artifact with new candidates (e.g. once ctc is trained),
-    keeping its anchors and skip sets; the same measure prompts as the build (same split)."""
+    keeping its anchors and skip sets. The measure prompts are the build's own; asking for more
+    than the build used adds pool prompts from after the build's unseen part (never used for
+    anchors, skip sets or routing accuracy)."""
     from ..drafters.knn import read_artifact
     from ..drafters.layerskip import skipset_from_json
 
     meta, _, _ = read_artifact(path, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
     st = meta["settings"]
     lo = st["anchor_prompts"] + st["search_prompts"]
+    built = st["measure_prompts"]
+    n = measure_prompts or built
+    tokens = measure_tokens or st["measure_tokens"]
     cap = st.get("max_prompt_tokens", 10**9)
     sets = {}
     for d in meta["domains"]:
         enc = [e for e in (llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)) if len(e) <= cap]
-        sets[d] = enc[lo: lo + st["measure_prompts"]]
+        extra_from = lo + built + st["unseen_prompts"]
+        sets[d] = enc[lo: lo + min(n, built)] + enc[extra_from: extra_from + max(0, n - built)]
+        if len(sets[d]) < n:
+            raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
     skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
-    fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, st["measure_tokens"], progress)
+    fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress)
     meta["fallback"] = {"route": fallback, "skipsets": skip_fallback}
     meta["settings"]["candidates"] = list(candidates)
+    meta["settings"]["routes_measure_prompts"] = n
+    meta["settings"]["routes_measure_tokens"] = tokens
     with atomic_file(Path(path) / "knn.json", "w") as f:
         json.dump(meta, f, indent=2)
     return meta
