@@ -8,9 +8,14 @@ import torch
 from conftest import tiny_decoder
 from safetensors.torch import save_file
 
-from specdraft.drafters.ctc import CTCDrafter, candidates_to_draft, ctc_candidates
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specdraft.drafters.ctc import CTCDrafter, candidates_to_draft, ctc_candidates, ctc_tree
 from specdraft.drafters.heads import HeadConfig, load_module, make_module, save_module
-from specdraft.drafters.medusa import MedusaDrafter, medusa_candidates
+from specdraft.drafters.medusa import MedusaDrafter, medusa_candidates, medusa_tree
 from specdraft.engine import generate_ids
 from specdraft.errors import SpecdraftError
 from specdraft.runtime.sampling import SamplingParams
@@ -68,6 +73,69 @@ def test_medusa_candidates_beam():
     assert cands[0][0] == lp.argmax(-1).tolist()
 
 
+def node_paths(d):
+    out = []
+    for i in range(len(d)):
+        path, n = [], i
+        while n >= 0:
+            path.append(d.tokens[n])
+            n = d.parents[n]
+        out.append(tuple(reversed(path)))
+    return out
+
+
+def brute_prefix_probs(logp, blank):
+    """P(collapsed output starts with p) for every prefix p, by enumerating all alignments."""
+    y = logp.double().exp()
+    F_, C = y.shape
+    probs = {}
+    for path in itertools.product(range(C), repeat=F_):
+        pr = 1.0
+        for f, c in enumerate(path):
+            pr *= float(y[f, c])
+        out, last = [], None
+        for c in path:
+            if c != blank and c != last:
+                out.append(c)
+            last = c
+        for n in range(1, len(out) + 1):
+            probs[tuple(out[:n])] = probs.get(tuple(out[:n]), 0.0) + pr
+    return probs
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), frames_=st.integers(1, 4), sharp=st.floats(0.5, 4.0), nodes=st.integers(1, 12))
+def test_ctc_tree_is_the_best_prefix_tree(seed, frames_, sharp, nodes):
+    """Node probabilities are exact CTC prefix probabilities (repeats, blanks, all alignments), and
+    with no pruning the tree holds the `nodes` most probable prefixes."""
+    C, blank = 4, 3
+    lp = torch.log_softmax(sharp * torch.randn(frames_, C, generator=torch.Generator().manual_seed(seed)).double(), -1)
+    d, probs = ctc_tree(lp, blank, nodes, branch=C, symbols=C, min_prob=0.0)
+    truth = brute_prefix_probs(lp, blank)
+    got = dict(zip(node_paths(d), probs))
+    assert len(got) == len(d) == min(nodes, len(truth))
+    for path, pr in got.items():
+        assert pr == pytest.approx(truth[path], rel=1e-9, abs=1e-12)
+    kth = sorted(truth.values(), reverse=True)[len(d) - 1]
+    assert min(probs) >= kth - 1e-12  # nothing left out beats a node taken
+    assert all(blank not in p for p in got)
+    assert sum(p for path, p in got.items() if len(path) == 1) <= 1 + 1e-9
+
+
+def test_medusa_tree_takes_the_most_probable_paths():
+    lp = torch.log_softmax(torch.randn(3, 6, generator=torch.Generator().manual_seed(4)), -1)
+    d, probs = medusa_tree(lp, 10, branch=6, min_prob=0.0)
+    y = lp.double().exp()
+    allp = {}
+    for n in range(1, 4):
+        for path in itertools.product(range(6), repeat=n):
+            allp[path] = math.prod(float(y[k, t]) for k, t in enumerate(path))
+    got = dict(zip(node_paths(d), probs))
+    for path, pr in got.items():
+        assert pr == pytest.approx(allp[path])
+    assert sorted(got.values(), reverse=True) == pytest.approx(sorted(allp.values(), reverse=True)[:10])
+
+
 def tiny_heads(kind, model, seed=0, frames=5):
     cfg = HeadConfig(kind=kind, base_model="tiny", hidden_size=model.cfg.hidden_size, vocab_size=model.cfg.vocab_size,
                      frames=frames, window=4, num_heads=4, intermediate_size=48, draft_vocab=60)
@@ -81,15 +149,16 @@ def tiny_heads(kind, model, seed=0, frames=5):
 
 
 @pytest.mark.parametrize("kind", ["ctc", "medusa"])
-@pytest.mark.parametrize("seed", range(4))
-def test_trained_head_drafters_are_lossless(kind, seed):
+@pytest.mark.parametrize("tree", ["prefix", "beam"])
+@pytest.mark.parametrize("seed", range(3))
+def test_trained_head_drafters_are_lossless(kind, tree, seed):
     """Random heads draft garbage, duplicates and empty drafts; output must equal plain."""
     model = tiny_decoder(layers=2, scale=0.2)
     heads = tiny_heads(kind, model, seed)
     if kind == "ctc":
-        d = CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", topk=3, beams=6, max_nodes=12)
+        d = CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
     else:
-        d = MedusaDrafter(heads, model.head_weight(), "t", topk=3, beams=6, max_nodes=12)
+        d = MedusaDrafter(heads, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
     plain, _ = generate_ids(model, PROMPT, max_new_tokens=40)
     out, stats = generate_ids(model, PROMPT, max_new_tokens=40, drafter=d)
     assert out == plain

@@ -9,6 +9,7 @@ collapses to nothing (all blanks) or to a duplicate simply adds no node.
 
 from __future__ import annotations
 
+import heapq
 import math
 from pathlib import Path
 
@@ -55,6 +56,72 @@ def ctc_candidates(logp: torch.Tensor, blank: int, *, topk: int = 4, beams: int 
     return [(list(p), s) for p, s in sorted(merged.items(), key=lambda kv: -kv[1])]
 
 
+def ctc_tree(logp: torch.Tensor, blank: int, max_nodes: int, *, branch: int = 4, symbols: int = 8,
+             min_prob: float = 1e-3) -> tuple[Draft, list[float]]:
+    """The draft tree that maximises the expected number of accepted tokens under the frames'
+    own distribution: best-first over prefixes by P(the collapsed output starts with the prefix).
+
+    That probability is Graves' CTC prefix probability: a prefix p + k is first completed at frame
+    t when frames < t collapse to exactly p (ending in a blank if k repeats p's last symbol) and
+    frame t emits k. It never grows along a path, so taking nodes best first always yields a tree,
+    and the n best nodes are the n-node tree of largest expected acceptance (each node counts
+    with the probability that verification reaches it). Per frame only the `symbols` most likely
+    non-blank symbols are considered; each node offers its `branch` best children; nodes below
+    `min_prob` are not drafted. Returns the draft (tokens = frame columns) and each node's
+    probability."""
+    F_, C = logp.shape
+    y = logp.double().exp()
+    yb = y[:, blank].tolist()
+    y_nb = y.clone()
+    y_nb[:, blank] = 0
+    S = torch.unique(y_nb.topk(min(symbols, C - 1), dim=-1).indices)  # candidate symbols
+    S = S[S != blank]  # (a blank can only be picked here if every other symbol underflowed to 0)
+    yS = y[:, S]  # [F, |S|]
+    sym = S.tolist()
+
+    def children_of(prev_b: list[float], prev_nb: list[float], last: int) -> list[tuple[float, int]]:
+        """(P(prefix + k), column of k) for the `branch` best symbols k; prev_* = gamma(p, t - 1)."""
+        both = torch.tensor([b + n for b, n in zip(prev_b, prev_nb)], dtype=torch.float64)
+        ext = both @ yS
+        if last >= 0:
+            j = (S == last).nonzero()
+            if j.numel():
+                ext[j[0, 0]] = torch.tensor(prev_b, dtype=torch.float64) @ yS[:, j[0, 0]]
+        v, i = ext.topk(min(branch, ext.numel()))
+        return [(float(a), sym[int(b)]) for a, b in zip(v, i)]
+
+    # gamma(p, t): probability that frames 0..t collapse to exactly p, ending in blank / non-blank.
+    # Stored shifted: prev[t] = gamma(p, t - 1), with gamma(root, -1) = (1, 0).
+    root_b = [1.0]
+    for t in range(F_ - 1):
+        root_b.append(root_b[-1] * yb[t])
+    states = [(root_b, [0.0] * F_, -1)]  # index 0 = root; node i = states[i + 1]
+    heap = [(-v, 0, k) for v, k in children_of(root_b, [0.0] * F_, -1) if v > min_prob]
+    heapq.heapify(heap)
+    tokens: list[int] = []
+    parents: list[int] = []
+    probs: list[float] = []
+    while heap and len(tokens) < max_nodes:
+        negv, parent_state, k = heapq.heappop(heap)
+        pb, pnb, last = states[parent_state]
+        g_b, g_nb = [0.0] * F_, [0.0] * F_  # gamma(p + k, t)
+        b_prev = nb_prev = 0.0
+        for t in range(F_):
+            base = pb[t] + (pnb[t] if k != last else 0.0)
+            nb_t = float(y[t, k]) * (nb_prev + base)
+            b_t = yb[t] * (b_prev + nb_prev)
+            g_b[t], g_nb[t] = b_t, nb_t
+            b_prev, nb_prev = b_t, nb_t
+        tokens.append(k)
+        parents.append(parent_state - 1)
+        probs.append(-negv)
+        states.append(([0.0] + g_b[:-1], [0.0] + g_nb[:-1], k))
+        for v, kk in children_of(states[-1][0], states[-1][1], k):
+            if v > min_prob:
+                heapq.heappush(heap, (-v, len(states) - 1, kk))
+    return Draft(tokens, parents), probs
+
+
 def candidates_to_draft(cands: list[tuple[list[int], float]], max_nodes: int) -> Draft:
     """Prefix tree of the candidates, best first, cut to max_nodes (still a tree)."""
     return Draft.from_sequences([c for c, _ in cands]).truncated(max_nodes)
@@ -64,14 +131,14 @@ class CTCDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
     def __init__(self, module, embed: torch.Tensor, head: torch.Tensor, name: str, *, topk: int = 4,
-                 beams: int = 12, max_nodes: int = 24):
+                 beams: int = 12, max_nodes: int = 24, tree: str = "prefix"):
         self.module = module
         from .heads import sub_head
 
         self.embed, self.head = embed, sub_head(module, head)
         self.vocab = module.vocab.tolist()  # draft-vocabulary index -> token id
         self.name = f"ctc:{name}"
-        self.topk, self.beams, self.max_nodes = topk, beams, max_nodes
+        self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
         self.window = module.cfg.window
         self.hist: torch.Tensor | None = None  # [<= W, d] final hidden states of the latest positions
         self._seen: torch.Tensor | None = None
@@ -94,12 +161,25 @@ class CTCDrafter(Drafter):
         feats = self.module.features(self.hist[None].to(dt), nxt[None], torch.ones(1, w, dtype=torch.bool,
                                      device=nxt.device), self.embed)
         logp = torch.log_softmax(self.module.logits(feats[0], self.head).float(), -1)
-        cands = ctc_candidates(logp, blank=logp.shape[-1] - 1, topk=self.topk, beams=self.beams)
-        cands = [([self.vocab[i] for i in c], s) for c, s in cands]
-        return candidates_to_draft(cands, min(self.max_nodes, ctx.budget))
+        return ctc_draft(logp, min(self.max_nodes, ctx.budget), self.vocab, tree=self.tree, topk=self.topk,
+                         beams=self.beams)
 
     def describe(self) -> dict:
-        return {"drafter_options": {"topk": self.topk, "beams": self.beams, "max_nodes": self.max_nodes}}
+        return {"drafter_options": {"tree": self.tree, "topk": self.topk, "beams": self.beams,
+                                    "max_nodes": self.max_nodes}}
+
+
+def ctc_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = None, *, tree: str = "prefix",
+              topk: int = 4, beams: int = 12) -> Draft:
+    """Frames [F, Vd + 1] (blank last) -> draft tree in token ids (`vocab` maps frame columns).
+    tree "prefix": `ctc_tree` (best-first by prefix probability); "beam": the union of the prefix
+    beam search's best collapsed candidates."""
+    blank = logp.shape[-1] - 1
+    if tree == "prefix":
+        d, _ = ctc_tree(logp, blank, max_nodes)
+        return Draft([vocab[t] for t in d.tokens] if vocab else d.tokens, d.parents)
+    cands = ctc_candidates(logp, blank=blank, topk=topk, beams=beams)
+    return candidates_to_draft([([vocab[i] for i in c] if vocab else c, s) for c, s in cands], max_nodes)
 
 
 def load(arg: str, llm, **options) -> CTCDrafter:

@@ -4,6 +4,7 @@ heads by summed log-probability), deduplicated into a prefix tree the target ver
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 
 import torch
@@ -23,26 +24,66 @@ def medusa_candidates(logp: torch.Tensor, *, topk: int = 4, beams: int = 12) -> 
     return paths
 
 
+def medusa_tree(logp: torch.Tensor, max_nodes: int, *, branch: int = 4, min_prob: float = 1e-3) -> tuple[Draft, list[float]]:
+    """Best-first tree over the heads (head k gives depth k + 1), a node's probability being the
+    product of its path's head probabilities (the heads are independent): the n-node tree of
+    largest expected acceptance under the heads' own distributions, as Medusa's tree construction
+    intends. Each node offers its `branch` best children. Returns the draft and node probabilities."""
+    top_v, top_i = logp.double().exp().topk(min(branch, logp.shape[1]), dim=-1)
+    K = logp.shape[0]
+    heap = [(-float(v), -1, 0, int(t)) for v, t in zip(top_v[0], top_i[0]) if v > min_prob]
+    heapq.heapify(heap)
+    tokens: list[int] = []
+    parents: list[int] = []
+    probs: list[float] = []
+    depth: list[int] = []
+    while heap and len(tokens) < max_nodes:
+        negv, parent, d, t = heapq.heappop(heap)
+        tokens.append(t)
+        parents.append(parent)
+        probs.append(-negv)
+        depth.append(d)
+        if d + 1 < K:
+            node = len(tokens) - 1
+            for v, c in zip(top_v[d + 1].tolist(), top_i[d + 1].tolist()):
+                if -negv * v > min_prob:
+                    heapq.heappush(heap, (negv * v, node, d + 1, c))
+    return Draft(tokens, parents), probs
+
+
+def medusa_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = None, *, tree: str = "prefix",
+                 topk: int = 4, beams: int = 12) -> Draft:
+    """Heads [K, Vd] -> draft tree in token ids (`vocab` maps columns). tree "prefix":
+    `medusa_tree`; "beam": the union of the `beams` best full-length paths."""
+    if tree == "prefix":
+        d, _ = medusa_tree(logp, max_nodes)
+        return Draft([vocab[t] for t in d.tokens] if vocab else d.tokens, d.parents)
+    cands = medusa_candidates(logp, topk=topk, beams=beams)
+    return candidates_to_draft([([vocab[i] for i in c] if vocab else c, s) for c, s in cands], max_nodes)
+
+
 class MedusaDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
-    def __init__(self, module, head: torch.Tensor, name: str, *, topk: int = 4, beams: int = 12, max_nodes: int = 24):
+    def __init__(self, module, head: torch.Tensor, name: str, *, topk: int = 4, beams: int = 12, max_nodes: int = 24,
+                 tree: str = "prefix"):
         from .heads import sub_head
 
         self.module, self.head = module, sub_head(module, head)
         self.vocab = module.vocab.tolist()
         self.name = f"medusa:{name}"
-        self.topk, self.beams, self.max_nodes = topk, beams, max_nodes
+        self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
 
     @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:
         feats = self.module.features(ctx.hidden[None].to(self.module.res[0].weight.dtype))[0]
         logp = torch.log_softmax(self.module.logits(feats, self.head).float(), -1)
-        cands = medusa_candidates(logp, topk=self.topk, beams=self.beams)
-        return candidates_to_draft([([self.vocab[i] for i in c], s) for c, s in cands], min(self.max_nodes, ctx.budget))
+        return medusa_draft(logp, min(self.max_nodes, ctx.budget), self.vocab, tree=self.tree, topk=self.topk,
+                            beams=self.beams)
 
     def describe(self) -> dict:
-        return {"drafter_options": {"topk": self.topk, "beams": self.beams, "max_nodes": self.max_nodes}}
+        return {"drafter_options": {"tree": self.tree, "topk": self.topk, "beams": self.beams,
+                                    "max_nodes": self.max_nodes}}
 
 
 def load(arg: str, llm, **options) -> MedusaDrafter:

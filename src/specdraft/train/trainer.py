@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from ..drafters.ctc import candidates_to_draft, ctc_candidates
+from ..drafters.ctc import ctc_draft
 from ..drafters.heads import HeadConfig, init_from_base, make_module, save_module, sub_head
-from ..drafters.medusa import medusa_candidates
+from ..drafters.medusa import medusa_draft
 from ..errors import SpecdraftError
 from ..paths import atomic_dir
 from ..verify.tree import Draft, children
@@ -113,6 +113,32 @@ def tree_accept(draft: Draft, labels: list[int]) -> int:
     return n
 
 
+def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """[B, F, C] logits of a batch from `Samples.batch` (ctc: frames + blank; medusa: heads)."""
+    if module.cfg.kind == "ctc":
+        feats = module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed)
+    else:
+        feats = module.features(b["hidden"])
+    return module.logits(feats, head)
+
+
+@torch.no_grad()
+def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor,
+                max_nodes: int = 24, tree: str = "prefix") -> float:
+    """1 + mean number of drafted tokens greedy verification would accept at the positions `idx`,
+    each draft built exactly as the drafter builds it (`head` = the LM head's draft-vocabulary rows)."""
+    kind = module.cfg.kind
+    total = 0
+    for chunk in idx.split(256):
+        b = samples.batch(chunk)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.device.type == "cpu"):
+            logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
+        for r in range(logp.shape[0]):
+            draft = (ctc_draft if kind == "ctc" else medusa_draft)(logp[r], max_nodes, tree=tree)
+            total += tree_accept(draft, b["labels"][r, : int(b["length"][r])].tolist())
+    return 1.0 + total / max(1, idx.numel())
+
+
 class Trainer:
     def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True):
         from .. import zoo
@@ -151,16 +177,9 @@ class Trainer:
             return self.cfg.lr * (step + 1) / warm
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
-    def logits(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.cfg.kind == "ctc":
-            feats = self.module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], self.embed)
-        else:
-            feats = self.module.features(b["hidden"])
-        return self.module.logits(feats, self.head)  # [B, F, C]
-
     def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
-            logits = self.logits(b)
+            logits = head_logits(self.module, b, self.embed, self.head)
         logp = torch.log_softmax(logits, -1, dtype=torch.float32)
         if self.cfg.kind == "ctc":
             B, Fr, C = logp.shape
@@ -172,23 +191,12 @@ class Trainer:
         return (nll * mask).sum() / mask.sum().clamp(min=1)
 
     # -- held-out tau ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def estimate_tau(self, max_nodes: int = 24) -> float:
+    def estimate_tau(self, max_nodes: int = 24, tree: str = "prefix") -> float:
         self.module.eval()
-        idx = self.held_idx[: self.cfg.eval_samples]
-        total = 0
-        for chunk in idx.split(256):
-            b = self.samples.batch(chunk)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
-                logp = torch.log_softmax(self.logits(b).float(), -1)
-            for r in range(logp.shape[0]):
-                if self.cfg.kind == "ctc":
-                    draft = candidates_to_draft(ctc_candidates(logp[r], blank=logp.shape[-1] - 1), max_nodes)
-                else:
-                    draft = candidates_to_draft(medusa_candidates(logp[r]), max_nodes)
-                total += tree_accept(draft, b["labels"][r, : int(b["length"][r])].tolist())
+        tau = heldout_tau(self.module, self.samples, self.held_idx[: self.cfg.eval_samples], self.embed, self.head,
+                          max_nodes, tree)
         self.module.train()
-        return 1.0 + total / max(1, idx.numel())
+        return tau
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict:
