@@ -282,3 +282,19 @@ def test_training_learns_resumes_and_refuses_corrupt_checkpoints(kind, tmp_path,
     (tmp_path / "c" / "checkpoint" / "model.safetensors").write_bytes(b"xx")
     with pytest.raises(SpecdraftError, match="corrupt training checkpoint"):
         Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "c", cfg, progress=False).run()
+
+
+def test_aligned_frames_is_a_valid_ctc_alignment():
+    from specdraft.train.trainer import aligned_frames
+
+    labels = torch.tensor([[4, 4, 7, 0], [1, 2, 3, 5], [6, 0, 0, 0]])
+    length = torch.tensor([3, 4, 1])
+    got = aligned_frames(labels, length, 5, BLANK)
+    assert got.tolist() == [[4, BLANK, 4, 7, BLANK], [1, 2, 3, 5, BLANK], [6, BLANK, BLANK, BLANK, BLANK]]
+    for r in range(3):  # collapsing the alignment gives back the labels
+        out, last = [], None
+        for c in got[r].tolist():
+            if c != BLANK and c != last:
+                out.append(c)
+            last = c
+        assert out == labels[r, : length[r]].tolist()

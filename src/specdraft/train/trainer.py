@@ -50,6 +50,7 @@ class TrainConfig:
     intermediate_size: int = 1024  # ctc layer MLP width
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
     window: int = 16
+    align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
     eval_every: int = 250
     eval_samples: int = 1500
     checkpoint_every: int = 250
@@ -99,6 +100,21 @@ class Samples:
         ctx_next[:, -1] = d["greedy"][t]  # the root
         return {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
                 "labels": self.labels[idx], "length": self.length[idx]}
+
+
+def aligned_frames(labels: torch.Tensor, length: torch.Tensor, frames: int, blank: int) -> torch.Tensor:
+    """[B, frames] the earliest valid CTC alignment of each label sequence: one frame per token, a
+    blank between two equal tokens (else they would merge), blanks after the last token."""
+    out = torch.full((labels.shape[0], frames), blank, dtype=torch.long)
+    for r, (row, n) in enumerate(zip(labels.tolist(), length.tolist())):
+        f, prev = 0, None
+        for tok in row[:n]:
+            f += tok == prev
+            if f >= frames:
+                break
+            out[r, f] = tok
+            f, prev = f + 1, tok
+    return out
 
 
 def tree_accept(draft: Draft, labels: list[int]) -> int:
@@ -183,8 +199,12 @@ class Trainer:
         logp = torch.log_softmax(logits, -1, dtype=torch.float32)
         if self.cfg.kind == "ctc":
             B, Fr, C = logp.shape
-            return F.ctc_loss(logp.transpose(0, 1), b["labels"], torch.full((B,), Fr, dtype=torch.long), b["length"],
+            loss = F.ctc_loss(logp.transpose(0, 1), b["labels"], torch.full((B,), Fr, dtype=torch.long), b["length"],
                               blank=C - 1, reduction="mean", zero_infinity=True)
+            if self.cfg.align > 0:  # one frame per token, then blanks: a CTC alignment made likely
+                tgt = aligned_frames(b["labels"], b["length"], Fr, C - 1)
+                loss = loss + self.cfg.align * -logp.gather(-1, tgt[..., None]).mean()
+            return loss
         K = logp.shape[1]
         mask = torch.arange(K)[None, :] < b["length"][:, None]
         nll = -logp.gather(-1, b["labels"][:, :K, None]).squeeze(-1)
