@@ -151,3 +151,36 @@ def test_cli_knn_build_refuses_a_domain_with_too_few_prompts(tiny_llm_dir, tmp_p
     r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "nosuch", "--out", str(tmp_path / "k")],
              env={"SPECDRAFT_HOME": str(tmp_path / "home")})
     assert r.returncode == 2 and "no prompt pool" in r.stderr
+
+
+def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypatch):
+    """`knn routes --measure-prompts N` times the build's measure prompts plus pool prompts from
+    after the unseen part (never anchors, search or routing-accuracy prompts), and says so."""
+    from specdraft.train import knn_build
+
+    texts = [f"prompt number {i} about code" for i in range(12)]
+    pool = tmp_path / "home" / "data" / "pool"
+    pool.mkdir(parents=True)
+    (pool / "code.jsonl").write_text("\n".join(json.dumps({"turns": [t]}) for t in texts))
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    art = write_artifact(tmp_path / "k", tiny_llm, ["code"], torch.randn(1, tiny_llm.model.cfg.hidden_size))
+    meta = json.loads((art / "knn.json").read_text())
+    meta["settings"] = {"anchor_prompts": 2, "search_prompts": 1, "measure_prompts": 1, "unseen_prompts": 2,
+                        "measure_tokens": 4}
+    (art / "knn.json").write_text(json.dumps(meta))
+    seen = {}
+
+    def fake_measure_routes(llm, domains, sets, skips, candidates, tokens, progress=True):
+        seen.update(sets=sets, tokens=tokens)
+        for d in domains:
+            domains[d].update(route="lookup", measured_speedup={"lookup": 1.5})
+        return "lookup", "skipset:code"
+
+    monkeypatch.setattr(knn_build, "measure_routes", fake_measure_routes)
+    enc = [tiny_llm.tokenizer.encode_prompt(t) for t in texts]
+    out = knn_build.remeasure(tiny_llm, art, ("lookup",), measure_prompts=3, measure_tokens=8, progress=False)
+    assert seen["sets"]["code"] == [enc[3], enc[6], enc[7]] and seen["tokens"] == 8
+    assert out["settings"]["routes_measure_prompts"] == 3
+    assert json.loads((art / "knn.json").read_text())["domains"]["code"]["route"] == "lookup"
+    with pytest.raises(SpecdraftError, match="measure prompts"):
+        knn_build.remeasure(tiny_llm, art, ("lookup",), measure_prompts=20, progress=False)
