@@ -19,6 +19,13 @@ from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
 
 
+# Draft-tree node budget. On a CPU every node is one more row of the verification forward and the
+# measured optimum is small (4 nodes: 1.39x vs 1.15x at 24 for the shipped SmolLM2 CTC drafter,
+# docs/BENCHMARKS.md); on an accelerator wider trees are nearly free, as in the papers.
+DEFAULT_NODES_CPU = 4
+DEFAULT_NODES_ACCEL = 24
+
+
 def ctc_candidates(logp: torch.Tensor, blank: int, *, topk: int = 4, beams: int = 12,
                    min_logp: float = -12.0) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over frames.
@@ -131,13 +138,15 @@ class CTCDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
     def __init__(self, module, embed: torch.Tensor, head: torch.Tensor, name: str, *, topk: int = 4,
-                 beams: int = 12, max_nodes: int = 24, tree: str = "prefix"):
+                 beams: int = 12, max_nodes: int | None = None, tree: str = "prefix"):
         self.module = module
         from .heads import sub_head
 
         self.embed, self.head = embed, sub_head(module, head)
         self.vocab = module.vocab.tolist()  # draft-vocabulary index -> token id
         self.name = f"ctc:{name}"
+        if max_nodes is None:  # measured best node budget: benchmarks/head_nodes_sweep.py
+            max_nodes = DEFAULT_NODES_CPU if head.device.type == "cpu" else DEFAULT_NODES_ACCEL
         self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
         self.window = module.cfg.window
         self.hist: torch.Tensor | None = None  # [<= W, d] final hidden states of the latest positions

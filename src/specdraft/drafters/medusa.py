@@ -11,7 +11,7 @@ import torch
 
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
-from .ctc import candidates_to_draft
+from .ctc import DEFAULT_NODES_ACCEL, DEFAULT_NODES_CPU, candidates_to_draft
 
 
 def medusa_candidates(logp: torch.Tensor, *, topk: int = 4, beams: int = 12) -> list[tuple[list[int], float]]:
@@ -65,13 +65,15 @@ def medusa_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = N
 class MedusaDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
-    def __init__(self, module, head: torch.Tensor, name: str, *, topk: int = 4, beams: int = 12, max_nodes: int = 24,
+    def __init__(self, module, head: torch.Tensor, name: str, *, topk: int = 4, beams: int = 12, max_nodes: int | None = None,
                  tree: str = "prefix"):
         from .heads import sub_head
 
         self.module, self.head = module, sub_head(module, head)
         self.vocab = module.vocab.tolist()
         self.name = f"medusa:{name}"
+        if max_nodes is None:  # measured best node budget: benchmarks/head_nodes_sweep.py
+            max_nodes = DEFAULT_NODES_CPU if head.device.type == "cpu" else DEFAULT_NODES_ACCEL
         self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
 
     @torch.inference_mode()

@@ -1,0 +1,52 @@
+"""How big should the CTC / Medusa draft tree be on this CPU? Node budget vs measured speed,
+interleaved with plain decoding on the prompts of benchmarks/prompts/mini.jsonl.
+
+    python benchmarks/head_nodes_sweep.py [--model smollm2-135m] [--nodes 2,4,8,12,24]
+
+Every node is one more row of the verification forward; on a CPU a wider forward is not free, so
+the best budget trades tau against that cost. Prints per drafter and budget: mean tau, mean
+per-prompt speedup, and the share of wall time spent drafting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from specdraft import LLM
+from specdraft.drafters import build_drafter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--kinds", default="ctc,medusa")
+    ap.add_argument("--nodes", default="2,4,8,12,24")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    a = ap.parse_args()
+    llm = LLM(a.model)
+    rows = [json.loads(line) for line in (Path(__file__).parent / "prompts" / "mini.jsonl").read_text().splitlines()]
+    prompts = [r["turns"][0] for r in rows]
+    drafters = {f"{k} max_nodes={n}": build_drafter(k, llm, max_nodes=int(n))
+                for k in a.kinds.split(",") for n in a.nodes.split(",")}
+    llm.generate("hi", max_new_tokens=8)
+    for d in drafters.values():
+        llm.generate("hi", max_new_tokens=8, drafter=d)
+    res: dict[str, list] = {k: [] for k in drafters}
+    for q in prompts:
+        plain = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=None).stats
+        for k, d in drafters.items():
+            s = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=d).stats
+            res[k].append((s.tau, s.tokens_per_s / plain.tokens_per_s, s.draft_s / s.wall_s))
+    print(f"{len(prompts)} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")
+    print("| drafter | tau | speedup (mean / median) | drafting share of wall time |\n|---|---|---|---|")
+    for k, v in res.items():
+        sp = [x[1] for x in v]
+        print(f"| {k} | {statistics.fmean(x[0] for x in v):.2f} | {statistics.fmean(sp):.2f}x / {statistics.median(sp):.2f}x | "
+              f"{statistics.fmean(x[2] for x in v):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
