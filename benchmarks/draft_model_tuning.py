@@ -10,12 +10,12 @@ time spent drafting, per setting.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 from specdraft import LLM
 from specdraft.drafters import build_drafter
+
+from interleaved import mini_prompts, versus_plain
 
 SETTINGS = {
     "default (length 4, max 12, confidence 0.3)": {},
@@ -32,18 +32,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     a = ap.parse_args()
     llm = LLM(a.target)
-    rows = [json.loads(line) for line in (Path(__file__).parent / "prompts" / "mini.jsonl").read_text().splitlines()]
-    prompts = [r["turns"][0] for r in rows if r["category"] in ("code", "math")][::2]
+    prompts = mini_prompts(("code", "math"))[::2]
     drafters = {k: build_drafter(f"draft-model:{a.draft}", llm, **v) for k, v in SETTINGS.items()}
-    llm.generate("hi", max_new_tokens=8)
-    for d in drafters.values():
-        llm.generate("hi", max_new_tokens=8, drafter=d)
-    res: dict[str, list] = {k: [] for k in drafters}
-    for q in prompts:
-        plain = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=None).stats
-        for k, d in drafters.items():
-            s = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=d).stats
-            res[k].append((s.tau, s.tokens_per_s / plain.tokens_per_s, s.draft_s / s.wall_s))
+    res = versus_plain(llm, prompts, drafters, a.max_new_tokens)
     print(f"| setting | tau | speedup | overhead | drafting share of wall time |\n|---|---|---|---|---|")
     for k, v in res.items():
         tau, sp = statistics.fmean(x[0] for x in v), statistics.fmean(x[1] for x in v)

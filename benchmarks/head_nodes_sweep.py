@@ -11,12 +11,12 @@ per-prompt speedup, and the share of wall time spent drafting.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 from specdraft import LLM
 from specdraft.drafters import build_drafter
+
+from interleaved import mini_prompts, versus_plain
 
 
 def main() -> None:
@@ -27,19 +27,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     a = ap.parse_args()
     llm = LLM(a.model)
-    rows = [json.loads(line) for line in (Path(__file__).parent / "prompts" / "mini.jsonl").read_text().splitlines()]
-    prompts = [r["turns"][0] for r in rows]
+    prompts = mini_prompts()
     drafters = {f"{k} max_nodes={n}": build_drafter(k, llm, max_nodes=int(n))
                 for k in a.kinds.split(",") for n in a.nodes.split(",")}
-    llm.generate("hi", max_new_tokens=8)
-    for d in drafters.values():
-        llm.generate("hi", max_new_tokens=8, drafter=d)
-    res: dict[str, list] = {k: [] for k in drafters}
-    for q in prompts:
-        plain = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=None).stats
-        for k, d in drafters.items():
-            s = llm.generate(q, max_new_tokens=a.max_new_tokens, drafter=d).stats
-            res[k].append((s.tau, s.tokens_per_s / plain.tokens_per_s, s.draft_s / s.wall_s))
+    res = versus_plain(llm, prompts, drafters, a.max_new_tokens)
     print(f"{len(prompts)} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")
     print("| drafter | tau | speedup (mean / median) | drafting share of wall time |\n|---|---|---|---|")
     for k, v in res.items():
