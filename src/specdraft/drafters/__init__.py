@@ -1,6 +1,8 @@
 """Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`,
 `layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]` (without an argument the
-last four use the artifact shipped for the model, see `specdraft.artifacts`)."""
+last four use the artifact shipped for the model, see `specdraft.artifacts`). Any spec may end in
+`?key=value&key=value`: keyword options of the drafter (e.g. `ctc?max_nodes=8`,
+`draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,43 @@ from .base import Drafter, Needs, StepContext
 if TYPE_CHECKING:
     from ..api import LLM
 
-SPECS = "plain, lookup[:N], draft-model:NAME, layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]"
+SPECS = ("plain, lookup[:N], draft-model:NAME, layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR], "
+         "each optionally followed by ?key=value&... drafter options")
 
 
 KINDS = ("plain", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
 
 
+def _option_value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict]:
+    """`kind[:arg][?key=value&...]` -> (kind, arg, options); values become int, float or bool
+    where they parse as one."""
+    base, sep, query = spec.partition("?")
+    kind, _, arg = base.partition(":")
+    options: dict = {}
+    if sep:
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            if not eq or not key.isidentifier() or not value:
+                raise SpecdraftError(f"drafter options are key=value pairs joined by '&' (ctc?max_nodes=8), got {spec!r}")
+            options[key] = _option_value(value)
+    return kind, arg, options
+
+
 def check_spec(spec: str) -> None:
     """Cheap syntax check of a drafter spec (before any model is loaded)."""
-    kind, _, arg = spec.partition(":")
+    kind, arg, options = parse_spec(spec)
     if kind not in KINDS:
         raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
-    if kind == "plain" and arg:
+    if kind == "plain" and (arg or options):
         raise SpecdraftError(f"plain takes no argument, got {spec!r}")
     if kind == "lookup" and arg and not arg.isdigit():
         raise SpecdraftError(f"lookup takes a number of draft tokens (lookup:10), got {spec!r}")
@@ -32,9 +59,19 @@ def check_spec(spec: str) -> None:
 
 
 def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
-    """The drafter a spec names, for the target loaded in `llm`; None for plain decoding."""
+    """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
+    given here override those of the spec."""
     check_spec(spec)
-    kind, _, arg = spec.partition(":")
+    kind, arg, spec_options = parse_spec(spec)
+    try:
+        return _build(kind, arg, llm, {**spec_options, **options})
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of {kind}") from None
+
+
+def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
     if kind == "plain":
         return None
     if kind == "lookup":
