@@ -26,6 +26,15 @@ DEFAULT_NODES_CPU = 4
 DEFAULT_NODES_ACCEL = 24
 
 
+def default_nodes(device: torch.device) -> int:
+    return DEFAULT_NODES_CPU if device.type == "cpu" else DEFAULT_NODES_ACCEL
+
+
+def in_vocab(draft: Draft, vocab: list[int] | None) -> Draft:
+    """A draft over draft-vocabulary columns, in token ids (`vocab[column]`; None = identity)."""
+    return Draft([vocab[t] for t in draft.tokens], draft.parents) if vocab else draft
+
+
 def ctc_candidates(logp: torch.Tensor, blank: int, *, topk: int = 4, beams: int = 12,
                    min_logp: float = -12.0) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over frames.
@@ -145,9 +154,8 @@ class CTCDrafter(Drafter):
         self.embed, self.head = embed, sub_head(module, head)
         self.vocab = module.vocab.tolist()  # draft-vocabulary index -> token id
         self.name = f"ctc:{name}"
-        if max_nodes is None:  # measured best node budget: benchmarks/head_nodes_sweep.py
-            max_nodes = DEFAULT_NODES_CPU if head.device.type == "cpu" else DEFAULT_NODES_ACCEL
-        self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
+        self.topk, self.beams, self.tree = topk, beams, tree
+        self.max_nodes = default_nodes(head.device) if max_nodes is None else max_nodes  # benchmarks/head_nodes_sweep.py
         self.window = module.cfg.window
         self.hist: torch.Tensor | None = None  # [<= W, d] final hidden states of the latest positions
         self._seen: torch.Tensor | None = None
@@ -185,10 +193,8 @@ def ctc_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = None
     beam search's best collapsed candidates."""
     blank = logp.shape[-1] - 1
     if tree == "prefix":
-        d, _ = ctc_tree(logp, blank, max_nodes)
-        return Draft([vocab[t] for t in d.tokens] if vocab else d.tokens, d.parents)
-    cands = ctc_candidates(logp, blank=blank, topk=topk, beams=beams)
-    return candidates_to_draft([([vocab[i] for i in c] if vocab else c, s) for c, s in cands], max_nodes)
+        return in_vocab(ctc_tree(logp, blank, max_nodes)[0], vocab)
+    return in_vocab(candidates_to_draft(ctc_candidates(logp, blank=blank, topk=topk, beams=beams), max_nodes), vocab)
 
 
 def load(arg: str, llm, **options) -> CTCDrafter:

@@ -11,7 +11,7 @@ import torch
 
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
-from .ctc import DEFAULT_NODES_ACCEL, DEFAULT_NODES_CPU, candidates_to_draft
+from .ctc import candidates_to_draft, default_nodes, in_vocab
 
 
 def medusa_candidates(logp: torch.Tensor, *, topk: int = 4, beams: int = 12) -> list[tuple[list[int], float]]:
@@ -36,13 +36,11 @@ def medusa_tree(logp: torch.Tensor, max_nodes: int, *, branch: int = 4, min_prob
     tokens: list[int] = []
     parents: list[int] = []
     probs: list[float] = []
-    depth: list[int] = []
     while heap and len(tokens) < max_nodes:
         negv, parent, d, t = heapq.heappop(heap)
         tokens.append(t)
         parents.append(parent)
         probs.append(-negv)
-        depth.append(d)
         if d + 1 < K:
             node = len(tokens) - 1
             for v, c in zip(top_v[d + 1].tolist(), top_i[d + 1].tolist()):
@@ -56,10 +54,8 @@ def medusa_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = N
     """Heads [K, Vd] -> draft tree in token ids (`vocab` maps columns). tree "prefix":
     `medusa_tree`; "beam": the union of the `beams` best full-length paths."""
     if tree == "prefix":
-        d, _ = medusa_tree(logp, max_nodes)
-        return Draft([vocab[t] for t in d.tokens] if vocab else d.tokens, d.parents)
-    cands = medusa_candidates(logp, topk=topk, beams=beams)
-    return candidates_to_draft([([vocab[i] for i in c] if vocab else c, s) for c, s in cands], max_nodes)
+        return in_vocab(medusa_tree(logp, max_nodes)[0], vocab)
+    return in_vocab(candidates_to_draft(medusa_candidates(logp, topk=topk, beams=beams), max_nodes), vocab)
 
 
 class MedusaDrafter(Drafter):
@@ -72,9 +68,8 @@ class MedusaDrafter(Drafter):
         self.module, self.head = module, sub_head(module, head)
         self.vocab = module.vocab.tolist()
         self.name = f"medusa:{name}"
-        if max_nodes is None:  # measured best node budget: benchmarks/head_nodes_sweep.py
-            max_nodes = DEFAULT_NODES_CPU if head.device.type == "cpu" else DEFAULT_NODES_ACCEL
-        self.topk, self.beams, self.max_nodes, self.tree = topk, beams, max_nodes, tree
+        self.topk, self.beams, self.tree = topk, beams, tree
+        self.max_nodes = default_nodes(head.device) if max_nodes is None else max_nodes  # benchmarks/head_nodes_sweep.py
 
     @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:

@@ -111,10 +111,10 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
     n = measure_prompts or built
     tokens = measure_tokens or st["measure_tokens"]
     cap = st.get("max_prompt_tokens", 10**9)
+    extra_from = lo + built + st["unseen_prompts"]
     sets = {}
     for d in meta["domains"]:
         enc = [e for e in (llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)) if len(e) <= cap]
-        extra_from = lo + built + st["unseen_prompts"]
         sets[d] = enc[lo: lo + min(n, built)] + enc[extra_from: extra_from + max(0, n - built)]
         if len(sets[d]) < n:
             raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
