@@ -2,7 +2,8 @@
 `layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]` (without an argument the
 last four use the artifact shipped for the model, see `specdraft.artifacts`). Any spec may end in
 `?key=value&key=value`: keyword options of the drafter (e.g. `ctc?max_nodes=8`,
-`draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`)."""
+`draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`). Specs joined
+with `+` make a hybrid (`lookup+ctc`: lookup when it finds a match, else ctc; see hybrid.py)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
 
 def check_spec(spec: str) -> None:
     """Cheap syntax check of a drafter spec (before any model is loaded)."""
+    parts = spec.split("+")
+    if len(parts) > 1:
+        for part in parts:
+            if not part or part.startswith(("plain", "knn-ssd")):
+                raise SpecdraftError(f"a hybrid joins drafters with '+' (lookup+ctc); {part or 'an empty part'!r} "
+                                     f"cannot be one of them, in {spec!r}")
+            check_spec(part)
+        return
     kind, arg, options = parse_spec(spec)
     if kind not in KINDS:
         raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
@@ -62,9 +71,13 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
     given here override those of the spec."""
     check_spec(spec)
-    kind, arg, spec_options = parse_spec(spec)
+    if "+" in spec:
+        kind, build = "a hybrid", lambda: _hybrid(spec, llm, options)
+    else:
+        kind, arg, spec_options = parse_spec(spec)
+        build = lambda: _build(kind, arg, llm, {**spec_options, **options})  # noqa: E731
     try:
-        return _build(kind, arg, llm, {**spec_options, **options})
+        return build()
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
@@ -89,6 +102,12 @@ def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
     else:
         from .medusa import load
     return load(arg, llm, **options)
+
+
+def _hybrid(spec: str, llm: "LLM", options: dict) -> Drafter:
+    from .hybrid import HybridDrafter
+
+    return HybridDrafter([llm.drafter(part) for part in spec.split("+")], **options)
 
 
 def _draft_model(name: str, llm: "LLM", **options) -> Drafter:

@@ -62,6 +62,10 @@ class Drafter:
     def observe(self, draft: Draft, verdict: Verdict) -> None:
         """Called after each verification (adapt draft length, thresholds, own caches)."""
 
+    def catch_up(self, ctx: StepContext) -> None:
+        """Called instead of `propose` on a step where another drafter drafts (a hybrid): keep any
+        per-step state in sync (no `observe` follows). Lazily synced state needs nothing."""
+
     def describe(self) -> dict:
         """Extra per-generation facts for the JSON output (route taken, draft length, ...)."""
         return {}

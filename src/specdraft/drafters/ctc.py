@@ -169,6 +169,9 @@ class CTCDrafter(Drafter):
             h = ctx.rows if self.hist is None else torch.cat((self.hist, ctx.rows))
             self.hist, self._seen = h[-self.window:], ctx.rows
 
+    def catch_up(self, ctx: StepContext) -> None:
+        self._update(ctx)
+
     @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:
         self._update(ctx)

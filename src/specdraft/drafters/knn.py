@@ -121,6 +121,10 @@ class KNNDrafter(Drafter):
         if self.inner is not None:
             self.inner.observe(draft, verdict)
 
+    def catch_up(self, ctx: StepContext) -> None:
+        if self.inner is not None:
+            self.inner.catch_up(ctx)
+
     def describe(self) -> dict:
         out = {"route": dict(self.last)}
         if self.inner is not None:

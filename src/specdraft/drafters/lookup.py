@@ -35,12 +35,26 @@ def ngram_lookup(ids: list[int] | np.ndarray, max_ngram: int = 3, min_ngram: int
 class LookupDrafter(Drafter):
     name = "lookup"
 
-    def __init__(self, max_ngram: int = 3, num_tokens: int = 10):
+    def __init__(self, max_ngram: int = 3, num_tokens: int = 10, min_ngram: int = 1, adaptive: bool = False):
         self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
         self.num_tokens = num_tokens
+        self.adaptive = adaptive
+        self.length = num_tokens
+
+    def start(self, prompt_ids, ctx) -> None:
+        self.length = self.num_tokens
 
     def propose(self, ctx: StepContext) -> Draft:
-        return Draft.chain(ngram_lookup(ctx.ids, self.max_ngram, 1, min(self.num_tokens, ctx.budget)))
+        return Draft.chain(ngram_lookup(ctx.ids, self.max_ngram, self.min_ngram, min(self.length, ctx.budget)))
+
+    def observe(self, draft, verdict) -> None:
+        if self.adaptive and len(draft):
+            if len(verdict.path) >= len(draft):
+                self.length = min(self.length + 2, self.num_tokens)
+            else:
+                self.length = max(1, self.length - 1)
 
     def describe(self) -> dict:
-        return {"max_ngram": self.max_ngram, "num_tokens": self.num_tokens}
+        return {"max_ngram": self.max_ngram, "min_ngram": self.min_ngram, "num_tokens": self.num_tokens,
+                "adaptive": self.adaptive}
