@@ -1,6 +1,6 @@
 """Self-distillation data for trained drafters (CTC drafter, Medusa heads).
 
-The base model answers a mix of prompts itself (greedy, batched with transformers), then the
+The base model answers a mix of prompts itself (greedy, batched: runtime/batched.py), then the
 prompt + answer is teacher-forced through it once more to record, for every position, the final
 hidden state (after the final norm) and the base model's own greedy next token. Training labels
 come from the base model, never from dataset text, so the drafter learns what it will be asked to
@@ -67,9 +67,9 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
                   progress: bool = True) -> Path:
     """Build (or resume) a self-distillation data directory for base `model`; `max_shards` stops
     after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix."""
-    from transformers import AutoModelForCausalLM
-
     from .. import zoo
+    from ..runtime.batched import greedy_batch
+    from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
@@ -88,7 +88,8 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
         meta = dict(settings, shards=0, tokens=0, answer_tokens=0, seconds=0.0)
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dec = load_decoder(path, torch.bfloat16, dev)
     pad = sorted(tok.eos_ids)[0]
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
     meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
@@ -104,38 +105,20 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
             continue
         t0 = time.perf_counter()
         encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
-        width = max(map(len, encoded))
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, e in enumerate(encoded):  # left padding
-            ids[r, width - len(e):] = torch.tensor(e)
-            mask[r, width - len(e):] = 1
-        y = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                        eos_token_id=sorted(tok.eos_ids), pad_token_id=pad)
-        answers = []
-        for r in range(len(batch)):
-            a = y[r, width:].tolist()
-            for j, t in enumerate(a):
-                if t in tok.eos_ids:
-                    a = a[: j + 1]
-                    break
-            answers.append(a)
-        # Teacher-force prompt + answer again (right padded, so positions are plain aranges).
-        seqs = [e + a for e, a in zip(encoded, answers)]
-        full = max(map(len, seqs))
-        x = torch.full((len(seqs), full), pad, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            x[r, : len(s)] = torch.tensor(s)
-        hidden = hf.model(input_ids=x, attention_mask=(torch.arange(full)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()).last_hidden_state
-        greedy = hf.lm_head(hidden).argmax(-1)
+        answers = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad)
+        # Teacher-force prompt + answer again, one sequence at a time (positions are plain aranges,
+        # no padding): the final hidden states and argmax tokens of the stored positions.
         cols = {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
         for r, (e, a) in enumerate(zip(encoded, answers)):
             lo, hi = max(0, len(e) - context), len(e) + len(a) - 1  # position t predicts t + 1 < len
             if hi <= len(e) - 1:
                 continue
-            cols["hidden"].append(hidden[r, lo:hi].to(torch.bfloat16))
-            cols["next"].append(x[r, lo + 1:hi + 1])
-            cols["greedy"].append(greedy[r, lo:hi])
+            x = torch.tensor(e + a, dtype=torch.long)
+            fwd = dec(x.to(dev), torch.arange(len(x), device=dev), dec.new_cache(len(x)), final_hidden=True,
+                      logits_at=slice(lo, hi))
+            cols["hidden"].append(fwd.final_hidden[lo:hi].to("cpu", torch.bfloat16))
+            cols["next"].append(x[lo + 1:hi + 1])
+            cols["greedy"].append(fwd.logits.argmax(-1).cpu())
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
             cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
         tensors = {k: torch.cat(v).contiguous() for k, v in cols.items()}

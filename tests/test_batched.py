@@ -1,0 +1,61 @@
+"""Batched greedy generation (data building) equals batch-1 greedy decoding, row by row."""
+
+import random
+
+import pytest
+from conftest import tiny_decoder
+
+from specdraft.engine import generate_ids
+from specdraft.runtime.batched import greedy_batch
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+@pytest.mark.parametrize("seed", range(3))
+def test_greedy_batch_equals_plain_decoding_per_row(family, seed):
+    model = tiny_decoder(vocab=97, seed=seed, family=family)
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 12))] for _ in range(5)]
+    eos = frozenset({rng.randrange(97), rng.randrange(97)})
+    got = greedy_batch(model, prompts, max_new_tokens=20, eos_ids=eos, pad_id=3)
+    for p, g in zip(prompts, got):
+        want, _ = generate_ids(model, p, max_new_tokens=20, eos_ids=eos)
+        assert g == want
+
+
+def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from specdraft.errors import SpecdraftError
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.text import Tokenizer
+    from specdraft.train import data
+
+    prompts = [{"domain": "x", "prompt": f"question number {i}: " + "why " * i} for i in range(7)]
+    monkeypatch.setattr(data, "training_prompts", lambda *a, **k: prompts)
+    out = tmp_path / "d"
+    kw = dict(max_new_tokens=12, batch_size=3, context=4, progress=False)
+    data.build_distill(str(tiny_llm_dir), out, **kw)
+    shards = sorted(out.glob("shard-*.safetensors"))
+    assert len(shards) == 3  # 7 prompts in batches of 3
+    meta = __import__("json").loads((out / "data.json").read_text())
+    assert meta["shards"] == 3 and meta["answer_tokens"] > 0
+    # shard 0, conversation 0: `next` holds the answer greedy decoding gives (bf16, batch 1)
+    tok = Tokenizer(tiny_llm_dir)
+    dec = load_decoder(tiny_llm_dir, torch.bfloat16, "cpu")
+    s0 = load_file(str(shards[0]))
+    enc = tok.encode_prompt(prompts[0]["prompt"])
+    want, _ = generate_ids(dec, enc, max_new_tokens=12, eos_ids=frozenset(tok.eos_ids))
+    rows = s0["seq"] == 0
+    answer = s0["next"][rows & s0["target"]].tolist()
+    agree = sum(a == b for a, b in zip(answer, want[:len(answer)])) / len(answer)
+    assert agree >= 0.9 and abs(len(answer) - len(want)) <= 1
+    assert rows.sum() == len(answer) + min(4, len(enc)) - 1  # the context's prompt rows, then the answer
+    # resume: a lost shard is rebuilt exactly, the others are kept
+    before = load_file(str(shards[1]))
+    shards[1].unlink()
+    data.build_distill(str(tiny_llm_dir), out, **kw)
+    after = load_file(str(shards[1]))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(SpecdraftError, match="other settings"):
+        data.build_distill(str(tiny_llm_dir), out, **{**kw, "max_new_tokens": 5})
