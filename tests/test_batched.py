@@ -3,6 +3,7 @@
 import random
 
 import pytest
+import torch
 from conftest import tiny_decoder
 
 from specdraft.engine import generate_ids
@@ -16,10 +17,16 @@ def test_greedy_batch_equals_plain_decoding_per_row(family, seed):
     rng = random.Random(seed)
     prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 12))] for _ in range(5)]
     eos = frozenset({rng.randrange(97), rng.randrange(97)})
-    got = greedy_batch(model, prompts, max_new_tokens=20, eos_ids=eos, pad_id=3)
-    for p, g in zip(prompts, got):
+    got = greedy_batch(model, prompts, max_new_tokens=20, eos_ids=eos, pad_id=3, keep=4)
+    for r, (p, g) in enumerate(zip(prompts, got.answers)):
         want, _ = generate_ids(model, p, max_new_tokens=20, eos_ids=eos)
         assert g == want
+        # the states a training row needs: those of a plain teacher-forced pass over prompt + answer
+        seq = p + g
+        fwd = model(torch.tensor(seq), torch.arange(len(seq)), model.new_cache(len(seq)), final_hidden=True)
+        k = min(4, len(p))
+        assert torch.allclose(got.hidden[r], fwd.final_hidden[len(p) - k:len(seq) - 1], atol=1e-4)
+        assert got.prompt_argmax[r] == fwd.logits[len(p) - k:len(p)].argmax(-1).tolist()
 
 
 def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, tmp_path, monkeypatch):
@@ -51,6 +58,11 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     agree = sum(a == b for a, b in zip(answer, want[:len(answer)])) / len(answer)
     assert agree >= 0.9 and abs(len(answer) - len(want)) <= 1
     assert rows.sum() == len(answer) + min(4, len(enc)) - 1  # the context's prompt rows, then the answer
+    assert torch.equal(s0["greedy"][s0["target"]], s0["next"][s0["target"]])  # answers are the model's own
+    seq = torch.tensor(enc + answer)
+    fwd = dec(seq, torch.arange(len(seq)), dec.new_cache(len(seq)), final_hidden=True)
+    want_h = fwd.final_hidden[len(enc) - min(4, len(enc)):len(seq) - 1]
+    assert torch.allclose(s0["hidden"][rows].float(), want_h.float(), atol=0.1, rtol=0.05)
     # resume: a lost shard is rebuilt exactly, the others are kept
     before = load_file(str(shards[1]))
     shards[1].unlink()

@@ -1,15 +1,14 @@
 """Self-distillation data for trained drafters (CTC drafter, Medusa heads).
 
-The base model answers a mix of prompts itself (greedy, batched: runtime/batched.py), then the
-prompt + answer is teacher-forced through it once more to record, for every position, the final
-hidden state (after the final norm) and the base model's own greedy next token. Training labels
+The base model answers a mix of prompts itself (greedy, batched: runtime/batched.py), recording
+for every position the final hidden state (after the final norm) and its own greedy next token. Training labels
 come from the base model, never from dataset text, so the drafter learns what it will be asked to
 predict at decoding time.
 
 On disk, `DIR/shard-00000.safetensors` ... each hold one batch of conversations:
   hidden  [N, d]  bf16   final hidden state at position t
   next    [N]     int64  the token at position t + 1 (the answer the base model wrote)
-  greedy  [N]     int64  the base model's argmax at position t (teacher-forced)
+  greedy  [N]     int64  the base model's argmax at position t (on answer positions: = next)
   seq     [N]     int32  conversation index inside the shard
   target  [N]     bool   t is an answer position (t + 1 is an answer token)
 Only the last `context` prompt positions are stored (the drafter's attention window).
@@ -105,20 +104,14 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: 
             continue
         t0 = time.perf_counter()
         encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
-        answers = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad)
-        # Teacher-force prompt + answer again, one sequence at a time (positions are plain aranges,
-        # no padding): the final hidden states and argmax tokens of the stored positions.
+        gen = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad, keep=context)
         cols = {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
-        for r, (e, a) in enumerate(zip(encoded, answers)):
-            lo, hi = max(0, len(e) - context), len(e) + len(a) - 1  # position t predicts t + 1 < len
-            if hi <= len(e) - 1:
-                continue
+        for r, (e, a) in enumerate(zip(encoded, gen.answers)):
+            lo, hi = len(e) - len(gen.prompt_argmax[r]), len(e) + len(a) - 1  # position t predicts t + 1
             x = torch.tensor(e + a, dtype=torch.long)
-            fwd = dec(x.to(dev), torch.arange(len(x), device=dev), dec.new_cache(len(x)), final_hidden=True,
-                      logits_at=slice(lo, hi))
-            cols["hidden"].append(fwd.final_hidden[lo:hi].to("cpu", torch.bfloat16))
+            cols["hidden"].append(gen.hidden[r].to("cpu", torch.bfloat16))
             cols["next"].append(x[lo + 1:hi + 1])
-            cols["greedy"].append(fwd.logits.argmax(-1).cpu())
+            cols["greedy"].append(torch.tensor(gen.prompt_argmax[r] + a[1:], dtype=torch.long))
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
             cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
         tensors = {k: torch.cat(v).contiguous() for k, v in cols.items()}
