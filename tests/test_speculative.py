@@ -145,14 +145,14 @@ def _drafter(kind, small):
         return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0)
     if kind == "tree-onehot":
         return ScriptedDrafter([0] * 100, "tree", 0, V)  # random trees with shared prefixes
-    if kind == "hybrid-union":  # sampled drafts (with q) merged with lookup: q is dropped
-        return HybridDrafter([LookupDrafter(num_tokens=2),
+    if kind.startswith("hybrid"):  # union: sampled drafts (with q) merged with lookup, q dropped
+        return HybridDrafter([LookupDrafter(num_tokens=2, min_ngram=2),
                               DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0)],
-                             mode="union")
+                             mode=kind.split("-")[1])
     return LookupDrafter(num_tokens=3)
 
 
-@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-onehot", "lookup", "hybrid-union"])
+@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-onehot", "lookup", "hybrid-union", "hybrid-first"])
 def test_sampling_distribution_matches_plain(small, kind):
     params = SamplingParams(temperature=1.0, top_k=4)
     exact = exact_distribution(small, params)

@@ -13,6 +13,7 @@ import heapq
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..verify.tree import Draft
@@ -87,32 +88,29 @@ def ctc_tree(logp: torch.Tensor, blank: int, max_nodes: int, *, branch: int = 4,
     probability."""
     F_, C = logp.shape
     y = logp.double().exp()
-    yb = y[:, blank].tolist()
+    yb = y[:, blank].cpu().numpy()
     y_nb = y.clone()
     y_nb[:, blank] = 0
     S = torch.unique(y_nb.topk(min(symbols, C - 1), dim=-1).indices)  # candidate symbols
     S = S[S != blank]  # (a blank can only be picked here if every other symbol underflowed to 0)
-    yS = y[:, S]  # [F, |S|]
+    yS = y[:, S].cpu().numpy()  # [F, |S|]: the small arrays the search works on, on the host
     sym = S.tolist()
+    col = {k: j for j, k in enumerate(sym)}
 
-    def children_of(prev_b: list[float], prev_nb: list[float], last: int) -> list[tuple[float, int]]:
+    def children_of(prev_b: np.ndarray, prev_nb: np.ndarray, last: int) -> list[tuple[float, int]]:
         """(P(prefix + k), column of k) for the `branch` best symbols k; prev_* = gamma(p, t - 1)."""
-        both = torch.tensor([b + n for b, n in zip(prev_b, prev_nb)], dtype=torch.float64)
-        ext = both @ yS
-        if last >= 0:
-            j = (S == last).nonzero()
-            if j.numel():
-                ext[j[0, 0]] = torch.tensor(prev_b, dtype=torch.float64) @ yS[:, j[0, 0]]
-        v, i = ext.topk(min(branch, ext.numel()))
-        return [(float(a), sym[int(b)]) for a, b in zip(v, i)]
+        ext = (prev_b + prev_nb) @ yS
+        if last in col:  # a repeat of the last symbol must follow a blank
+            ext[col[last]] = prev_b @ yS[:, col[last]]
+        best = np.argsort(-ext, kind="stable")[:branch]
+        return [(float(ext[j]), sym[j]) for j in best]
 
     # gamma(p, t): probability that frames 0..t collapse to exactly p, ending in blank / non-blank.
     # Stored shifted: prev[t] = gamma(p, t - 1), with gamma(root, -1) = (1, 0).
-    root_b = [1.0]
-    for t in range(F_ - 1):
-        root_b.append(root_b[-1] * yb[t])
-    states = [(root_b, [0.0] * F_, -1)]  # index 0 = root; node i = states[i + 1]
-    heap = [(-v, 0, k) for v, k in children_of(root_b, [0.0] * F_, -1) if v > min_prob]
+    root_b = np.concatenate(([1.0], np.cumprod(yb[:-1])))
+    zeros = np.zeros(F_)
+    states = [(root_b, zeros, -1)]  # index 0 = root; node i = states[i + 1]
+    heap = [(-v, 0, k) for v, k in children_of(root_b, zeros, -1) if v > min_prob]
     heapq.heapify(heap)
     tokens: list[int] = []
     parents: list[int] = []
@@ -120,18 +118,19 @@ def ctc_tree(logp: torch.Tensor, blank: int, max_nodes: int, *, branch: int = 4,
     while heap and len(tokens) < max_nodes:
         negv, parent_state, k = heapq.heappop(heap)
         pb, pnb, last = states[parent_state]
+        yk = yS[:, col[k]].tolist()
+        base = (pb + (pnb if k != last else 0.0)).tolist()
         g_b, g_nb = [0.0] * F_, [0.0] * F_  # gamma(p + k, t)
         b_prev = nb_prev = 0.0
         for t in range(F_):
-            base = pb[t] + (pnb[t] if k != last else 0.0)
-            nb_t = float(y[t, k]) * (nb_prev + base)
+            nb_t = yk[t] * (nb_prev + base[t])
             b_t = yb[t] * (b_prev + nb_prev)
             g_b[t], g_nb[t] = b_t, nb_t
             b_prev, nb_prev = b_t, nb_t
         tokens.append(k)
         parents.append(parent_state - 1)
         probs.append(-negv)
-        states.append(([0.0] + g_b[:-1], [0.0] + g_nb[:-1], k))
+        states.append((np.array([0.0] + g_b[:-1]), np.array([0.0] + g_nb[:-1]), k))
         for v, kk in children_of(states[-1][0], states[-1][1], k):
             if v > min_prob:
                 heapq.heappush(heap, (-v, len(states) - 1, kk))

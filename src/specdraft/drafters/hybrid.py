@@ -9,8 +9,9 @@ a steady, lower rate. A hybrid takes the best of both per step, not per prompt:
   prefixes deduplicated, the earlier part's branches first), cut to `max_nodes`.
 
 Merged or not, the result is an ordinary token tree the target verifies, so decoding stays
-lossless. Draft probabilities are dropped (q = None): the verifier then treats each node as a
-fixed token, which is lossless for any token chosen independently of the verifier's draws.
+lossless. A merged tree drops the parts' draft probabilities (q = None): the verifier then treats
+each node as a fixed token, which is lossless for any token chosen independently of the
+verifier's draws ("first" passes the chosen part's draft, q included, through unchanged).
 Each part observes the verdict in terms of its own draft (the accepted tokens walked down its own
 tree), and a part that was not asked on a step is told to `catch_up` on that step's forward.
 """
@@ -95,7 +96,7 @@ class HybridDrafter(Drafter):
                     self.used[i] += 1
                     for later in self.parts[i + 1:]:
                         later.catch_up(ctx)
-                    return Draft(d.tokens, d.parents)
+                    return d  # one part's own draft: its q (if sampled) stays valid
             return Draft.empty()
         drafts = [p.propose(ctx) for p in self.parts]
         self._drafts = drafts
@@ -103,7 +104,7 @@ class HybridDrafter(Drafter):
             if len(d):
                 self.used[i] += 1
                 break
-        return merge_drafts(drafts, min(self.max_nodes, ctx.budget))
+        return merge_drafts(drafts, min(self.max_nodes, ctx.budget))  # q dropped (see module doc)
 
     def observe(self, draft: Draft, verdict: Verdict) -> None:
         accepted = verdict.tokens
