@@ -34,14 +34,15 @@ bench-spec: install
 	$(PY) benchmarks/speculative.py --model $(MODEL) --methods plain,$(DRAFTER)
 
 # Retrain the shipped CTC and Medusa drafters of $(MODEL) (docs/BENCHMARKS.md, issue 6: about
-# 1.6 h on 2 cores; every step resumes when rerun) and install them as the model's artifacts.
-SHARDS ?= 72
-EPOCHS ?= 3
+# 0.9 h on 2 cores; every step resumes when rerun) and install them as the model's artifacts.
+SHARDS ?= 114
+EPOCHS ?= 2
+DATA ?= runs/distill/$(MODEL)
 drafters: install
 	$(VENV)/bin/specdraft models pull $(MODEL)
-	$(VENV)/bin/specdraft train data --model $(MODEL) --shards $(SHARDS)
-	$(VENV)/bin/specdraft train ctc --model $(MODEL) --out runs/train/$(MODEL)-ctc --epochs $(EPOCHS)
-	$(VENV)/bin/specdraft train medusa --model $(MODEL) --out runs/train/$(MODEL)-medusa --epochs $(EPOCHS)
+	$(VENV)/bin/specdraft train data --model $(MODEL) --out $(DATA) --shards $(SHARDS)
+	$(VENV)/bin/specdraft train ctc --model $(MODEL) --data $(DATA) --out runs/train/$(MODEL)-ctc --epochs $(EPOCHS)
+	$(VENV)/bin/specdraft train medusa --model $(MODEL) --data $(DATA) --out runs/train/$(MODEL)-medusa --epochs $(EPOCHS)
 	for k in ctc medusa; do mkdir -p src/specdraft/artifacts/$(MODEL)/$$k && \
 	  cp runs/train/$(MODEL)-$$k/config.json runs/train/$(MODEL)-$$k/model.safetensors src/specdraft/artifacts/$(MODEL)/$$k/; done
 

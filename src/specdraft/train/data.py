@@ -60,7 +60,7 @@ def _shard_path(out: Path, i: int) -> Path:
 
 
 @torch.inference_mode()
-def build_distill(model: str, out: Path, *, n_sharegpt: int = 1600, n_per_pool: int = 120,
+def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: int = 400,
                   max_new_tokens: int = 192, max_prompt_tokens: int = 384, batch_size: int = 24,
                   context: int = 16, seed: int = 0, max_shards: int | None = None,
                   progress: bool = True) -> Path:
