@@ -30,7 +30,6 @@ def test_greedy_batch_equals_plain_decoding_per_row(family, seed):
 
 
 def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, tmp_path, monkeypatch):
-    import torch
     from safetensors.torch import load_file
 
     from specdraft.errors import SpecdraftError

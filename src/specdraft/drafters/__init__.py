@@ -51,7 +51,7 @@ def check_spec(spec: str) -> None:
     parts = spec.split("+")
     if len(parts) > 1:
         for part in parts:
-            if not part or part.startswith(("plain", "knn-ssd")):
+            if not part or parse_spec(part)[0] in ("plain", "knn-ssd"):
                 raise SpecdraftError(f"a hybrid joins drafters with '+' (lookup+ctc); {part or 'an empty part'!r} "
                                      f"cannot be one of them, in {spec!r}")
             check_spec(part)

@@ -96,6 +96,7 @@ def ctc_tree(logp: torch.Tensor, blank: int, max_nodes: int, *, branch: int = 4,
     yS = y[:, S].cpu().numpy()  # [F, |S|]: the small arrays the search works on, on the host
     sym = S.tolist()
     col = {k: j for j, k in enumerate(sym)}
+    ybl = yb.tolist()  # the per-node recursion below runs on Python floats
 
     def children_of(prev_b: np.ndarray, prev_nb: np.ndarray, last: int) -> list[tuple[float, int]]:
         """(P(prefix + k), column of k) for the `branch` best symbols k; prev_* = gamma(p, t - 1)."""
@@ -124,7 +125,7 @@ def ctc_tree(logp: torch.Tensor, blank: int, max_nodes: int, *, branch: int = 4,
         b_prev = nb_prev = 0.0
         for t in range(F_):
             nb_t = yk[t] * (nb_prev + base[t])
-            b_t = yb[t] * (b_prev + nb_prev)
+            b_t = ybl[t] * (b_prev + nb_prev)
             g_b[t], g_nb[t] = b_t, nb_t
             b_prev, nb_prev = b_t, nb_t
         tokens.append(k)

@@ -18,7 +18,7 @@ tree), and a part that was not asked on a step is told to `catch_up` on that ste
 
 from __future__ import annotations
 
-from ..verify.tree import Draft, children
+from ..verify.tree import Draft, children, follow
 from ..verify.verify import Verdict
 from .base import Drafter, Needs, StepContext
 
@@ -47,15 +47,7 @@ def merge_drafts(drafts: list[Draft], max_nodes: int) -> Draft:
 def sub_verdict(draft: Draft, accepted: list[int]) -> Verdict:
     """What verification did to `draft` when the committed tokens were `accepted` (the accepted
     path's tokens, then the bonus token): the longest path of `draft` along those tokens."""
-    kids = children(draft.parents)
-    path: list[int] = []
-    row = 0
-    for t in accepted[:-1]:
-        nxt = next((c for c in kids[row] if draft.tokens[c] == t), None)
-        if nxt is None:
-            break
-        path.append(nxt)
-        row = nxt + 1
+    path = follow(draft, accepted[:-1])
     return Verdict(path, [draft.tokens[i] for i in path] + [accepted[len(path)]])
 
 

@@ -32,7 +32,7 @@ from ..drafters.heads import HeadConfig, init_from_base, make_module, save_modul
 from ..drafters.medusa import medusa_draft
 from ..errors import SpecdraftError
 from ..paths import atomic_dir
-from ..verify.tree import Draft, children
+from ..verify.tree import Draft, follow
 from .data import load_shards
 
 
@@ -119,14 +119,7 @@ def aligned_frames(labels: torch.Tensor, length: torch.Tensor, frames: int, blan
 
 def tree_accept(draft: Draft, labels: list[int]) -> int:
     """How many nodes greedy verification would accept if the base model's tokens were `labels`."""
-    kids = children(draft.parents)
-    node, n = -1, 0
-    for tok in labels:
-        nxt = next((c for c in kids[node + 1] if draft.tokens[c] == tok), None)
-        if nxt is None:
-            break
-        node, n = nxt, n + 1
-    return n
+    return len(follow(draft, labels))
 
 
 def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,18 @@ def children(parents: list[int]) -> list[list[int]]:
     return kids
 
 
+def follow(draft: "Draft", tokens: list[int]) -> list[int]:
+    """The longest path of nodes (root down) whose tokens are a prefix of `tokens`."""
+    kids = children(draft.parents)
+    path: list[int] = []
+    for tok in tokens:
+        nxt = next((c for c in kids[path[-1] + 1 if path else 0] if draft.tokens[c] == tok), None)
+        if nxt is None:
+            break
+        path.append(nxt)
+    return path
+
+
 def verify_mask(parents: list[int]) -> torch.Tensor:
     """[n+1, n+1] bool: row r may attend to column c (root + nodes; each sees itself, its ancestors)."""
     n = len(parents)
