@@ -298,3 +298,39 @@ def test_aligned_frames_is_a_valid_ctc_alignment():
                 out.append(c)
             last = c
         assert out == labels[r, : length[r]].tolist()
+
+
+@pytest.mark.parametrize("kind", ["ctc", "medusa"])
+def test_distill_terms_target_the_states_that_predicted_each_label(kind, tmp_path, tiny_qwen_dir):
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.train.trainer import TrainConfig, Trainer, distill_terms
+
+    base = load_decoder(tiny_qwen_dir, torch.float32)
+    fake_distill(tmp_path / "data", base)
+    cfg = TrainConfig(kind, epochs=2, batch_size=32, lr=3e-3, max_labels=3, frames=5, window=4, intermediate_size=32,
+                      draft_vocab=base.cfg.vocab_size, eval_every=1000, checkpoint_every=1000, feat=1.0, kd=1.0)
+    tr = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "a", cfg, progress=False)
+    b = tr.samples.batch(tr.train_idx[:64])
+    head = tr.head.float()
+    # The stored state behind label k is the one whose greedy token label k is (full draft vocabulary).
+    pred = torch.einsum("bld,vd->blv", b["future"].float(), head).argmax(-1)
+    has = torch.arange(3)[None, :] < b["length"][:, None]
+    assert has.sum() > 20 and torch.equal(pred[has], b["labels"][has])
+    # Features equal to those states: no feature loss, and the soft loss is at its minimum (the entropy).
+    fut = b["future"].float()
+    feats = torch.cat((fut, fut[:, :1].expand(-1, 2, -1)), 1)[:, : (5 if kind == "ctc" else 3)]
+    logits = feats @ head.T
+    if kind == "ctc":
+        logits = torch.cat((logits, torch.full_like(logits[..., :1], -30.0)), -1)
+    logp = torch.log_softmax(logits, -1)
+    feat, soft = distill_terms(feats, logp, b, head)
+    p = torch.softmax(fut @ head.T, -1)
+    entropy = (-(p * p.clamp_min(1e-30).log()).sum(-1) * has).sum() / has.sum()
+    assert float(feat) < 1e-6 and abs(float(soft) - float(entropy)) < 1e-3
+    worse, soft2 = distill_terms(feats.roll(1, 0), torch.log_softmax(logits.roll(1, 0), -1), b, head)
+    assert float(worse) > 0.01 and float(soft2) > float(soft) + 0.01
+    with torch.no_grad():
+        loss0 = float(tr.loss(b))
+    tr.run()
+    with torch.no_grad():
+        assert float(tr.loss(b)) < loss0  # the combined loss trains

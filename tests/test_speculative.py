@@ -95,6 +95,49 @@ def test_draft_model_greedy_lossless(target, seed, tree_width):
     assert out2 == generate_ids(target, prompt[:3], max_new_tokens=10)[0]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_draft_model_with_a_reduced_vocabulary_is_lossless(target, seed):
+    """A third of the vocabulary drafted (plus the context's tokens): the output is unchanged, and
+    only tokens of the set or of the text so far are ever proposed."""
+    draft = perturbed(target, 0.05, seed)
+    prompt = random.Random(seed).choices(range(97), k=6)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=30)
+    keep = set(random.Random(seed).sample(range(97), 32))
+    d = DraftModelDrafter(draft, "tiny", tree_width=2, draft_vocab=sorted(keep))
+    seen = []
+    orig = d.propose
+
+    def propose(ctx):
+        dr = orig(ctx)
+        allowed = keep | set(ctx.ids)
+        seen.append(all(t in allowed for t in dr.tokens))
+        return dr
+
+    d.propose = propose
+    out, stats = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
+    assert out == ref and stats.accepted > 0 and all(seen) and seen
+    # the prompt's tokens joined the set, and at most the text's tokens did
+    assert len(keep | set(prompt)) <= d.vocab.n <= len(keep | set(prompt) | set(out))
+    out2, _ = generate_ids(target, prompt[:3], max_new_tokens=10, drafter=d)  # reused: the set starts over
+    assert out2 == generate_ids(target, prompt[:3], max_new_tokens=10)[0]
+    assert d.vocab.n <= len(keep | set(prompt[:3]) | set(out2))
+
+
+def test_draft_vocab_rows_follow_the_head_and_the_context():
+    from specdraft.drafters.draft_model import DraftVocab
+
+    head = torch.randn(20, 4)
+    v = DraftVocab(head, [5, 2, 2, 7, 99], spare=3)
+    assert v.base == [2, 5, 7] and v.n == 3
+    v.add([5, 11, 11, 0, 13, 14])  # 11, 0, 13 fill the 3 spare rows; 14 no longer fits
+    assert v.n == 6 and v.ids[: v.n].tolist() == [2, 5, 7, 11, 0, 13]
+    assert torch.equal(v.rows[: v.n], head[v.ids[: v.n]])
+    v.reset()
+    assert v.n == 3 and 11 not in v.members
+    v.add([14])
+    assert v.ids[3] == 14 and torch.equal(v.rows[3], head[14])
+
+
 def test_lookup_greedy_lossless_on_repetitive_text(target):
     prompt = [5, 6, 7, 8, 9] * 4
     ref, _ = generate_ids(target, prompt, max_new_tokens=40)
@@ -145,6 +188,9 @@ def _drafter(kind, small):
         return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0)
     if kind == "tree-onehot":
         return ScriptedDrafter([0] * 100, "tree", 0, V)  # random trees with shared prefixes
+    if kind == "tree-q-subvocab":  # q is 0 outside a drafting vocabulary of 3 of the 5 tokens
+        return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0,
+                                 draft_vocab=[0, 1, 3])
     if kind.startswith("hybrid"):  # union: sampled drafts (with q) merged with lookup, q dropped
         return HybridDrafter([LookupDrafter(num_tokens=2, min_ngram=2),
                               DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, confidence=0.0)],
@@ -152,7 +198,7 @@ def _drafter(kind, small):
     return LookupDrafter(num_tokens=3)
 
 
-@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-onehot", "lookup", "hybrid-union", "hybrid-first"])
+@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-q-subvocab", "tree-onehot", "lookup", "hybrid-union", "hybrid-first"])
 def test_sampling_distribution_matches_plain(small, kind):
     params = SamplingParams(temperature=1.0, top_k=4)
     exact = exact_distribution(small, params)

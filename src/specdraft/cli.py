@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
             tk.add_argument("--align", type=float, default=0.0,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
+        dflt = 1.0 if kind == "ctc" else 0.0
+        tk.add_argument("--feat", type=float, default=dflt,
+                        help="weight of a feature loss: drafted position k regresses the base model's hidden state "
+                             "(default: %(default)s)")
+        tk.add_argument("--kd", type=float, default=dflt,
+                        help="weight of a soft-label loss: drafted position k matches the base model's distribution "
+                             "(default: %(default)s)")
         tk.add_argument("--draft-vocab", type=_positive_int, default=8192)
         tk.add_argument("--eval-every", type=_positive_int, default=250)
 
@@ -380,7 +387,7 @@ def cmd_train(a) -> int:
     from .train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(a.train_command, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
-                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, **({"frames": a.frames, "align": a.align} if a.train_command == "ctc" else {}))
+                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align} if a.train_command == "ctc" else {}))
     state = Trainer(a.model, data, Path(a.out), cfg).run()
     last = state["history"][-1] if state["history"] else {}
     print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")

@@ -91,12 +91,13 @@ def iter_json_array(text: str):
         yield obj
 
 
-def sharegpt(limit: int | None = None, progress: bool = True) -> list[list[str]]:
-    """ShareGPT conversations as lists of user turns. The packaged file is truncated (json.load
-    fails), so objects are decoded one by one until the cut (17.6k conversations)."""
+def sharegpt(limit: int | None = None, progress: bool = True, role: str = "human") -> list[list[str]]:
+    """ShareGPT conversations as lists of user turns (`role="gpt"`: of assistant turns). The
+    packaged file is truncated (json.load fails), so objects are decoded one by one until the cut
+    (17.6k conversations)."""
     out = []
     for obj in iter_json_array(_member("sharegpt", progress).decode("utf-8", errors="replace")):
-        turns = [m.get("value", "") for m in obj.get("conversations", []) if m.get("from") == "human"]
+        turns = [m.get("value", "") for m in obj.get("conversations", []) if m.get("from") == role]
         turns = [t.strip() for t in turns if t and t.strip()]
         if turns:
             out.append(turns)

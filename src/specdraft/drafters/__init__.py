@@ -110,7 +110,8 @@ def _hybrid(spec: str, llm: "LLM", options: dict) -> Drafter:
     return HybridDrafter([llm.drafter(part) for part in spec.split("+")], **options)
 
 
-def _draft_model(name: str, llm: "LLM", **options) -> Drafter:
+def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
+    """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py)."""
     from .. import zoo
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
@@ -124,7 +125,15 @@ def _draft_model(name: str, llm: "LLM", **options) -> Drafter:
             "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
         )
     model = load_decoder(path, llm.dtype, llm.device)
-    return DraftModelDrafter(model, name, target_vocab=llm.model.cfg.vocab_size, **options)
+    ids = None
+    if vocab:
+        from ..data.vocab import token_ranking
+
+        if not isinstance(vocab, int) or vocab < 1:
+            raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
+        size = min(model.cfg.vocab_size, llm.model.cfg.vocab_size)
+        ids = token_ranking(path / "tokenizer.json", size)[:vocab]
+    return DraftModelDrafter(model, name, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids, **options)
 
 
 __all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "SPECS"]

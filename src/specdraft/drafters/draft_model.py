@@ -5,6 +5,12 @@ the committed tokens it has not seen (usually the last bonus token), then drafts
 into uncommitted slots. After verification the slots of accepted drafted tokens are committed,
 the rest are simply overwritten next time. Optionally the top alternatives of each step are added
 as leaf siblings (a tree the target checks in the same forward).
+
+With `draft_vocab` (token ids) the draft model's LM head keeps only those rows (`DraftVocab`):
+each drafted token costs less, and tokens outside the set are never drafted (their draft
+probability is 0, which verification handles like any other proposal), so the output is
+unchanged. The rare tokens a text needs are mostly copied from its context (names, identifiers),
+so every token of the prompt and of the committed text joins the set for that request.
 """
 
 from __future__ import annotations
@@ -18,9 +24,39 @@ from ..verify.verify import Verdict
 from .base import Drafter, StepContext
 
 
+class DraftVocab:
+    """The head rows of a drafting vocabulary: the `base` tokens, plus the tokens of the current
+    request's context as they appear (up to `spare` of them; later ones are simply not drafted)."""
+
+    def __init__(self, head: torch.Tensor, base: list[int], spare: int = 4096):
+        self.base = sorted({int(t) for t in base if 0 <= int(t) < head.shape[0]})
+        self.head = head
+        cap = len(self.base) + spare
+        self.ids = torch.zeros(cap, dtype=torch.long, device=head.device)
+        self.ids[: len(self.base)] = torch.tensor(self.base, dtype=torch.long, device=head.device)
+        self.rows = torch.zeros(cap, head.shape[1], dtype=head.dtype, device=head.device)
+        self.rows[: len(self.base)] = head[self.ids[: len(self.base)]]
+        self.members = set(self.base)
+        self.n = len(self.base)
+
+    def reset(self) -> None:
+        """Back to the base tokens (a new request)."""
+        self.members = set(self.base)
+        self.n = len(self.base)
+
+    def add(self, tokens: list[int]) -> None:
+        for t in tokens:
+            if t not in self.members and 0 <= t < self.head.shape[0] and self.n < self.ids.shape[0]:
+                self.members.add(t)
+                self.ids[self.n] = t
+                self.rows[self.n] = self.head[t]
+                self.n += 1
+
+
 class DraftModelDrafter(Drafter):
     def __init__(self, model: Decoder, name: str, *, length: int = 4, max_length: int = 12,
-                 tree_width: int = 1, confidence: float = 0.3, target_vocab: int | None = None):
+                 tree_width: int = 1, confidence: float = 0.3, target_vocab: int | None = None,
+                 draft_vocab: list[int] | None = None):
         self.model = model
         self.name = f"draft-model:{name}"
         self.initial_length = length
@@ -28,6 +64,9 @@ class DraftModelDrafter(Drafter):
         self.tree_width = max(1, tree_width)
         self.confidence = confidence  # stop drafting once the draft's own top-1 probability is below this
         self.target_vocab = target_vocab or model.cfg.vocab_size
+        self.vocab = None
+        if draft_vocab is not None:
+            self.vocab = DraftVocab(model.head_weight()[: min(self.target_vocab, model.cfg.vocab_size)], draft_vocab)
         self.cache = None
         self.length = length
         self.main: list[int] = []  # node indices of the drafted main chain, in order
@@ -36,6 +75,8 @@ class DraftModelDrafter(Drafter):
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
         self.cache = self.model.new_cache(ctx.capacity)
         self.length = self.initial_length
+        if self.vocab is not None:
+            self.vocab.reset()
 
     def _fit_vocab(self, x: torch.Tensor) -> torch.Tensor:
         # Same tokenizer, but embedding tables may be padded to different sizes.
@@ -50,11 +91,18 @@ class DraftModelDrafter(Drafter):
         dev = self.model.device
         t = torch.tensor(tokens, dtype=torch.long, device=dev)
         pos = torch.arange(start, start + len(tokens), device=dev)
-        return self._fit_vocab(self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None)).logits)
+        if self.vocab is None:
+            return self._fit_vocab(self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None)).logits)
+        n = self.vocab.n
+        logits = self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None), head=self.vocab.rows[:n]).logits
+        full = torch.full((1, self.target_vocab), float("-inf"), device=logits.device)
+        return full.index_copy_(1, self.vocab.ids[:n], logits)
 
     def propose(self, ctx: StepContext) -> Draft:
         cache = self.cache
         feed = ctx.ids[cache.length:]  # committed tokens we have not read yet (at least the root)
+        if self.vocab is not None:
+            self.vocab.add(feed)  # the prompt on the first step, then the newly committed tokens
         logits = self._forward(feed, cache.length)
         cache.commit(len(feed))
         budget = ctx.budget
@@ -104,4 +152,5 @@ class DraftModelDrafter(Drafter):
             self.length = max(1, self.length - 1)
 
     def describe(self) -> dict:
-        return {"draft_length": self.length, "tree_width": self.tree_width}
+        return {"draft_length": self.length, "tree_width": self.tree_width,
+                "draft_vocab": None if self.vocab is None else self.vocab.n}

@@ -130,6 +130,7 @@ class Decoder(nn.Module):
         logits_at: slice | torch.Tensor | None = None,  # rows to compute logits for; None = all
         final_hidden: bool = False,
         hidden_layers: tuple[int, ...] = (),
+        head: torch.Tensor | None = None,  # [V', hidden] rows of the LM head to use; default all
     ) -> ForwardOutput:
         cfg = self.cfg
         n = tokens.shape[0]
@@ -170,5 +171,6 @@ class Decoder(nn.Module):
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
         rows = x if logits_at is None else x[logits_at]
-        logits = F.linear(rows, self.head_weight()).float() if rows.shape[0] else None
+        head = self.head_weight() if head is None else head
+        logits = F.linear(rows, head).float() if rows.shape[0] else None
         return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)

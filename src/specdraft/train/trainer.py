@@ -51,10 +51,19 @@ class TrainConfig:
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
     window: int = 16
     align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
+    # Dense distillation terms (the CTC reference code's recipe; None = 1.0 for ctc, 0.0 for medusa,
+    # whose paper trains with cross-entropy only -- and measured no gain from them, docs/BENCHMARKS.md):
+    feat: float | None = None  # weight of the feature loss: frame / head k regresses the base's hidden state of label k
+    kd: float | None = None  # weight of the soft-label loss: frame / head k matches the base's distribution over label k
     eval_every: int = 250
     eval_samples: int = 1500
     checkpoint_every: int = 250
     seed: int = 0
+
+    def __post_init__(self):
+        default = 1.0 if self.kind == "ctc" else 0.0
+        self.feat = default if self.feat is None else self.feat
+        self.kd = default if self.kd is None else self.kd
 
 
 class Samples:
@@ -98,8 +107,11 @@ class Samples:
         valid &= d["seq"][winc] == d["seq"][t][:, None]
         ctx_next = d["next"][winc].clone()
         ctx_next[:, -1] = d["greedy"][t]  # the root
+        L = self.labels.shape[1]
+        future = (t[:, None] + torch.arange(1, L + 1)[None, :]).clamp(max=d["hidden"].shape[0] - 1)
         return {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
-                "labels": self.labels[idx], "length": self.length[idx]}
+                "labels": self.labels[idx], "length": self.length[idx],
+                "future": d["hidden"][future]}  # [B, L, d]: the hidden state that predicted label k (masked by length)
 
 
 def aligned_frames(labels: torch.Tensor, length: torch.Tensor, frames: int, blank: int) -> torch.Tensor:
@@ -122,13 +134,35 @@ def tree_accept(draft: Draft, labels: list[int]) -> int:
     return len(follow(draft, labels))
 
 
-def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """[B, F, C] logits of a batch from `Samples.batch` (ctc: frames + blank; medusa: heads)."""
+def head_features(module, b: dict[str, torch.Tensor], embed: torch.Tensor) -> torch.Tensor:
+    """[B, F, d] features of a batch from `Samples.batch` (ctc: frames; medusa: heads)."""
     if module.cfg.kind == "ctc":
-        feats = module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed)
-    else:
-        feats = module.features(b["hidden"])
-    return module.logits(feats, head)
+        return module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed)
+    return module.features(b["hidden"])
+
+
+def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """[B, F, C] logits of a batch (ctc: frames + blank; medusa: heads)."""
+    return module.logits(head_features(module, b, embed), head)
+
+
+def distill_terms(feats: torch.Tensor, logp: torch.Tensor, b: dict[str, torch.Tensor],
+                  head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense targets the stored data gives for free: the base model's final hidden state h that
+    predicted label k, and its distribution softmax(head h) over the draft vocabulary.
+    Returns (SmoothL1 of feature k against h, soft cross-entropy of frame / head k against the
+    base's distribution), averaged over the labels that exist. Frame k is paired with label k (the
+    earliest CTC alignment; later frames stay free for blanks)."""
+    L = min(feats.shape[1], b["future"].shape[1])
+    fut = b["future"][:, :L].float()
+    mask = (torch.arange(L)[None, :] < b["length"][:, None]).float()
+    n = mask.sum().clamp(min=1)
+    feat = (F.smooth_l1_loss(feats[:, :L].float(), fut, reduction="none").mean(-1) * mask).sum() / n
+    Vd = head.shape[0]
+    with torch.no_grad():
+        p = torch.softmax(F.linear(fut, head.float()), -1)
+    soft = (-(p * logp[:, :L, :Vd]).sum(-1) * mask).sum() / n
+    return feat, soft
 
 
 @torch.no_grad()
@@ -188,8 +222,16 @@ class Trainer:
 
     def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
-            logits = head_logits(self.module, b, self.embed, self.head)
+            feats = head_features(self.module, b, self.embed)
+            logits = self.module.logits(feats, self.head)
         logp = torch.log_softmax(logits, -1, dtype=torch.float32)
+        extra = 0.0
+        if self.cfg.feat > 0 or self.cfg.kd > 0:
+            feat, soft = distill_terms(feats, logp, b, self.head)
+            extra = self.cfg.feat * feat + self.cfg.kd * soft
+        return self._hard_loss(logp, b) + extra
+
+    def _hard_loss(self, logp: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cfg.kind == "ctc":
             B, Fr, C = logp.shape
             loss = F.ctc_loss(logp.transpose(0, 1), b["labels"], torch.full((B,), Fr, dtype=torch.long), b["length"],
