@@ -72,6 +72,7 @@ def test_draft_model_with_a_reduced_vocabulary_equals_plain_on_qwen_pair(qwen):
     spec = qwen.generate(PROMPTS["math"], max_new_tokens=32, drafter="draft-model:qwen2.5-coder-0.5b?vocab=32768")
     assert spec.token_ids == plain.token_ids and spec.stats.accepted > 0
     assert 32768 < spec.to_json()["drafter_info"]["draft_vocab"] < 32768 + 200
+    assert spec.drafter == "draft-model:qwen2.5-coder-0.5b?vocab=32768"
 
 
 SEED_DRAFTERS = ["knn-ssd", "knn-ssd:skipsets", "ctc", "medusa"]

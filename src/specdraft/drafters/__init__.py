@@ -133,7 +133,8 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
             raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
         size = min(model.cfg.vocab_size, llm.model.cfg.vocab_size)
         ids = token_ranking(path / "tokenizer.json", size)[:vocab]
-    return DraftModelDrafter(model, name, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids, **options)
+    label = f"{name}?vocab={vocab}" if vocab else name  # the name reports the option (generate's summary line)
+    return DraftModelDrafter(model, label, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids, **options)
 
 
 __all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "SPECS"]
