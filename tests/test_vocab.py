@@ -16,6 +16,7 @@ def test_rank_orders_by_count_then_id_and_covers_every_id():
 
 def test_token_ranking_counts_the_corpus_and_caches(tmp_path, monkeypatch, tiny_llm_dir):
     monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path))
+    monkeypatch.setattr(vocab, "SHIPPED", tmp_path / "shipped")  # none shipped for this tokenizer
     calls = []
 
     def fake_corpus(progress=True):
@@ -38,4 +39,36 @@ def test_token_ranking_counts_the_corpus_and_caches(tmp_path, monkeypatch, tiny_
     cache = next((tmp_path / "vocab").glob("*.json"))
     cache.write_text("[1, 2")  # damaged: rebuilt
     assert vocab.token_ranking(tok, size, progress=False) == ids and len(calls) == 3
-    assert json.loads(cache.read_text()) == ids
+    assert vocab.rank(collections.Counter({t: -i for i, t in enumerate(json.loads(cache.read_text())["ranked"])}), size) == ids
+
+
+def test_a_shipped_ranking_is_used_without_counting(tmp_path, monkeypatch, tiny_llm_dir):
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(vocab, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setattr(vocab, "corpus", lambda progress=True: ["z y x", "y y"])
+    tok = tiny_llm_dir / "tokenizer.json"
+    shipped = vocab.write_ranking(tok, tmp_path / "shipped", progress=False)
+    first = json.loads(shipped.read_text())["ranked"]
+
+    def no_counting(progress=True):
+        raise AssertionError("counted although a ranking is shipped")
+
+    monkeypatch.setattr(vocab, "corpus", no_counting)
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_file(str(tok)).get_vocab_size()
+    ids = vocab.token_ranking(tok, size, progress=False)
+    assert first and ids[: len(first)] == first and sorted(ids) == list(range(size))
+    assert not (tmp_path / "home" / "vocab").exists()  # nothing computed, nothing cached
+
+
+def test_the_shipped_qwen_ranking_matches_its_corpus_key():
+    """The file shipped for the Qwen2.5 tokenizer is named by the current corpus settings."""
+    files = sorted(vocab.SHIPPED.glob("*.json"))
+    assert files, "no shipped ranking"
+    import hashlib
+
+    expect = hashlib.sha256(json.dumps(vocab.CORPUS, sort_keys=True).encode()).hexdigest()[:8]
+    for f in files:
+        data = json.loads(f.read_text())
+        assert f.stem.endswith(expect) and data["corpus"] == vocab.CORPUS and len(set(data["ranked"])) == len(data["ranked"])

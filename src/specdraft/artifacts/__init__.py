@@ -1,5 +1,6 @@
 """Small drafter artifacts shipped with the package, one folder per zoo model:
-`artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads).
+`artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads);
+`artifacts/vocab/` holds token rankings per tokenizer (draft-model `?vocab=N`, data/vocab.py).
 Each is produced by a documented command (see README, "Shipped drafters")."""
 
 from __future__ import annotations
