@@ -151,13 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
             tk.add_argument("--align", type=float, default=0.0,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
-        dflt = 1.0 if kind == "ctc" else 0.0
-        tk.add_argument("--feat", type=float, default=dflt,
-                        help="weight of a feature loss: drafted position k regresses the base model's hidden state "
-                             "(default: %(default)s)")
-        tk.add_argument("--kd", type=float, default=dflt,
-                        help="weight of a soft-label loss: drafted position k matches the base model's distribution "
-                             "(default: %(default)s)")
+        dflt = "1 for ctc, 0 for medusa"  # TrainConfig resolves None per kind
+        tk.add_argument("--feat", type=float, default=None,
+                        help=f"weight of a feature loss: drafted position k regresses the base model's hidden state "
+                             f"(default: {dflt})")
+        tk.add_argument("--kd", type=float, default=None,
+                        help=f"weight of a soft-label loss: drafted position k matches the base model's distribution "
+                             f"(default: {dflt})")
         tk.add_argument("--draft-vocab", type=_positive_int, default=8192)
         tk.add_argument("--eval-every", type=_positive_int, default=250)
 

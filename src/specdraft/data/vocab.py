@@ -31,11 +31,10 @@ CORPUS = {"sharegpt_answers": 3000, "german": 6000, "code": 1000, "docs": 1000} 
 def corpus(progress: bool = True) -> list[str]:
     from . import sources
 
-    sizes = CORPUS
-    answers = [t for c in sources.sharegpt(sizes["sharegpt_answers"], progress, role="gpt") for t in c]
-    german = [de for de, _ in sources.gettext_pairs()][: sizes["german"]]
-    code = [src for _, src in sources.stdlib_functions()][: sizes["code"]]
-    docs = [text for _, text in sources.documents()][: sizes["docs"]]
+    answers = [t for c in sources.sharegpt(CORPUS["sharegpt_answers"], progress, role="gpt") for t in c]
+    german = [de for de, _ in sources.gettext_pairs()][: CORPUS["german"]]
+    code = [src for _, src in sources.stdlib_functions()][: CORPUS["code"]]
+    docs = [text for _, text in sources.documents()][: CORPUS["docs"]]
     return answers + german + code + docs
 
 
@@ -47,11 +46,21 @@ def count_tokens(tokenizer, texts: list[str]) -> collections.Counter:
     return counts
 
 
-def rank(counts: collections.Counter, vocab_size: int) -> list[int]:
-    """Every id below vocab_size: the counted ones by count (ties by id), then the rest by id."""
-    seen = sorted((t for t in counts if 0 <= t < vocab_size), key=lambda t: (-counts[t], t))
+def by_count(counts: collections.Counter) -> list[int]:
+    """The counted ids, most frequent first (ties by id)."""
+    return sorted(counts, key=lambda t: (-counts[t], t))
+
+
+def complete(ranked: list[int], vocab_size: int) -> list[int]:
+    """Every id below vocab_size: those of `ranked` in its order, then the rest by id."""
+    seen = [t for t in ranked if 0 <= t < vocab_size]
     have = set(seen)
     return seen + [t for t in range(vocab_size) if t not in have]
+
+
+def rank(counts: collections.Counter, vocab_size: int) -> list[int]:
+    """Every id below vocab_size: the counted ones by count (ties by id), then the rest by id."""
+    return complete(by_count(counts), vocab_size)
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "vocab"  # rankings shipped with the package
@@ -69,8 +78,7 @@ def counted(tokenizer_json: Path, progress: bool = True) -> list[int]:
 
     if progress:
         print(f"ranking the tokens of {Path(tokenizer_json).parent.name} by frequency (once per tokenizer) ...", flush=True)
-    counts = count_tokens(Tokenizer.from_file(str(tokenizer_json)), corpus(progress))
-    return sorted(counts, key=lambda t: (-counts[t], t))
+    return by_count(count_tokens(Tokenizer.from_file(str(tokenizer_json)), corpus(progress)))
 
 
 def _read(path: Path) -> list[int] | None:
@@ -104,7 +112,7 @@ def token_ranking(tokenizer_json: Path, vocab_size: int, progress: bool = True) 
         ids = _read(home() / "vocab" / name)
     if ids is None:
         ids = _read(write_ranking(tokenizer_json, home() / "vocab", progress))
-    return rank(collections.Counter({t: len(ids) - i for i, t in enumerate(ids)}), vocab_size)
+    return complete(ids, vocab_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,8 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
     from ..text import Tokenizer
     from .draft_model import DraftModelDrafter
 
+    if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
+        raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
     path = zoo.resolve(name)
     tok = Tokenizer(path)
     if tok.hf.get_vocab() != llm.tokenizer.hf.get_vocab():
@@ -129,8 +131,6 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
     if vocab:
         from ..data.vocab import token_ranking
 
-        if not isinstance(vocab, int) or vocab < 1:
-            raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
         size = min(model.cfg.vocab_size, llm.model.cfg.vocab_size)
         ids = token_ranking(path / "tokenizer.json", size)[:vocab]
     label = f"{name}?vocab={vocab}" if vocab else name  # the name reports the option (generate's summary line)
