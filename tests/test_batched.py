@@ -70,3 +70,41 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(SpecdraftError, match="other settings"):
         data.build_distill(str(tiny_llm_dir), out, **{**kw, "max_new_tokens": 5})
+
+
+def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from specdraft.data import sources
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.text import Tokenizer
+    from specdraft.train import data
+
+    pairs = [(f"user question number {i}, " + "why " * i, f"a written answer {i} " + "because " * (i + 1)) for i in range(9)]
+    monkeypatch.setattr(sources, "sharegpt_exchanges", lambda progress=True: pairs)
+    monkeypatch.setattr(data, "taken_prompts", lambda *a, **k: {pairs[2][0], pairs[5][0]})
+    out = tmp_path / "w"
+    kw = dict(conversations=6, per_shard=3, context=4, progress=False)
+    data.build_written(str(tiny_llm_dir), out, **kw)
+    meta = __import__("json").loads((out / "data.json").read_text())
+    assert meta["available"] == 7 and meta["shards"] == 2  # 9 pairs, 2 excluded; 6 used, 3 per shard
+    tok = Tokenizer(tiny_llm_dir)
+    dec = load_decoder(tiny_llm_dir, torch.bfloat16, "cpu")
+    eos = sorted(tok.eos_ids)[0]
+    seen = set()
+    for shard in sorted(out.glob("shard-*.safetensors")):
+        s = load_file(str(shard))
+        for r in s["seq"].unique().tolist():
+            rows = s["seq"] == r
+            answer = s["next"][rows & s["target"]].tolist()
+            match = [(u, a) for u, a in pairs if tok.hf.encode(a, add_special_tokens=False) + [eos] == answer]
+            assert len(match) == 1  # the stored answer is a written one, verbatim
+            seen.add(match[0][0])
+            enc = tok.encode_prompt(match[0][0])
+            x = torch.tensor(enc + answer)
+            fwd = dec(x, torch.arange(len(x)), dec.new_cache(len(x)), final_hidden=True)
+            k = min(4, len(enc))
+            assert rows.sum() == k + len(answer) - 1
+            assert s["greedy"][rows].tolist() == fwd.logits[len(enc) - k:len(x) - 1].argmax(-1).tolist()
+            assert torch.allclose(s["hidden"][rows].float(), fwd.final_hidden[len(enc) - k:len(x) - 1].float(), atol=0.1, rtol=0.05)
+    assert len(seen) == 6 and not seen & {pairs[2][0], pairs[5][0]}

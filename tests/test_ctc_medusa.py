@@ -334,3 +334,62 @@ def test_distill_terms_target_the_states_that_predicted_each_label(kind, tmp_pat
     tr.run()
     with torch.no_grad():
         assert float(tr.loss(b)) < loss0  # the combined loss trains
+
+
+def test_labels_follow_the_models_own_tokens_until_the_text_leaves_them():
+    from specdraft.train.trainer import Samples
+
+    # one conversation; prompt rows 0-1, answer rows 2-9; `greedy` is what the model would write,
+    # `next` the recorded (written) text: they disagree at rows 5 and 8
+    nxt = torch.tensor([10, 11, 12, 13, 14, 99, 16, 17, 98, 19])
+    greedy = torch.tensor([10, 11, 12, 13, 14, 15, 16, 17, 18, 19])
+    n = nxt.numel()
+    data = {"next": nxt, "greedy": greedy, "seq": torch.zeros(n, dtype=torch.long),
+            "target": torch.arange(n) >= 1, "hidden": torch.zeros(n, 4)}
+    vocab = torch.arange(100)
+    s = Samples(data, max_labels=3, window=2, vocab=vocab)
+    got = {int(t): s.labels[i, : s.length[i]].tolist() for i, t in enumerate(s.pos)}
+    # row 1: root 11 is the model's; labels = greedy at 2, 3, 4 (text agrees all along)
+    assert got[1] == [12, 13, 14]
+    # row 3: greedy at 4 (text 14 agrees), at 5 (15; the text says 99 instead): cut after 15
+    assert got[3] == [14, 15]
+    # row 5 is not a sample (the text's root 99 is not the model's); row 6: 17, then 18 where the text says 98
+    assert 5 not in got and got[6] == [17, 18]
+    assert got[8 - 1] == [18]  # row 7: greedy 18 at row 8, then the text leaves it
+    # a token outside the drafting vocabulary ends the labels (index map is over the vocab)
+    s2 = Samples(data, max_labels=3, window=2, vocab=torch.tensor([12, 13, 15, 16, 17, 18, 19, 11, 10]))
+    got2 = {int(t): s2.labels[i, : s2.length[i]].tolist() for i, t in enumerate(s2.pos)}
+    assert got2[1] == [0, 1]  # 12, 13 in draft-vocabulary columns; 14 is outside
+    # the model's own token may be larger than any token of the text or the vocabulary
+    big = dict(data, greedy=torch.where(torch.arange(n) == 6, 500, greedy))
+    got3 = {int(t): s.labels[i, : s.length[i]].tolist() for s in [Samples(big, 3, 2, vocab)] for i, t in enumerate(s.pos)}
+    assert got3[3] == [14, 15] and got3[4] == [15] and 6 not in got3  # (looking 500 up used to fail)
+    # held-out conversations only below `held_below`
+    two = {k: torch.cat([v, v]) for k, v in data.items()}
+    two["seq"] = torch.cat([torch.zeros(n, dtype=torch.long), torch.full((n,), 20)])
+    s3 = Samples(two, max_labels=3, window=2, vocab=vocab)
+    _, held = s3.split(every=20)
+    assert set(two["seq"][s3.pos[held]].tolist()) == {0, 20}
+    _, held = s3.split(every=20, held_below=1)
+    assert set(two["seq"][s3.pos[held]].tolist()) == {0}
+
+
+def test_extra_data_trains_but_is_never_held_out(tmp_path, tiny_qwen_dir):
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.train.trainer import TrainConfig, Trainer
+
+    base = load_decoder(tiny_qwen_dir, torch.bfloat16).float()
+    fake_distill(tmp_path / "main", base, n_seq=21)
+    fake_distill(tmp_path / "extra", base, n_seq=21, seed=1)
+    cfg = TrainConfig("ctc", epochs=1, batch_size=32, max_labels=3, frames=5, window=4, intermediate_size=32,
+                      draft_vocab=64)
+    alone = Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "a", cfg, progress=False)
+    both = Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "b", cfg, progress=False, extra=(tmp_path / "extra",))
+    seq = both.samples.data["seq"][both.samples.pos]
+    assert set(seq[both.held_idx].tolist()) == {0, 20}  # the main directory's held-out conversations only
+    assert int(seq.max()) == 41  # the extra conversations are numbered after the main ones
+    assert both.steps == len(both.train_idx) // 32  # one epoch of everything; --steps overrides it:
+    from dataclasses import replace
+    assert Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "c", replace(cfg, steps=3), progress=False).steps == 3
+    alone_seq = alone.samples.data["seq"][alone.samples.pos]
+    assert set(alone_seq[alone.held_idx].tolist()) == {0, 20} and len(both.train_idx) > len(alone.train_idx)

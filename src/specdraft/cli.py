@@ -137,12 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--max-new-tokens", type=_positive_int, default=192)
     td.add_argument("--batch-size", type=_positive_int, default=24)
     td.add_argument("--shards", type=_positive_int, default=None, help="stop after the first N shards (batches)")
+    td.add_argument("--written", type=_positive_int, default=None, metavar="N",
+                    help="instead of generating answers, teacher-force the written answers of N ShareGPT conversations "
+                         "not in the --sharegpt/--per-pool mix (one forward each, much cheaper per token; train "
+                         "with --extra-data)")
     for kind in ("ctc", "medusa"):
         tk = trsub.add_parser(kind, help=f"train the {kind} drafter (resumes from OUT/checkpoint)")
         tk.add_argument("--model", default=zoo.DEFAULT_MODEL)
         tk.add_argument("--data", default=None, help="default: $SPECDRAFT_HOME/distill/MODEL")
         tk.add_argument("--out", required=True)
+        tk.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                        help="more data to train on, never held out (e.g. from `train data --written`); repeatable")
         tk.add_argument("--epochs", type=float, default=1.0)
+        tk.add_argument("--steps", type=_positive_int, default=None,
+                        help="optimizer steps to train instead of --epochs (same compute on different data)")
         tk.add_argument("--batch-size", type=_positive_int, default=128)
         tk.add_argument("--lr", type=float, default=1e-3)
         tk.add_argument("--max-labels", type=_positive_int, default=4, help="drafted tokens trained (medusa: heads)")
@@ -375,10 +383,16 @@ def cmd_train(a) -> int:
 
     data = Path(a.out if a.train_command == "data" and a.out else (getattr(a, "data", None) or home() / "distill" / Path(a.model).name))
     if a.train_command == "data":
-        from .train.data import build_distill
+        from .train.data import build_distill, build_written
 
-        out = build_distill(a.model, data, n_sharegpt=a.sharegpt, n_per_pool=a.per_pool,
-                            max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, max_shards=a.shards)
+        if a.written:
+            if not a.out:
+                data = home() / "distill" / f"{Path(a.model).name}-written"
+            out = build_written(a.model, data, conversations=a.written, exclude_sharegpt=a.sharegpt,
+                                exclude_per_pool=a.per_pool)
+        else:
+            out = build_distill(a.model, data, n_sharegpt=a.sharegpt, n_per_pool=a.per_pool,
+                                max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, max_shards=a.shards)
         meta = json.loads((out / "data.json").read_text())
         print(f"{meta['shards']} shards, {meta['answer_tokens']} answer tokens, {meta['seconds']:.0f} s "
               f"({meta['seconds'] / max(1, meta['tokens']) * 1e6 / 3600:.2f} h per million tokens)")
@@ -386,9 +400,9 @@ def cmd_train(a) -> int:
         return 0
     from .train.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(a.train_command, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
+    cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
                       draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align} if a.train_command == "ctc" else {}))
-    state = Trainer(a.model, data, Path(a.out), cfg).run()
+    state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()
     last = state["history"][-1] if state["history"] else {}
     print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")
     print(a.out)

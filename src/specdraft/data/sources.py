@@ -91,18 +91,33 @@ def iter_json_array(text: str):
         yield obj
 
 
+def _sharegpt_objects(progress: bool):
+    """The packaged file is truncated (json.load fails), so objects are decoded one by one until
+    the cut (17.6k conversations)."""
+    return iter_json_array(_member("sharegpt", progress).decode("utf-8", errors="replace"))
+
+
 def sharegpt(limit: int | None = None, progress: bool = True, role: str = "human") -> list[list[str]]:
-    """ShareGPT conversations as lists of user turns (`role="gpt"`: of assistant turns). The
-    packaged file is truncated (json.load fails), so objects are decoded one by one until the cut
-    (17.6k conversations)."""
+    """ShareGPT conversations as lists of user turns (`role="gpt"`: of assistant turns)."""
     out = []
-    for obj in iter_json_array(_member("sharegpt", progress).decode("utf-8", errors="replace")):
+    for obj in _sharegpt_objects(progress):
         turns = [m.get("value", "") for m in obj.get("conversations", []) if m.get("from") == role]
         turns = [t.strip() for t in turns if t and t.strip()]
         if turns:
             out.append(turns)
             if limit is not None and len(out) >= limit:
                 break
+    return out
+
+
+def sharegpt_exchanges(progress: bool = True) -> list[tuple[str, str]]:
+    """(first user turn, the written answer to it) of every ShareGPT conversation that opens with
+    a user turn answered by the assistant."""
+    out = []
+    for obj in _sharegpt_objects(progress):
+        msgs = [(m.get("from"), (m.get("value") or "").strip()) for m in obj.get("conversations", [])[:2]]
+        if len(msgs) == 2 and msgs[0][0] == "human" and msgs[1][0] == "gpt" and msgs[0][1] and msgs[1][1]:
+            out.append((msgs[0][1], msgs[1][1]))
     return out
 
 

@@ -14,6 +14,10 @@ On disk, `DIR/shard-00000.safetensors` ... each hold one batch of conversations:
 Only the last `context` prompt positions are stored (the drafter's attention window).
 `DIR/data.json` records the model, the prompt mix, sizes and the cost. Shards are written
 atomically and skipped when present, so an interrupted build resumes where it stopped.
+
+`build_written` fills the same format from ShareGPT's written answers, teacher-forced (one forward
+per conversation, no generation): `next` is then the written token and `greedy` the model's own
+choice, and training follows a written answer only while the two agree (trainer.Samples).
 """
 
 from __future__ import annotations
@@ -55,8 +59,55 @@ def training_prompts(n_sharegpt: int, n_per_pool: int, seed: int = 0, progress: 
     return out
 
 
+def taken_prompts(n_sharegpt: int, n_per_pool: int, seed: int = 0, progress: bool = True) -> set[str]:
+    """Prompts other data must not reuse: the self-distillation mix and the benchmark questions."""
+    from ..bench.questions import read_questions
+    from ..data.build import default_questions
+
+    taken = {p["prompt"].strip() for p in training_prompts(n_sharegpt, n_per_pool, seed, progress)}
+    return taken | {t.strip() for q in read_questions(default_questions(progress)) for t in q.turns}
+
+
 def _shard_path(out: Path, i: int) -> Path:
     return out / f"shard-{i:05d}.safetensors"
+
+
+class _Shards:
+    """A data directory being built: settings checked against an earlier run's, shards written
+    atomically and counted in data.json, shards already present skipped (resume)."""
+
+    def __init__(self, out: Path, settings: dict):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.meta_path = self.out / "data.json"
+        if self.meta_path.exists():
+            old = json.loads(self.meta_path.read_text())
+            if {k: old.get(k) for k in settings} != settings:
+                raise SpecdraftError(f"{out} holds data built with other settings ({self.meta_path}); use a new directory")
+            self.meta = old
+        else:
+            self.meta = dict(settings, shards=0, tokens=0, answer_tokens=0, seconds=0.0)
+
+    def done(self, i: int) -> bool:
+        return _shard_path(self.out, i).exists()
+
+    def write(self, i: int, cols: dict[str, list[torch.Tensor]], seconds: float) -> None:
+        tensors = {k: torch.cat(v).contiguous() for k, v in cols.items()}
+        with atomic_file(_shard_path(self.out, i)) as f:
+            f.write(_serialize(tensors))
+        self.meta["shards"] += 1
+        self.meta["tokens"] += int(tensors["next"].numel())
+        self.meta["answer_tokens"] += int(tensors["target"].sum())
+        self.meta["seconds"] += seconds
+        self.write_meta()
+
+    def write_meta(self) -> None:
+        with atomic_file(self.meta_path, "w") as f:
+            json.dump(self.meta, f, indent=2)
+
+
+def _columns() -> dict[str, list[torch.Tensor]]:
+    return {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
 
 
 @torch.inference_mode()
@@ -72,40 +123,26 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "data.json"
-    settings = {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
-                "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
-                "batch_size": batch_size, "context": context, "seed": seed}
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in settings} != settings:
-            raise SpecdraftError(f"{out} holds data built with other settings ({meta_path}); use a new directory")
-        meta = old
-    else:
-        meta = dict(settings, shards=0, tokens=0, answer_tokens=0, seconds=0.0)
+    shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
+                           "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
+                           "batch_size": batch_size, "context": context, "seed": seed})
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, torch.bfloat16, dev)
     pad = sorted(tok.eos_ids)[0]
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
-    meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
-    meta["shards_total"] = len(batches)
-
-    def write_meta() -> None:
-        with atomic_file(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
+    shards.meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
+    shards.meta["shards_total"] = len(batches)
 
     bar = tqdm(batches, desc="distill", unit="batch", disable=not progress)
     for i, batch in enumerate(bar):
-        if _shard_path(out, i).exists():
+        if shards.done(i):
             continue
         t0 = time.perf_counter()
         encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
         gen = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad, keep=context)
-        cols = {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
+        cols = _columns()
         for r, (e, a) in enumerate(zip(encoded, gen.answers)):
             lo, hi = len(e) - len(gen.prompt_argmax[r]), len(e) + len(a) - 1  # position t predicts t + 1
             x = torch.tensor(e + a, dtype=torch.long)
@@ -114,17 +151,67 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
             cols["greedy"].append(torch.tensor(gen.prompt_argmax[r] + a[1:], dtype=torch.long))
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
             cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
-        tensors = {k: torch.cat(v).contiguous() for k, v in cols.items()}
-        with atomic_file(_shard_path(out, i)) as f:
-            f.write(_serialize(tensors))
-        meta["shards"] += 1
-        meta["tokens"] += int(tensors["next"].numel())
-        meta["answer_tokens"] += int(tensors["target"].sum())
-        meta["seconds"] += time.perf_counter() - t0
-        write_meta()
-        bar.set_postfix(answer_tokens=meta["answer_tokens"])
-    write_meta()  # also when every shard was already there (shards_total)
-    return out
+        shards.write(i, cols, time.perf_counter() - t0)
+        bar.set_postfix(answer_tokens=shards.meta["answer_tokens"])
+    shards.write_meta()  # also when every shard was already there (shards_total)
+    return Path(out)
+
+
+@torch.inference_mode()
+def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_sharegpt: int = 6000,
+                  exclude_per_pool: int = 400, max_answer_tokens: int = 256, max_prompt_tokens: int = 384,
+                  per_shard: int = 48, context: int = 16, seed: int = 0, progress: bool = True) -> Path:
+    """Build (or resume) a data directory from ShareGPT's written answers, teacher-forced through
+    base `model`: one forward per conversation (no generation), so it costs a small fraction of
+    `build_distill` per token. Same shard format; `next` is the written token and `greedy` the
+    base model's own choice, so a training sample follows the written answer only as long as it
+    agrees with the model (Samples). Conversations whose prompt is in the self-distillation mix
+    of `training_prompts(exclude_sharegpt, exclude_per_pool, seed)` or in the benchmark are left
+    out, so this data adds only new prompts."""
+    from .. import zoo
+    from ..data import sources
+    from ..runtime.loader import load_decoder
+    from ..text import Tokenizer
+
+    path = zoo.resolve(model)
+    shards = _Shards(out, {"format": FORMAT, "model": model, "source": "sharegpt-written", "conversations": conversations,
+                           "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
+                           "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
+                           "per_shard": per_shard, "context": context, "seed": seed})
+    taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
+    pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
+    random.Random(seed + 1).shuffle(pairs)
+    available, pairs = len(pairs), pairs[:conversations]
+    tok = Tokenizer(path)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dec = load_decoder(path, torch.bfloat16, dev)
+    eos = sorted(tok.eos_ids)[0]
+    batches = [pairs[i:i + per_shard] for i in range(0, len(pairs), per_shard)]
+    shards.meta["shards_total"] = len(batches)
+    shards.meta["available"] = available  # conversations eligible (new prompts), of which `conversations` are used
+
+    bar = tqdm(batches, desc="written answers", unit="shard", disable=not progress)
+    for i, batch in enumerate(bar):
+        if shards.done(i):
+            continue
+        t0 = time.perf_counter()
+        cols = _columns()
+        for r, (user, answer) in enumerate(batch):
+            e = tok.encode_prompt(user)[-max_prompt_tokens:]
+            a = (tok.hf.encode(answer, add_special_tokens=False) + [eos])[:max_answer_tokens]
+            x = torch.tensor(e + a, dtype=torch.long, device=dev)
+            lo, hi = max(0, len(e) - context), len(x) - 1  # position t predicts t + 1
+            cache = dec.new_cache(len(x))
+            fw = dec.forward(x, torch.arange(len(x), device=dev), cache, logits_at=slice(lo, hi), final_hidden=True)
+            cols["hidden"].append(fw.final_hidden[lo:hi].to("cpu", torch.bfloat16))
+            cols["next"].append(x[lo + 1:hi + 1].cpu())
+            cols["greedy"].append(fw.logits.argmax(-1).cpu())
+            cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
+            cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
+        shards.write(i, cols, time.perf_counter() - t0)
+        bar.set_postfix(answer_tokens=shards.meta["answer_tokens"])
+    shards.write_meta()
+    return Path(out)
 
 
 def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -161,4 +248,4 @@ def load_shards(data: Path, progress: bool = True) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v) for k, v in cols.items()}
 
 
-__all__ = ["build_distill", "load_shards", "training_prompts"]
+__all__ = ["build_distill", "build_written", "load_shards", "training_prompts"]

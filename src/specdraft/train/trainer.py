@@ -2,9 +2,11 @@
 
 Samples: every answer position t whose token x_{t+1} is the base model's own greedy token (the
 root the drafter will draft after). Labels: the base model's greedy continuation after the root,
-x_{t+2} .. x_{t+1+L}, cut where the recorded text leaves the base model's greedy path (then the
-tokens are no longer what greedy decoding would produce) and at `max_labels`; CTC handles the
-variable length. Medusa head k learns label k with cross-entropy (where it exists).
+the greedy tokens at t+1 .. t+L, cut after the first one the recorded text does not follow (later
+ones would no longer be what greedy decoding produces) and at `max_labels`; CTC handles the
+variable length. Medusa head k learns label k with cross-entropy (where it exists). Extra data
+directories (`extra`, e.g. teacher-forced written answers) add training samples only: the
+held-out conversations, and so the held-out tau, come from the main directory alone.
 
 The base model stays frozen; only the draft module trains (AdamW, warmup + cosine, grad clip,
 bf16 autocast). Every `eval_every` steps a held-out tau estimate decodes the drafts exactly as the
@@ -40,6 +42,7 @@ from .data import load_shards
 class TrainConfig:
     kind: str  # ctc | medusa
     epochs: float = 2.0
+    steps: int | None = None  # optimizer steps; overrides epochs (equal compute on different data)
     batch_size: int = 128
     lr: float = 1e-3
     warmup: float = 0.05
@@ -72,19 +75,23 @@ class Samples:
     def __init__(self, data: dict[str, torch.Tensor], max_labels: int, window: int, vocab: torch.Tensor):
         nxt, greedy, seq, target = data["next"], data["greedy"], data["seq"], data["target"]
         n = nxt.numel()
-        index = torch.full((int(max(nxt.max(), vocab.max())) + 1,), -1, dtype=torch.long)
+        index = torch.full((int(max(nxt.max(), greedy.max(), vocab.max())) + 1,), -1, dtype=torch.long)
         index[vocab] = torch.arange(vocab.numel())  # token id -> draft-vocabulary index
-        ok = target & (greedy == nxt)
+        # Label j of position t is the base model's own greedy token at t + j, valid while the
+        # stored text up to t + j is the model's own greedy continuation (always, on answers the
+        # model wrote itself; on written answers, only as long as they agree with the model).
+        ok = target & (greedy == nxt)  # the root x_{t+1} is the model's own token
         pos = torch.nonzero(ok).flatten()
         labels = torch.zeros(pos.numel(), max_labels, dtype=torch.long)
         length = torch.zeros(pos.numel(), dtype=torch.long)
         alive = torch.ones(pos.numel(), dtype=torch.bool)
         for j in range(1, max_labels + 1):
             idx = (pos + j).clamp(max=n - 1)
-            alive &= (pos + j < n) & (seq[idx] == seq[pos]) & target[idx] & (greedy[idx] == nxt[idx])
-            alive &= index[nxt[idx]] >= 0  # a token outside the draft vocabulary ends the labels
-            labels[:, j - 1] = torch.where(alive, index[nxt[idx]], 0)
+            alive &= (pos + j < n) & (seq[idx] == seq[pos]) & target[idx]
+            alive &= index[greedy[idx]] >= 0  # a token outside the draft vocabulary ends the labels
+            labels[:, j - 1] = torch.where(alive, index[greedy[idx]], 0)
             length += alive.long()
+            alive &= greedy[idx] == nxt[idx]  # the text goes on with that token: label j + 1 is valid
         keep = length > 0
         self.pos, self.labels, self.length = pos[keep], labels[keep], length[keep]
         self.data, self.window = data, window
@@ -92,12 +99,18 @@ class Samples:
     def __len__(self) -> int:
         return self.pos.numel()
 
-    def split(self, every: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out = whole conversations (seq % every == 0): no leakage through the window."""
-        held = (self.data["seq"][self.pos] % every) == 0
+    def split(self, every: int = 20, held_below: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out = whole conversations (seq % every == 0): no leakage through the window; with
+        `held_below`, only conversations numbered below it can be held out."""
+        seq = self.data["seq"][self.pos]
+        held = (seq % every) == 0
+        if held_below is not None:
+            held &= seq < held_below
         return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def batch(self, idx: torch.Tensor, future: bool = True) -> dict[str, torch.Tensor]:
+        """The inputs of samples `idx`; `future` adds the hidden states behind each label (only the
+        dense distillation terms need them)."""
         d = self.data
         t = self.pos[idx]
         W = self.window
@@ -107,11 +120,12 @@ class Samples:
         valid &= d["seq"][winc] == d["seq"][t][:, None]
         ctx_next = d["next"][winc].clone()
         ctx_next[:, -1] = d["greedy"][t]  # the root
-        L = self.labels.shape[1]
-        future = (t[:, None] + torch.arange(1, L + 1)[None, :]).clamp(max=d["hidden"].shape[0] - 1)
-        return {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
-                "labels": self.labels[idx], "length": self.length[idx],
-                "future": d["hidden"][future]}  # [B, L, d]: the hidden state that predicted label k (masked by length)
+        out = {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
+               "labels": self.labels[idx], "length": self.length[idx]}
+        if future:  # [B, L, d]: the hidden state that predicted label k (masked by length)
+            L = self.labels.shape[1]
+            out["future"] = d["hidden"][(t[:, None] + torch.arange(1, L + 1)[None, :]).clamp(max=d["hidden"].shape[0] - 1)]
+        return out
 
 
 def aligned_frames(labels: torch.Tensor, length: torch.Tensor, frames: int, blank: int) -> torch.Tensor:
@@ -173,7 +187,7 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
     kind = module.cfg.kind
     total = 0
     for chunk in idx.split(256):
-        b = samples.batch(chunk)
+        b = samples.batch(chunk, future=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.device.type == "cpu"):
             logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
         for r in range(logp.shape[0]):
@@ -183,16 +197,26 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
 
 
 class Trainer:
-    def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True):
+    def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
+                 extra: tuple[Path, ...] = ()):
         from .. import zoo
         from ..runtime.loader import load_decoder
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
-        meta = json.loads((Path(data_dir) / "data.json").read_text()) if (Path(data_dir) / "data.json").is_file() else {}
-        if meta.get("model") not in (None, model_name):
-            raise SpecdraftError(f"{data_dir} was built from {meta['model']}, not {model_name}")
+        for d in (data_dir, *extra):
+            meta = json.loads((Path(d) / "data.json").read_text()) if (Path(d) / "data.json").is_file() else {}
+            if meta.get("model") not in (None, model_name):
+                raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
         base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
         data = load_shards(data_dir, progress)
+        main_seqs = int(data["seq"].max()) + 1
+        if extra:
+            parts = [data] + [load_shards(d, progress) for d in extra]
+            offset = 0
+            for p in parts:  # conversation numbers stay unique across directories
+                p["seq"] = p["seq"] + offset
+                offset = int(p["seq"].max()) + 1
+            data = {k: torch.cat([p[k] for p in parts]) for k in data}
         counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
         vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
         self.vocab_coverage = float(counts[vocab].sum() / counts.sum())
@@ -206,10 +230,10 @@ class Trainer:
         init_from_base(self.module, base.norm)
         self.embed, self.head = base.embed.weight, sub_head(self.module, base.head_weight())
         self.samples = Samples(data, cfg.max_labels, cfg.window, vocab)
-        self.train_idx, self.held_idx = self.samples.split()
+        self.train_idx, self.held_idx = self.samples.split(held_below=main_seqs)
         if len(self.train_idx) == 0 or len(self.held_idx) == 0:
             raise SpecdraftError(f"{data_dir} has too little data to train on")
-        self.steps = max(1, int(cfg.epochs * len(self.train_idx) / cfg.batch_size))
+        self.steps = cfg.steps or max(1, int(cfg.epochs * len(self.train_idx) / cfg.batch_size))
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         self.step, self.seconds, self.history = 0, 0.0, []
 
@@ -312,7 +336,7 @@ class Trainer:
             idx = orders[epoch][k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_at(self.step)
-            loss = self.loss(self.samples.batch(idx))
+            loss = self.loss(self.samples.batch(idx, future=self.cfg.feat > 0 or self.cfg.kd > 0))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip)
