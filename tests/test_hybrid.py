@@ -141,3 +141,22 @@ def test_hybrid_specs(tiny_llm_dir):
         build_drafter("lookup+lookup:2", llm, mode="nope")
     out = llm.generate("hello there hello", max_new_tokens=8, drafter="lookup:3+lookup:2")
     assert out.token_ids == llm.generate("hello there hello", max_new_tokens=8).token_ids
+
+
+def test_hybrid_options_in_a_spec(tiny_llm_dir):
+    check_spec("(lookup+ctc)?mode=union&max_nodes=8")
+    check_spec("(lookup?min_ngram=2+draft-model:x?max_length=6)")
+    for bad, why in [("(lookup)?mode=union", "parentheses"), ("(lookup+ctc)mode=union", "parentheses"),
+                     ("(lookup+ctc?mode=union", "parentheses"), ("(lookup+ctc)?mode=zip", "mode"),
+                     ("(lookup+ctc)?max_nodes=0", "max_nodes"), ("(lookup+ctc)?nodes=3", "'nodes' is not an option"),
+                     ("(lookup+plain)?mode=union", "cannot be one of them")]:
+        with pytest.raises(SpecdraftError, match=why):
+            check_spec(bad)
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    d = build_drafter("(lookup:3+lookup?min_ngram=1)?mode=union&max_nodes=5", llm)
+    assert isinstance(d, HybridDrafter) and (d.mode, d.max_nodes) == ("union", 5) and d.parts[0].num_tokens == 3
+    again = build_drafter(d.name, llm)  # the name is a spec that builds the same hybrid
+    assert (again.mode, again.max_nodes, [p.name for p in again.parts]) == ("union", 5, [p.name for p in d.parts])
+    assert build_drafter("(lookup:3+lookup:2)", llm).name == "lookup+lookup"  # default mode: the plain name
+    out = llm.generate("hello there hello", max_new_tokens=8, drafter="(lookup:3+lookup:2)?mode=union")
+    assert out.token_ids == llm.generate("hello there hello", max_new_tokens=8).token_ids

@@ -3,7 +3,8 @@
 last four use the artifact shipped for the model, see `specdraft.artifacts`). Any spec may end in
 `?key=value&key=value`: keyword options of the drafter (e.g. `ctc?max_nodes=8`,
 `draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`). Specs joined
-with `+` make a hybrid (`lookup+ctc`: lookup when it finds a match, else ctc; see hybrid.py)."""
+with `+` make a hybrid (`lookup+ctc`: lookup when it finds a match, else ctc; see hybrid.py); in
+parentheses, a hybrid takes options of its own: `(lookup+ctc)?mode=union&max_nodes=8`."""
 
 from __future__ import annotations
 
@@ -46,10 +47,31 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     return kind, arg, options
 
 
+def split_hybrid(spec: str) -> tuple[list[str], dict] | None:
+    """The parts and the hybrid's own options of `A+B` or `(A+B)?key=value&...`; None for a
+    single drafter."""
+    if spec.startswith("("):
+        close = spec.rfind(")")
+        inner, rest = spec[1:close], spec[close + 1:]
+        if close < 0 or "+" not in inner or (rest and not rest.startswith("?")):
+            raise SpecdraftError(f"parentheses group the parts of a hybrid, then its options: "
+                                 f"(lookup+ctc)?mode=union, got {spec!r}")
+        return inner.split("+"), parse_spec("hybrid" + rest)[2]
+    return (spec.split("+"), {}) if "+" in spec else None
+
+
 def check_spec(spec: str) -> None:
     """Cheap syntax check of a drafter spec (before any model is loaded)."""
-    parts = spec.split("+")
-    if len(parts) > 1:
+    hybrid = split_hybrid(spec)
+    if hybrid:
+        parts, options = hybrid
+        from .hybrid import check_options
+
+        try:
+            check_options(**options)
+        except TypeError as e:
+            raise SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of a hybrid "
+                                 "(mode, max_nodes)") from None
         for part in parts:
             if not part or parse_spec(part)[0] in ("plain", "knn-ssd"):
                 raise SpecdraftError(f"a hybrid joins drafters with '+' (lookup+ctc); {part or 'an empty part'!r} "
@@ -71,8 +93,9 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
     given here override those of the spec."""
     check_spec(spec)
-    if "+" in spec:
-        kind, build = "a hybrid", lambda: _hybrid(spec, llm, options)
+    hybrid = split_hybrid(spec)
+    if hybrid:
+        kind, build = "a hybrid", lambda: _hybrid(hybrid[0], llm, {**hybrid[1], **options})
     else:
         kind, arg, spec_options = parse_spec(spec)
         build = lambda: _build(kind, arg, llm, {**spec_options, **options})  # noqa: E731
@@ -104,10 +127,10 @@ def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
     return load(arg, llm, **options)
 
 
-def _hybrid(spec: str, llm: "LLM", options: dict) -> Drafter:
+def _hybrid(parts: list[str], llm: "LLM", options: dict) -> Drafter:
     from .hybrid import HybridDrafter
 
-    return HybridDrafter([llm.drafter(part) for part in spec.split("+")], **options)
+    return HybridDrafter([llm.drafter(part) for part in parts], **options)
 
 
 def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:

@@ -1,4 +1,5 @@
-"""Hybrid drafting: several drafters behind one spec, `lookup+ctc`, `lookup+draft-model:NAME`.
+"""Hybrid drafting: several drafters behind one spec, `lookup+ctc`, `lookup+draft-model:NAME`;
+the hybrid's own options follow its parts in parentheses: `(lookup+ctc)?mode=union&max_nodes=8`.
 
 Prompt lookup is nearly free and very accurate when the text repeats itself, and useless when it
 does not; a model drafter (ctc, medusa, a draft model) costs a little every step and is right at
@@ -51,18 +52,29 @@ def sub_verdict(draft: Draft, accepted: list[int]) -> Verdict:
     return Verdict(path, [draft.tokens[i] for i in path] + [accepted[len(path)]])
 
 
+def check_options(mode: str = "first", max_nodes: int = 16) -> None:
+    """A hybrid's own options, checked before any part is built (an unknown one is a TypeError)."""
+    from ..errors import SpecdraftError
+
+    if mode not in MODES:
+        raise SpecdraftError(f"hybrid mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not isinstance(max_nodes, int) or max_nodes < 1:
+        raise SpecdraftError(f"hybrid max_nodes takes a positive number of nodes, got {max_nodes!r}")
+
+
 class HybridDrafter(Drafter):
     def __init__(self, parts: list[Drafter], *, mode: str = "first", max_nodes: int = 16):
         from ..errors import SpecdraftError
 
-        if mode not in MODES:
-            raise SpecdraftError(f"hybrid mode must be one of {', '.join(MODES)}, got {mode!r}")
+        check_options(mode, max_nodes)
         if len(parts) < 2:
             raise SpecdraftError("a hybrid needs at least two drafters (lookup+ctc)")
         self.parts = parts
         self.mode = mode
         self.max_nodes = max_nodes
         self.name = "+".join(p.name for p in parts)
+        if mode != "first":  # the spec that builds this hybrid again (the default mode needs no parentheses)
+            self.name = f"({self.name})?mode={mode}&max_nodes={max_nodes}"
         self._drafts: list[Draft | None] = [None] * len(parts)
         self.used = [0] * len(parts)  # steps whose draft came (first) from each part
 
