@@ -90,7 +90,7 @@ def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, t
     assert meta["available"] == 7 and meta["shards"] == 2  # 9 pairs, 2 excluded; 6 used, 3 per shard
     tok = Tokenizer(tiny_llm_dir)
     dec = load_decoder(tiny_llm_dir, torch.bfloat16, "cpu")
-    eos = sorted(tok.eos_ids)[0]
+    eos = tok.hf.eos_token_id if tok.hf.eos_token_id in tok.eos_ids else sorted(tok.eos_ids)[0]
     seen = set()
     for shard in sorted(out.glob("shard-*.safetensors")):
         s = load_file(str(shard))
