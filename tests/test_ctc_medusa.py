@@ -388,6 +388,7 @@ def test_extra_data_trains_but_is_never_held_out(tmp_path, tiny_qwen_dir):
     seq = both.samples.data["seq"][both.samples.pos]
     assert set(seq[both.held_idx].tolist()) == {0, 20}  # the main directory's held-out conversations only
     assert int(seq.max()) == 41  # the extra conversations are numbered after the main ones
+    assert both._state()["data"] == [str(tmp_path / "main"), str(tmp_path / "extra")]
     assert both.steps == len(both.train_idx) // 32  # one epoch of everything; --steps overrides it:
     from dataclasses import replace
     assert Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "c", replace(cfg, steps=3), progress=False).steps == 3

@@ -203,6 +203,7 @@ class Trainer:
         from ..runtime.loader import load_decoder
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.data_dirs = [str(data_dir), *map(str, extra)]  # recorded with the result (the main one first)
         for d in (data_dir, *extra):
             meta = json.loads((Path(d) / "data.json").read_text()) if (Path(d) / "data.json").is_file() else {}
             if meta.get("model") not in (None, model_name):
@@ -282,7 +283,7 @@ class Trainer:
         return {"step": self.step, "steps": self.steps, "seconds": self.seconds, "history": self.history,
                 "train": vars(self.cfg), "samples": len(self.samples), "train_samples": int(self.train_idx.numel()),
                 "heldout_samples": int(self.held_idx.numel()),
-                "draft_vocab_coverage": self.vocab_coverage}
+                "draft_vocab_coverage": self.vocab_coverage, "data": self.data_dirs}
 
     def save_checkpoint(self) -> None:
         ckpt = self.out / "checkpoint"
