@@ -70,8 +70,7 @@ def check_spec(spec: str) -> None:
         try:
             check_options(**options)
         except TypeError as e:
-            raise SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of a hybrid "
-                                 "(mode, max_nodes)") from None
+            raise _not_an_option(spec, "a hybrid (mode, max_nodes)", e) from None
         for part in parts:
             if not part or parse_spec(part)[0] in ("plain", "knn-ssd"):
                 raise SpecdraftError(f"a hybrid joins drafters with '+' (lookup+ctc); {part or 'an empty part'!r} "
@@ -104,7 +103,12 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
-        raise SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of {kind}") from None
+        raise _not_an_option(spec, kind, e) from None
+
+
+def _not_an_option(spec: str, kind: str, e: TypeError) -> SpecdraftError:
+    """The error for a keyword a drafter (or a hybrid) does not take, from Python's TypeError."""
+    return SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of {kind}")
 
 
 def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:

@@ -232,10 +232,11 @@ def shard_paths(data: Path) -> list[Path]:
     return shards
 
 
-def load_shards(data: Path, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Concatenate every shard; `seq` becomes globally unique."""
+def load_shards(data: Path, progress: bool = True, first_seq: int = 0) -> dict[str, torch.Tensor]:
+    """Concatenate every shard; `seq` becomes unique, numbered from `first_seq` (so that several
+    directories can be joined)."""
     cols: dict[str, list[torch.Tensor]] = {}
-    offset = 0
+    offset = first_seq
     for p in tqdm(shard_paths(data), desc="load data", unit="shard", disable=not progress):
         try:
             t = load_file(str(p))

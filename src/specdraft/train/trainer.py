@@ -209,15 +209,11 @@ class Trainer:
             if meta.get("model") not in (None, model_name):
                 raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
         base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
-        data = load_shards(data_dir, progress)
-        main_seqs = int(data["seq"].max()) + 1
-        if extra:
-            parts = [data] + [load_shards(d, progress) for d in extra]
-            offset = 0
-            for p in parts:  # conversation numbers stay unique across directories
-                p["seq"] = p["seq"] + offset
-                offset = int(p["seq"].max()) + 1
-            data = {k: torch.cat([p[k] for p in parts]) for k in data}
+        parts = [load_shards(data_dir, progress)]
+        main_seqs = int(parts[0]["seq"].max()) + 1
+        for d in extra:  # conversation numbers continue across directories
+            parts.append(load_shards(d, progress, first_seq=int(parts[-1]["seq"].max()) + 1))
+        data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if extra else parts[0]
         counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
         vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
         self.vocab_coverage = float(counts[vocab].sum() / counts.sum())
