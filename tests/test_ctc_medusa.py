@@ -394,3 +394,17 @@ def test_extra_data_trains_but_is_never_held_out(tmp_path, tiny_qwen_dir):
     assert Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "c", replace(cfg, steps=3), progress=False).steps == 3
     alone_seq = alone.samples.data["seq"][alone.samples.pos]
     assert set(alone_seq[alone.held_idx].tolist()) == {0, 20} and len(both.train_idx) > len(alone.train_idx)
+
+
+def test_train_cli_passes_the_layer_shape(tmp_path, tiny_qwen_dir):
+    from specdraft.cli import main
+    from specdraft.runtime.loader import load_decoder
+
+    fake_distill(tmp_path / "main", load_decoder(tiny_qwen_dir, torch.bfloat16).float(), n_seq=21)
+    out = tmp_path / "ctc"
+    assert main(["train", "ctc", "--model", str(tiny_qwen_dir), "--data", str(tmp_path / "main"), "--out", str(out),
+                 "--steps", "2", "--batch-size", "8", "--frames", "3", "--max-labels", "2",
+                 "--intermediate-size", "40"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["specdraft_head"]["intermediate_size"] == 40 and cfg["specdraft_head"]["frames"] == 3
+    assert cfg["training"]["train"]["intermediate_size"] == 40

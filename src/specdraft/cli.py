@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         tk.add_argument("--max-labels", type=_positive_int, default=4, help="drafted tokens trained (medusa: heads)")
         if kind == "ctc":
             tk.add_argument("--frames", type=_positive_int, default=6)
+            tk.add_argument("--intermediate-size", type=_positive_int, default=1024, help="MLP width of the draft layer")
             tk.add_argument("--align", type=float, default=0.0,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
@@ -401,7 +402,8 @@ def cmd_train(a) -> int:
     from .train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
-                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align} if a.train_command == "ctc" else {}))
+                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size}
+                         if a.train_command == "ctc" else {}))
     state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()
     last = state["history"][-1] if state["history"] else {}
     print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")
