@@ -17,15 +17,18 @@ def test_greedy_batch_equals_plain_decoding_per_row(family, seed):
     rng = random.Random(seed)
     prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 12))] for _ in range(5)]
     eos = frozenset({rng.randrange(97), rng.randrange(97)})
-    got = greedy_batch(model, prompts, max_new_tokens=20, eos_ids=eos, pad_id=3, keep=4)
+    got = greedy_batch(model, prompts, max_new_tokens=20, eos_ids=eos, pad_id=3, keep=4, layers=(1, 0))
     for r, (p, g) in enumerate(zip(prompts, got.answers)):
         want, _ = generate_ids(model, p, max_new_tokens=20, eos_ids=eos)
         assert g == want
         # the states a training row needs: those of a plain teacher-forced pass over prompt + answer
         seq = p + g
-        fwd = model(torch.tensor(seq), torch.arange(len(seq)), model.new_cache(len(seq)), final_hidden=True)
+        fwd = model(torch.tensor(seq), torch.arange(len(seq)), model.new_cache(len(seq)), final_hidden=True,
+                    hidden_layers=(0, 1))
         k = min(4, len(p))
         assert torch.allclose(got.hidden[r], fwd.final_hidden[len(p) - k:len(seq) - 1], atol=1e-4)
+        for j, layer in enumerate((1, 0)):  # the residual states after those layers, in the order asked
+            assert torch.allclose(got.layers[r][:, j], fwd.layer_hidden[layer][len(p) - k:len(seq) - 1], atol=1e-4)
         assert got.prompt_argmax[r] == fwd.logits[len(p) - k:len(p)].argmax(-1).tolist()
 
 
@@ -40,7 +43,7 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     prompts = [{"domain": "x", "prompt": f"question number {i}: " + "why " * i} for i in range(7)]
     monkeypatch.setattr(data, "training_prompts", lambda *a, **k: prompts)
     out = tmp_path / "d"
-    kw = dict(max_new_tokens=12, batch_size=3, context=4, progress=False)
+    kw = dict(max_new_tokens=12, batch_size=3, context=4, layers=(1,), progress=False)
     data.build_distill(str(tiny_llm_dir), out, **kw)
     shards = sorted(out.glob("shard-*.safetensors"))
     assert len(shards) == 3  # 7 prompts in batches of 3
@@ -59,9 +62,12 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     assert rows.sum() == len(answer) + min(4, len(enc)) - 1  # the context's prompt rows, then the answer
     assert torch.equal(s0["greedy"][s0["target"]], s0["next"][s0["target"]])  # answers are the model's own
     seq = torch.tensor(enc + answer)
-    fwd = dec(seq, torch.arange(len(seq)), dec.new_cache(len(seq)), final_hidden=True)
+    fwd = dec(seq, torch.arange(len(seq)), dec.new_cache(len(seq)), final_hidden=True, hidden_layers=(1,))
     want_h = fwd.final_hidden[len(enc) - min(4, len(enc)):len(seq) - 1]
     assert torch.allclose(s0["hidden"][rows].float(), want_h.float(), atol=0.1, rtol=0.05)
+    want_l = fwd.layer_hidden[1][len(enc) - min(4, len(enc)):len(seq) - 1]
+    assert meta["layers"] == [1]  # residual states are unnormalised (large): compare directions, bf16
+    assert torch.cosine_similarity(s0["layers"][rows][:, 0].float(), want_l.float(), dim=-1).min() > 0.995
     # resume: a lost shard is rebuilt exactly, the others are kept
     before = load_file(str(shards[1]))
     shards[1].unlink()
@@ -84,7 +90,7 @@ def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, t
     monkeypatch.setattr(sources, "sharegpt_exchanges", lambda progress=True: pairs)
     monkeypatch.setattr(data, "taken_prompts", lambda *a, **k: {pairs[2][0], pairs[5][0]})
     out = tmp_path / "w"
-    kw = dict(conversations=6, per_shard=3, context=4, progress=False)
+    kw = dict(conversations=6, per_shard=3, context=4, layers=(0,), progress=False)
     data.build_written(str(tiny_llm_dir), out, **kw)
     meta = __import__("json").loads((out / "data.json").read_text())
     assert meta["available"] == 7 and meta["shards"] == 2  # 9 pairs, 2 excluded; 6 used, 3 per shard
@@ -102,9 +108,14 @@ def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, t
             seen.add(match[0][0])
             enc = tok.encode_prompt(match[0][0])
             x = torch.tensor(enc + answer)
-            fwd = dec(x, torch.arange(len(x)), dec.new_cache(len(x)), final_hidden=True)
+            fwd = dec(x, torch.arange(len(x)), dec.new_cache(len(x)), final_hidden=True, hidden_layers=(0,))
             k = min(4, len(enc))
             assert rows.sum() == k + len(answer) - 1
             assert s["greedy"][rows].tolist() == fwd.logits[len(enc) - k:len(x) - 1].argmax(-1).tolist()
             assert torch.allclose(s["hidden"][rows].float(), fwd.final_hidden[len(enc) - k:len(x) - 1].float(), atol=0.1, rtol=0.05)
+            want_l = fwd.layer_hidden[0][len(enc) - k:len(x) - 1].float()
+            assert torch.cosine_similarity(s["layers"][rows][:, 0].float(), want_l, dim=-1).min() > 0.995
     assert len(seen) == 6 and not seen & {pairs[2][0], pairs[5][0]}
+    from specdraft.errors import SpecdraftError
+    with pytest.raises(SpecdraftError, match=r"layers \[9\] do not exist"):
+        data.build_written(str(tiny_llm_dir), tmp_path / "w9", **{**kw, "layers": (0, 9)})

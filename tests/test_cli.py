@@ -23,6 +23,9 @@ from specdraft.cli import main
     (["models", "pull", "gpt-17"], "unknown model"),
     (["models", "path", "gpt-17"], "unknown model"),
     (["frobnicate"], "invalid choice"),
+    (["train", "data", "--layers", "2,x"], "comma-separated layer numbers"),
+    (["train", "ctc", "--out", "o", "--feature-layers", "3,3"], "distinct"),
+    (["train", "ctc", "--out", "o", "--feature-layers", "-1"], "distinct and >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:

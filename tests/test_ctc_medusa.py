@@ -136,9 +136,10 @@ def test_medusa_tree_takes_the_most_probable_paths():
     assert sorted(got.values(), reverse=True) == pytest.approx(sorted(allp.values(), reverse=True)[:10])
 
 
-def tiny_heads(kind, model, seed=0, frames=5):
+def tiny_heads(kind, model, seed=0, frames=5, feature_layers=()):
     cfg = HeadConfig(kind=kind, base_model="tiny", hidden_size=model.cfg.hidden_size, vocab_size=model.cfg.vocab_size,
-                     frames=frames, window=4, num_heads=4, intermediate_size=48, draft_vocab=60)
+                     frames=frames, window=4, num_heads=4, intermediate_size=48, draft_vocab=60,
+                     feature_layers=feature_layers)
     torch.manual_seed(seed)
     m = make_module(cfg)
     with torch.no_grad():
@@ -148,14 +149,14 @@ def tiny_heads(kind, model, seed=0, frames=5):
     return m.eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("kind", ["ctc", "medusa"])
+@pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "medusa"])
 @pytest.mark.parametrize("tree", ["prefix", "beam"])
 @pytest.mark.parametrize("seed", range(3))
 def test_trained_head_drafters_are_lossless(kind, tree, seed):
     """Random heads draft garbage, duplicates and empty drafts; output must equal plain."""
     model = tiny_decoder(layers=2, scale=0.2)
-    heads = tiny_heads(kind, model, seed)
-    if kind == "ctc":
+    heads = tiny_heads(kind.split("+")[0], model, seed, feature_layers=(1, 0) if "+" in kind else ())
+    if kind.startswith("ctc"):
         d = CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
     else:
         d = MedusaDrafter(heads, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
@@ -170,24 +171,28 @@ def test_trained_head_drafters_are_lossless(kind, tree, seed):
 
 
 def test_ctc_drafter_window_matches_committed_rows():
-    """The drafter's hidden window must be the target's final states of the latest positions."""
+    """The drafter's hidden window must be the target's final states of the latest positions (and,
+    with feature layers, their states after those layers)."""
     model = tiny_decoder(layers=2, scale=0.2)
-    heads = tiny_heads("ctc", model)
+    heads = tiny_heads("ctc", model, feature_layers=(1, 0))
     seen = []
 
     class Spy(CTCDrafter):
         def propose(self, ctx):
             draft = super().propose(ctx)
-            seen.append((list(ctx.ids), self.hist.clone()))
+            seen.append((list(ctx.ids), self.hist.clone(), self.hist_layers.clone()))
             return draft
 
     d = Spy(heads, model.embed.weight, model.head_weight(), "t", topk=2, beams=4, max_nodes=6)
-    generate_ids(model, PROMPT, max_new_tokens=12, drafter=d)
-    ids, hist = seen[-1]
-    cache = model.new_cache(len(ids))
-    fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True)
-    want = fwd.final_hidden[len(ids) - 1 - hist.shape[0]: len(ids) - 1]
-    assert torch.allclose(hist, want, atol=1e-4)
+    assert d.needs.hidden_layers == (1, 0)
+    _, stats = generate_ids(model, PROMPT, max_new_tokens=12, drafter=d)
+    assert stats.accepted > 0  # the window grew by accepted nodes too, not only by roots
+    for ids, hist, hist_layers in (seen[2], seen[-1]):
+        cache = model.new_cache(len(ids))
+        fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True, hidden_layers=(0, 1))
+        rows = slice(len(ids) - 1 - hist.shape[0], len(ids) - 1)
+        assert torch.allclose(hist, fwd.final_hidden[rows], atol=1e-4)
+        assert torch.allclose(hist_layers, torch.stack((fwd.layer_hidden[1][rows], fwd.layer_hidden[0][rows]), 1), atol=1e-4)
 
 
 def test_checkpoint_roundtrip_and_refusals(tmp_path):
@@ -216,25 +221,27 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path):
         load_module(tmp_path / "d", model.cfg.hidden_size, model.cfg.vocab_size)
 
 
-def fake_distill(path, model, n_seq=12, length=40, seed=0):
+def fake_distill(path, model, n_seq=12, length=40, seed=0, layers=()):
     """A distillation directory whose answers are the tiny model's own greedy continuations."""
     g = torch.Generator().manual_seed(seed)
-    cols = {k: [] for k in ("hidden", "next", "greedy", "seq", "target")}
+    cols = {k: [] for k in ("hidden", "next", "greedy", "seq", "target") + (("layers",) if layers else ())}
     for s in range(n_seq):
         prompt = torch.randint(0, model.cfg.vocab_size, (5,), generator=g).tolist()
         cont, _ = generate_ids(model, prompt, max_new_tokens=length)
         ids = prompt + cont
         cache = model.new_cache(len(ids))
-        fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True)
+        fwd = model(torch.tensor(ids), torch.arange(len(ids)), cache, final_hidden=True, hidden_layers=layers)
         n = len(ids) - 1
         cols["hidden"].append(fwd.final_hidden[:n].to(torch.bfloat16))
+        if layers:
+            cols["layers"].append(torch.stack([fwd.layer_hidden[i][:n] for i in layers], 1).to(torch.bfloat16))
         cols["next"].append(torch.tensor(ids[1:]))
         cols["greedy"].append(fwd.logits[:n].argmax(-1))
         cols["seq"].append(torch.full((n,), s, dtype=torch.int32))
         cols["target"].append(torch.arange(n) >= len(prompt) - 1)
     path.mkdir(parents=True)
     save_file({k: torch.cat(v).contiguous() for k, v in cols.items()}, str(path / "shard-00000.safetensors"))
-    (path / "data.json").write_text(json.dumps({"model": None}))
+    (path / "data.json").write_text(json.dumps({"model": None, **({"layers": list(layers)} if layers else {})}))
 
 
 @pytest.mark.parametrize("kind", ["ctc", "medusa"])
@@ -408,3 +415,30 @@ def test_train_cli_passes_the_layer_shape(tmp_path, tiny_qwen_dir):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["specdraft_head"]["intermediate_size"] == 40 and cfg["specdraft_head"]["frames"] == 3
     assert cfg["training"]["train"]["intermediate_size"] == 40
+
+
+def test_feature_layers_train_from_the_stored_states_and_need_them(tmp_path, tiny_qwen_dir):
+    from dataclasses import replace
+
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.train.trainer import TrainConfig, Trainer
+
+    base = load_decoder(tiny_qwen_dir, torch.bfloat16).float()
+    fake_distill(tmp_path / "main", base, n_seq=21, layers=(0, 1))
+    fake_distill(tmp_path / "plain", base, n_seq=21, seed=1)
+    cfg = TrainConfig("ctc", steps=12, batch_size=32, lr=3e-3, max_labels=3, frames=5, window=4, intermediate_size=32,
+                      draft_vocab=64, feature_layers=(1,), eval_every=1000)
+    t = Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "a", cfg, progress=False)
+    b = t.samples.batch(t.train_idx[:8])
+    data = t.samples.data  # only the layer asked for is kept, and each window row reads its own position
+    assert data["layers"].shape[1] == 1
+    assert torch.equal(b["ctx_layers"][:, -1, 0], data["layers"][t.samples.pos[t.train_idx[:8]], 0])
+    assert torch.equal(b["ctx_hidden"][:, -1], data["hidden"][t.samples.pos[t.train_idx[:8]]])
+    t.run()
+    assert t.module.w_layers.weight.abs().sum() > 0  # zero at the start: the states reached the loss
+    back, _ = load_module(tmp_path / "a", base.cfg.hidden_size, base.cfg.vocab_size)
+    assert back.cfg.feature_layers == (1,)
+    assert Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "b", replace(cfg, feature_layers=()),
+                   progress=False).samples.data.get("layers") is None  # not asked for: not loaded
+    with pytest.raises(SpecdraftError, match="no hidden states after layers"):
+        Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "c", cfg, progress=False, extra=(tmp_path / "plain",))

@@ -20,6 +20,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _layer_list(s: str) -> tuple[int, ...]:
+    """'2,15' -> (2, 15): layer indices (0-based), each at most once."""
+    try:
+        v = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {s!r}") from None
+    if any(i < 0 for i in v) or len(set(v)) != len(v):
+        raise argparse.ArgumentTypeError(f"layer numbers must be distinct and >= 0, got {s!r}")
+    return v
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -137,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--max-new-tokens", type=_positive_int, default=192)
     td.add_argument("--batch-size", type=_positive_int, default=24)
     td.add_argument("--shards", type=_positive_int, default=None, help="stop after the first N shards (batches)")
+    td.add_argument("--layers", type=_layer_list, default=(), metavar="I,J",
+                    help="also store the residual states after these layers (0-based), for `train ctc --feature-layers`")
     td.add_argument("--written", type=_positive_int, default=None, metavar="N",
                     help="instead of generating answers, teacher-force the written answers of N ShareGPT conversations "
                          "not in the --sharegpt/--per-pool mix (one forward each, much cheaper per token; train "
@@ -157,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "ctc":
             tk.add_argument("--frames", type=_positive_int, default=6)
             tk.add_argument("--intermediate-size", type=_positive_int, default=1024, help="MLP width of the draft layer")
+            tk.add_argument("--feature-layers", type=_layer_list, default=(), metavar="I,J",
+                            help="also read the base model's states after these layers (EAGLE-3's fused features; "
+                                 "the data must be built with `train data --layers`)")
             tk.add_argument("--align", type=float, default=0.0,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
@@ -390,10 +406,11 @@ def cmd_train(a) -> int:
             if not a.out:
                 data = home() / "distill" / f"{Path(a.model).name}-written"
             out = build_written(a.model, data, conversations=a.written, exclude_sharegpt=a.sharegpt,
-                                exclude_per_pool=a.per_pool)
+                                exclude_per_pool=a.per_pool, layers=a.layers)
         else:
             out = build_distill(a.model, data, n_sharegpt=a.sharegpt, n_per_pool=a.per_pool,
-                                max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, max_shards=a.shards)
+                                max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, max_shards=a.shards,
+                                layers=a.layers)
         meta = json.loads((out / "data.json").read_text())
         print(f"{meta['shards']} shards, {meta['answer_tokens']} answer tokens, {meta['seconds']:.0f} s "
               f"({meta['seconds'] / max(1, meta['tokens']) * 1e6 / 3600:.2f} h per million tokens)")
@@ -402,7 +419,8 @@ def cmd_train(a) -> int:
     from .train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
-                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size}
+                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
+                            "feature_layers": a.feature_layers}
                          if a.train_command == "ctc" else {}))
     state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()
     last = state["history"][-1] if state["history"] else {}

@@ -110,6 +110,7 @@ def generate_ids(
     ids = list(prompt_ids) + out
     step = StepContext(ids=ids, budget=0, capacity=cache.capacity, params=params, generator=gen,
                        hidden=None if fwd.final_hidden is None else fwd.final_hidden[-1], rows=fwd.final_hidden,
+                       layer_rows=fwd.layer_hidden or None,
                        target=model if needs.target else None, cache=cache if needs.target else None)
     _sync(device)
     stats.prefill_s = time.perf_counter() - t0
@@ -160,7 +161,10 @@ def generate_ids(
         out.extend(new)
         ids.extend(new)
         if fwd.final_hidden is not None:
-            step.rows = fwd.final_hidden[accepted_slots(verdict.path)]  # the root, then the accepted nodes
+            kept = accepted_slots(verdict.path)
+            step.rows = fwd.final_hidden[kept]  # the root, then the accepted nodes
+            if fwd.layer_hidden:
+                step.layer_rows = {i: h[kept] for i, h in fwd.layer_hidden.items()}
             step.hidden = step.rows[-1]  # whose logits produced the last token
         if drafter is not None:
             td = time.perf_counter()

@@ -43,6 +43,9 @@ class StepContext:
     # every prompt token; later the old root and the accepted nodes), i.e. of positions
     # len(ids) - 1 - k .. len(ids) - 2; rows[-1] is `hidden`. Only with Needs(final_hidden=True).
     rows: torch.Tensor | None = None
+    # {layer: [k, hidden]} the residual states after those layers of the same k tokens, with
+    # Needs(final_hidden=True, hidden_layers=...)
+    layer_rows: dict[int, torch.Tensor] | None = None
     target: object | None = None  # the target `Decoder`, with Needs(target=True)
     cache: object | None = None  # the target's `KVCache`: committed slots read-only, the rest scratch
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import SpecdraftError
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
 
@@ -157,17 +158,24 @@ class CTCDrafter(Drafter):
         self.topk, self.beams, self.tree = topk, beams, tree
         self.max_nodes = default_nodes(head.device) if max_nodes is None else max_nodes  # benchmarks/head_nodes_sweep.py
         self.window = module.cfg.window
+        self.layers = module.cfg.feature_layers
+        self.needs = Needs(final_hidden=True, hidden_layers=self.layers)
         self.hist: torch.Tensor | None = None  # [<= W, d] final hidden states of the latest positions
+        self.hist_layers: torch.Tensor | None = None  # [<= W, k, d] their states after the feature layers
         self._seen: torch.Tensor | None = None
 
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
-        self.hist = self._seen = None
+        self.hist = self.hist_layers = self._seen = None
 
     def _update(self, ctx: StepContext) -> None:
         """Append the rows the last target forward committed (once per forward)."""
         if ctx.rows is not self._seen:
             h = ctx.rows if self.hist is None else torch.cat((self.hist, ctx.rows))
             self.hist, self._seen = h[-self.window:], ctx.rows
+            if self.layers:
+                new = torch.stack([ctx.layer_rows[i] for i in self.layers], 1)
+                h = new if self.hist_layers is None else torch.cat((self.hist_layers, new))
+                self.hist_layers = h[-self.window:]
 
     def catch_up(self, ctx: StepContext) -> None:
         self._update(ctx)
@@ -179,7 +187,8 @@ class CTCDrafter(Drafter):
         nxt = torch.tensor(ctx.ids[len(ctx.ids) - w:], device=self.hist.device)  # x_{j+1} for each row j
         dt = self.module.frame.dtype
         feats = self.module.features(self.hist[None].to(dt), nxt[None], torch.ones(1, w, dtype=torch.bool,
-                                     device=nxt.device), self.embed)
+                                     device=nxt.device), self.embed,
+                                     None if self.hist_layers is None else self.hist_layers[None])
         logp = torch.log_softmax(self.module.logits(feats[0], self.head).float(), -1)
         return ctc_draft(logp, min(self.max_nodes, ctx.budget), self.vocab, tree=self.tree, topk=self.topk,
                          beams=self.beams)
@@ -207,4 +216,6 @@ def load(arg: str, llm, **options) -> CTCDrafter:
 
     path = Path(arg) if arg else artifacts.find(llm, "ctc")
     module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "ctc")
+    if bad := [i for i in module.cfg.feature_layers if not 0 <= i < llm.model.cfg.num_layers]:
+        raise SpecdraftError(f"{path} reads layers {bad} of its base, and this model has {llm.model.cfg.num_layers}")
     return CTCDrafter(module, llm.model.embed.weight, llm.model.head_weight(), path.name, **options)

@@ -11,6 +11,8 @@ CTC draft layer, for the position t whose hidden state h_t produced the root tok
   one pre-norm transformer layer: frames attend to the context and to each other; then a trained
   RMSNorm, and logits [frozen LM head ; blank] over V + 1 symbols.
 The frames are decoded with CTC (blanks removed, repeats merged) into the tokens after r.
+With `feature_layers` (as EAGLE-3 fuses low, middle and high layers), c_j also adds
+W_layers [norm(l_j^a) ; norm(l_j^b) ; ...], the base's residual states after those layers at j.
 
 Both draft over a reduced vocabulary (the most frequent tokens of the training data, listed in the
 checkpoint's `vocab` buffer), as EAGLE-3 does: the LM-head product is the dominant cost of a small
@@ -52,6 +54,10 @@ class HeadConfig:
     num_heads: int = 9  # ctc: attention heads
     intermediate_size: int = 1536  # ctc: MLP width
     draft_vocab: int = 0  # size of the drafting vocabulary (the buffer `vocab` lists its token ids); 0 = all
+    feature_layers: tuple[int, ...] = ()  # ctc: also read the base's residual states after these layers
+
+    def __post_init__(self):
+        object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
 
     def to_json(self) -> dict:
         return {"specdraft_head": asdict(self)}
@@ -60,7 +66,7 @@ class HeadConfig:
     def from_json(cls, d: dict, where: str) -> "HeadConfig":
         try:
             return cls(**d["specdraft_head"])
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise SpecdraftError(f"{where}: not a specdraft drafter config ({e})") from None
 
 
@@ -82,16 +88,27 @@ class CTCDraftLayer(torch.nn.Module):
         self.blank = torch.nn.Parameter(torch.zeros(d))
         self.blank_bias = torch.nn.Parameter(torch.zeros(()))
         self.register_buffer("vocab", torch.arange(cfg.draft_vocab or cfg.vocab_size))
+        if cfg.feature_layers:  # zero-initialised: training starts from the final-state-only layer
+            k = len(cfg.feature_layers)
+            self.layer_norm = torch.nn.Parameter(torch.ones(k, d))
+            self.w_layers = torch.nn.Linear(k * d, d, bias=False)
+            torch.nn.init.zeros_(self.w_layers.weight)
 
     def features(self, ctx_hidden: torch.Tensor, ctx_next: torch.Tensor, valid: torch.Tensor,
-                 embed: torch.Tensor) -> torch.Tensor:
+                 embed: torch.Tensor, ctx_layers: torch.Tensor | None = None) -> torch.Tensor:
         """Frame features [B, F, d].
 
         ctx_hidden [B, W, d]: h_j for the window, oldest first, the last one being h_t;
-        ctx_next [B, W]: x_{j+1} (for the last row: the root token); valid [B, W] bool.
+        ctx_next [B, W]: x_{j+1} (for the last row: the root token); valid [B, W] bool;
+        ctx_layers [B, W, k, d]: the residual states after `cfg.feature_layers` (only then).
         """
         B, W, d = ctx_hidden.shape
         c = self.w_in(torch.cat((F.embedding(ctx_next, embed).to(ctx_hidden.dtype), ctx_hidden), -1))
+        if self.cfg.feature_layers:
+            if ctx_layers is None:
+                raise SpecdraftError("this CTC layer reads the base's hidden states after layers "
+                                     f"{list(self.cfg.feature_layers)}, and none were given")
+            c = c + self.w_layers(_rms(ctx_layers.to(c.dtype), self.layer_norm.to(c.dtype)).flatten(-2))
         c = c + self.rel[:W].flip(0).to(c.dtype)  # rel[0] belongs to the newest position
         frames = c[:, -1:, :] + self.frame.to(c.dtype)  # [B, F, d]
         x = torch.cat((c, frames), 1)  # [B, W + F, d]

@@ -19,9 +19,11 @@ from .model import Decoder, apply_rope, rms_norm
 
 
 def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
-             v_cache: torch.Tensor, start: int, mask: torch.Tensor, rows: int = 1) -> torch.Tensor:
+             v_cache: torch.Tensor, start: int, mask: torch.Tensor, rows: int = 1,
+             layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """tokens, positions [B, n]; writes slots [start, start + n); mask [B, n, start + n] bool.
-    Returns the final-norm hidden states of the last `rows` rows [B, rows, hidden]."""
+    Returns the final-norm hidden states of the last `rows` rows [B, rows, hidden] and, with
+    `layers`, their residual states after those layers [B, rows, len(layers), hidden]."""
     cfg = model.cfg
     B, n = tokens.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -32,6 +34,7 @@ def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_ca
     cos, sin = emb.cos().to(model.dtype), emb.sin().to(model.dtype)
     m = mask[:, None].repeat(1, 1, G, 1)  # [B, 1, G*n, T]: query heads sharing a kv head are stacked
     x = model.embed(tokens)
+    taps = {}
     for i, layer in enumerate(model.layers):
         h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
         q, k, v = layer.qkv(h).split((H * D, Hkv * D, Hkv * D), dim=-1)
@@ -44,7 +47,10 @@ def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_ca
         h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
         gate, up = layer.gate_up(h).chunk(2, dim=-1)
         x = x + layer.down(F.silu(gate) * up)
-    return rms_norm(x[:, -rows:], model.norm, cfg.rms_norm_eps)
+        if i in layers:
+            taps[i] = x[:, -rows:]
+    return (rms_norm(x[:, -rows:], model.norm, cfg.rms_norm_eps),
+            torch.stack([taps[i] for i in layers], 2) if layers else None)
 
 
 @dataclass
@@ -54,12 +60,15 @@ class BatchOutput:
     # prompt positions, then of every answer position but the last: row j predicts the token after it
     hidden: list[torch.Tensor]
     prompt_argmax: list[list[int]]  # the argmax at those k_r prompt positions
+    layers: list[torch.Tensor]  # with `layers`: [rows of `hidden`, len(layers), hidden] residual states
 
 
 @torch.inference_mode()
 def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
-                 eos_ids: frozenset[int] = frozenset(), pad_id: int = 0, keep: int = 0) -> BatchOutput:
-    """Greedy continuations of every prompt, and (with `keep`) the hidden states training needs.
+                 eos_ids: frozenset[int] = frozenset(), pad_id: int = 0, keep: int = 0,
+                 layers: tuple[int, ...] = ()) -> BatchOutput:
+    """Greedy continuations of every prompt, and (with `keep`) the hidden states training needs:
+    the final ones and (with `layers`) the residual states after those layers.
 
     Each prompt is prefilled on its own (no compute spent on padding), straight into its row of
     the batch's cache; the answers are then decoded for all rows at once."""
@@ -74,20 +83,25 @@ def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
     real = slots[None, :] >= pads[:, None]  # [B, T] slots that hold a real token of the row
     last = []
     prompt_h: list[torch.Tensor] = []
+    prompt_l: list[torch.Tensor] = []
     prompt_argmax: list[list[int]] = []
     for r, p in enumerate(prompts):
         n, pad = len(p), P - len(p)
         mask = torch.cat((torch.zeros(n, pad, dtype=torch.bool, device=dev),
                           torch.ones(n, n, dtype=torch.bool, device=dev).tril()), 1)[None]
-        x = _forward(model, torch.tensor([p], device=dev), torch.arange(n, device=dev)[None],
-                     k_cache[:, r:r + 1], v_cache[:, r:r + 1], pad, mask, rows=max(1, min(keep, n)))[0]
+        x, lx = _forward(model, torch.tensor([p], device=dev), torch.arange(n, device=dev)[None],
+                         k_cache[:, r:r + 1], v_cache[:, r:r + 1], pad, mask, rows=max(1, min(keep, n)),
+                         layers=layers if keep else ())
+        x = x[0]
         last.append(x[-1])
         if keep:
             prompt_h.append(x[-min(keep, n):])
+            if layers:
+                prompt_l.append(lx[0, -min(keep, n):])
             prompt_argmax.append(F.linear(prompt_h[-1], model.head_weight()).argmax(-1).tolist())
     h = torch.stack(last)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
-    states = []
+    states, layer_states = [], []
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
     steps = 0
@@ -98,16 +112,22 @@ def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
         done |= torch.isin(tok, eos)
         if bool(done.all()) or s + 1 == max_new_tokens:
             break
-        h = _forward(model, tok[:, None], (P + s - pads)[:, None], k_cache, v_cache, P + s,
-                     real[:, None, :P + s + 1])[:, -1]
+        h, lh = _forward(model, tok[:, None], (P + s - pads)[:, None], k_cache, v_cache, P + s,
+                         real[:, None, :P + s + 1], layers=layers if keep else ())
+        h = h[:, -1]
         if keep:
             states.append(h)
+            if layers:
+                layer_states.append(lh[:, -1])
     answers = []
     for row in out[:, :steps].tolist():
         cut = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))
         answers.append(row[:cut])
-    hidden = []
+    hidden, layer_hidden = [], []
     if keep:
         dec = torch.stack(states, 1) if states else h.new_zeros(B, 0, h.shape[-1])  # [B, steps - 1, d]
         hidden = [torch.cat((ph, dec[r, :len(a) - 1])) for r, (ph, a) in enumerate(zip(prompt_h, answers))]
-    return BatchOutput(answers, hidden, prompt_argmax)
+        if layers:
+            ldec = torch.stack(layer_states, 1) if layer_states else h.new_zeros(B, 0, len(layers), h.shape[-1])
+            layer_hidden = [torch.cat((pl, ldec[r, :len(a) - 1])) for r, (pl, a) in enumerate(zip(prompt_l, answers))]
+    return BatchOutput(answers, hidden, prompt_argmax, layer_hidden)

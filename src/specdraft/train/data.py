@@ -11,6 +11,7 @@ On disk, `DIR/shard-00000.safetensors` ... each hold one batch of conversations:
   greedy  [N]     int64  the base model's argmax at position t (on answer positions: = next)
   seq     [N]     int32  conversation index inside the shard
   target  [N]     bool   t is an answer position (t + 1 is an answer token)
+  layers  [N, k, d] bf16 only when built with `layers`: the residual states after those layers
 Only the last `context` prompt positions are stored (the drafter's attention window).
 `DIR/data.json` records the model, the prompt mix, sizes and the cost. Shards are written
 atomically and skipped when present, so an interrupted build resumes where it stopped.
@@ -106,30 +107,39 @@ class _Shards:
             json.dump(self.meta, f, indent=2)
 
 
-def _columns() -> dict[str, list[torch.Tensor]]:
-    return {"hidden": [], "next": [], "greedy": [], "seq": [], "target": []}
+def _columns(layers: tuple[int, ...] = ()) -> dict[str, list[torch.Tensor]]:
+    return {"hidden": [], "next": [], "greedy": [], "seq": [], "target": [], **({"layers": []} if layers else {})}
+
+
+def _layer_setting(layers: tuple[int, ...], num_layers: int) -> dict:
+    """The data.json entry of `layers` (none when empty, so older directories still resume)."""
+    if bad := [i for i in layers if not 0 <= i < num_layers]:
+        raise SpecdraftError(f"layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1})")
+    return {"layers": list(layers)} if layers else {}
 
 
 @torch.inference_mode()
 def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: int = 400,
                   max_new_tokens: int = 192, max_prompt_tokens: int = 384, batch_size: int = 24,
-                  context: int = 16, seed: int = 0, max_shards: int | None = None,
+                  context: int = 16, seed: int = 0, max_shards: int | None = None, layers: tuple[int, ...] = (),
                   progress: bool = True) -> Path:
     """Build (or resume) a self-distillation data directory for base `model`; `max_shards` stops
-    after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix."""
+    after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix;
+    `layers` also stores the residual states after those layers (CTC feature layers)."""
     from .. import zoo
     from ..runtime.batched import greedy_batch
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
-    shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
-                           "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
-                           "batch_size": batch_size, "context": context, "seed": seed})
-    tok = Tokenizer(path)
-    prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, torch.bfloat16, dev)
+    shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
+                           "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
+                           "batch_size": batch_size, "context": context, "seed": seed,
+                           **_layer_setting(layers, dec.cfg.num_layers)})
+    tok = Tokenizer(path)
+    prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     pad = sorted(tok.eos_ids)[0]
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
     shards.meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
@@ -141,12 +151,14 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
             continue
         t0 = time.perf_counter()
         encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
-        gen = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad, keep=context)
-        cols = _columns()
+        gen = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad, keep=context, layers=layers)
+        cols = _columns(layers)
         for r, (e, a) in enumerate(zip(encoded, gen.answers)):
             lo, hi = len(e) - len(gen.prompt_argmax[r]), len(e) + len(a) - 1  # position t predicts t + 1
             x = torch.tensor(e + a, dtype=torch.long)
             cols["hidden"].append(gen.hidden[r].to("cpu", torch.bfloat16))
+            if layers:
+                cols["layers"].append(gen.layers[r].to("cpu", torch.bfloat16))
             cols["next"].append(x[lo + 1:hi + 1])
             cols["greedy"].append(torch.tensor(gen.prompt_argmax[r] + a[1:], dtype=torch.long))
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
@@ -160,7 +172,8 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
 @torch.inference_mode()
 def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_sharegpt: int = 6000,
                   exclude_per_pool: int = 400, max_answer_tokens: int = 256, max_prompt_tokens: int = 384,
-                  per_shard: int = 48, context: int = 16, seed: int = 0, progress: bool = True) -> Path:
+                  per_shard: int = 48, context: int = 16, seed: int = 0, layers: tuple[int, ...] = (),
+                  progress: bool = True) -> Path:
     """Build (or resume) a data directory from ShareGPT's written answers, teacher-forced through
     base `model`: one forward per conversation (no generation), so it costs a small fraction of
     `build_distill` per token. Same shard format; `next` is the written token and `greedy` the
@@ -174,17 +187,18 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dec = load_decoder(path, torch.bfloat16, dev)
     shards = _Shards(out, {"format": FORMAT, "model": model, "source": "sharegpt-written", "conversations": conversations,
                            "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
                            "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
-                           "per_shard": per_shard, "context": context, "seed": seed})
+                           "per_shard": per_shard, "context": context, "seed": seed,
+                           **_layer_setting(layers, dec.cfg.num_layers)})
     taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
     pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
     random.Random(seed + 1).shuffle(pairs)
     available, pairs = len(pairs), pairs[:conversations]
     tok = Tokenizer(path)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dec = load_decoder(path, torch.bfloat16, dev)
     eos = tok.hf.eos_token_id if tok.hf.eos_token_id in tok.eos_ids else sorted(tok.eos_ids)[0]  # ends a chat turn
     batches = [pairs[i:i + per_shard] for i in range(0, len(pairs), per_shard)]
     shards.meta["shards_total"] = len(batches)
@@ -195,15 +209,18 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
         if shards.done(i):
             continue
         t0 = time.perf_counter()
-        cols = _columns()
+        cols = _columns(layers)
         for r, (user, answer) in enumerate(batch):
             e = tok.encode_prompt(user)[-max_prompt_tokens:]
             a = (tok.hf.encode(answer, add_special_tokens=False) + [eos])[:max_answer_tokens]
             x = torch.tensor(e + a, dtype=torch.long, device=dev)
             lo, hi = max(0, len(e) - context), len(x) - 1  # position t predicts t + 1
             cache = dec.new_cache(len(x))
-            fw = dec.forward(x, torch.arange(len(x), device=dev), cache, logits_at=slice(lo, hi), final_hidden=True)
+            fw = dec.forward(x, torch.arange(len(x), device=dev), cache, logits_at=slice(lo, hi), final_hidden=True,
+                             hidden_layers=layers)
             cols["hidden"].append(fw.final_hidden[lo:hi].to("cpu", torch.bfloat16))
+            if layers:
+                cols["layers"].append(torch.stack([fw.layer_hidden[i][lo:hi] for i in layers], 1).to("cpu", torch.bfloat16))
             cols["next"].append(x[lo + 1:hi + 1].cpu())
             cols["greedy"].append(fw.logits.argmax(-1).cpu())
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))

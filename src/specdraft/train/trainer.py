@@ -53,6 +53,7 @@ class TrainConfig:
     intermediate_size: int = 1024  # ctc layer MLP width
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
     window: int = 16
+    feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them)
     align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
     # Dense distillation terms (the CTC reference code's recipe; None = 1.0 for ctc, 0.0 for medusa,
     # whose paper trains with cross-entropy only -- and measured no gain from them, docs/BENCHMARKS.md):
@@ -122,6 +123,8 @@ class Samples:
         ctx_next[:, -1] = d["greedy"][t]  # the root
         out = {"hidden": d["hidden"][t], "ctx_hidden": d["hidden"][winc], "ctx_next": ctx_next, "valid": valid,
                "labels": self.labels[idx], "length": self.length[idx]}
+        if "layers" in d:  # [B, W, k, d] the base's states after the feature layers
+            out["ctx_layers"] = d["layers"][winc]
         if future:  # [B, L, d]: the hidden state that predicted label k (masked by length)
             L = self.labels.shape[1]
             out["future"] = d["hidden"][(t[:, None] + torch.arange(1, L + 1)[None, :]).clamp(max=d["hidden"].shape[0] - 1)]
@@ -151,7 +154,7 @@ def tree_accept(draft: Draft, labels: list[int]) -> int:
 def head_features(module, b: dict[str, torch.Tensor], embed: torch.Tensor) -> torch.Tensor:
     """[B, F, d] features of a batch from `Samples.batch` (ctc: frames; medusa: heads)."""
     if module.cfg.kind == "ctc":
-        return module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed)
+        return module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed, b.get("ctx_layers"))
     return module.features(b["hidden"])
 
 
@@ -204,15 +207,29 @@ class Trainer:
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.data_dirs = [str(data_dir), *map(str, extra)]  # recorded with the result (the main one first)
+        stored: list[list[int]] = []  # the layers whose states each directory holds
         for d in (data_dir, *extra):
             meta = json.loads((Path(d) / "data.json").read_text()) if (Path(d) / "data.json").is_file() else {}
             if meta.get("model") not in (None, model_name):
                 raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
+            stored.append(list(meta.get("layers", [])))
+            if missing := [i for i in cfg.feature_layers if i not in stored[-1]]:
+                raise SpecdraftError(f"{d} holds no hidden states after layers {missing}: build it with "
+                                     f"`specdraft train data ... --layers {','.join(map(str, cfg.feature_layers))}`")
         base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
-        parts = [load_shards(data_dir, progress)]
+
+        def load(d: Path, layers: list[int], first_seq: int = 0) -> dict[str, torch.Tensor]:
+            part = load_shards(d, progress, first_seq=first_seq)
+            if "layers" in part and cfg.feature_layers:  # the requested layers, in the requested order
+                part["layers"] = part["layers"][:, [layers.index(i) for i in cfg.feature_layers]]
+            elif "layers" in part:
+                del part["layers"]
+            return part
+
+        parts = [load(data_dir, stored[0])]
         main_seqs = int(parts[0]["seq"].max()) + 1
-        for d in extra:  # conversation numbers continue across directories
-            parts.append(load_shards(d, progress, first_seq=int(parts[-1]["seq"].max()) + 1))
+        for d, layers in zip(extra, stored[1:]):  # conversation numbers continue across directories
+            parts.append(load(d, layers, first_seq=int(parts[-1]["seq"].max()) + 1))
         data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if extra else parts[0]
         counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
         vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
@@ -220,7 +237,8 @@ class Trainer:
         self.hcfg = HeadConfig(kind=cfg.kind, base_model=model_name, hidden_size=base.cfg.hidden_size,
                                vocab_size=base.cfg.vocab_size, draft_vocab=int(vocab.numel()),
                                frames=cfg.frames if cfg.kind == "ctc" else cfg.max_labels, window=cfg.window,
-                               num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size)
+                               num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                               feature_layers=tuple(cfg.feature_layers) if cfg.kind == "ctc" else ())
         torch.manual_seed(cfg.seed)
         self.module = make_module(self.hcfg)
         self.module.vocab.copy_(vocab)
