@@ -34,12 +34,12 @@ bench-spec: install
 	$(PY) benchmarks/speculative.py --model $(MODEL) --methods plain,$(DRAFTER)
 
 # Retrain the shipped CTC and Medusa drafters of $(MODEL) (docs/BENCHMARKS.md, issue 6: about
-# 1.7 h on 2 cores; every step resumes when rerun) and install them as the model's artifacts:
+# 2.7 h on 2 cores; every step resumes when rerun) and install them as the model's artifacts:
 # the model's own answers to a prompt mix, written ShareGPT answers teacher-forced, then both
 # drafters trained on both for the same number of steps.
 SHARDS ?= 114
 WRITTEN ?= 4000
-STEPS ?= 12300
+STEPS ?= 25000
 DATA ?= runs/distill/$(MODEL)
 WRITTEN_DATA ?= runs/distill/$(MODEL)-written
 drafters: install

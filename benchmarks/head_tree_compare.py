@@ -22,7 +22,7 @@ from specdraft import zoo
 from specdraft.drafters.heads import load_module, sub_head
 from specdraft.paths import home
 from specdraft.runtime.loader import load_decoder
-from specdraft.train.data import load_shards
+from specdraft.train.data import keep_layers, load_shards
 from specdraft.train.trainer import Samples, heldout_tau
 
 
@@ -36,11 +36,14 @@ def main() -> None:
     ap.add_argument("--max-labels", type=int, default=4)
     a = ap.parse_args()
     base = load_decoder(zoo.resolve(a.model), torch.bfloat16)
-    data = load_shards(Path(a.data) if a.data else home() / "distill" / a.model)
+    data_dir = Path(a.data) if a.data else home() / "distill" / a.model
+    data = load_shards(data_dir)
+    stored = json.loads((data_dir / "data.json").read_text()).get("layers", [])
     rows = []
     for path in a.drafters.split(","):
         module, _ = load_module(Path(path), base.cfg.hidden_size, base.cfg.vocab_size, torch.float32)
-        samples = Samples(data, a.max_labels, module.cfg.window, module.vocab)
+        view = keep_layers(data, stored, module.cfg.feature_layers)  # the checkpoint's feature layers, if any
+        samples = Samples(view, a.max_labels, module.cfg.window, module.vocab)
         _, held = samples.split()
         held = held[: a.samples]
         head = sub_head(module, base.head_weight())

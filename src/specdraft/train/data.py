@@ -266,4 +266,21 @@ def load_shards(data: Path, progress: bool = True, first_seq: int = 0) -> dict[s
     return {k: torch.cat(v) for k, v in cols.items()}
 
 
+def need_layers(stored: list[int], wanted: tuple[int, ...], where: str) -> None:
+    """Refuse data (`where`) whose stored layer states lack some of the `wanted` ones."""
+    if missing := [i for i in wanted if i not in stored]:
+        raise SpecdraftError(f"{where} holds no hidden states after layers {missing}: build it with "
+                             f"`specdraft train data ... --layers {','.join(map(str, wanted))}`")
+
+
+def keep_layers(data: dict[str, torch.Tensor], stored: list[int], wanted: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """`data` with its `layers` column (states after the `stored` layers) cut to the `wanted` ones,
+    in that order; without it when none are wanted."""
+    need_layers(stored, wanted, "the data")
+    out = {k: v for k, v in data.items() if k != "layers"}
+    if wanted:
+        out["layers"] = data["layers"][:, [stored.index(i) for i in wanted]]
+    return out
+
+
 __all__ = ["build_distill", "build_written", "load_shards", "training_prompts"]

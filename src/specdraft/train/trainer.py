@@ -35,7 +35,7 @@ from ..drafters.medusa import medusa_draft
 from ..errors import SpecdraftError
 from ..paths import atomic_dir
 from ..verify.tree import Draft, follow
-from .data import load_shards
+from .data import keep_layers, load_shards, need_layers
 
 
 @dataclass
@@ -213,23 +213,14 @@ class Trainer:
             if meta.get("model") not in (None, model_name):
                 raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
             stored.append(list(meta.get("layers", [])))
-            if missing := [i for i in cfg.feature_layers if i not in stored[-1]]:
-                raise SpecdraftError(f"{d} holds no hidden states after layers {missing}: build it with "
-                                     f"`specdraft train data ... --layers {','.join(map(str, cfg.feature_layers))}`")
+            need_layers(stored[-1], cfg.feature_layers, str(d))  # before any data is loaded
         base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
 
-        def load(d: Path, layers: list[int], first_seq: int = 0) -> dict[str, torch.Tensor]:
-            part = load_shards(d, progress, first_seq=first_seq)
-            if "layers" in part and cfg.feature_layers:  # the requested layers, in the requested order
-                part["layers"] = part["layers"][:, [layers.index(i) for i in cfg.feature_layers]]
-            elif "layers" in part:
-                del part["layers"]
-            return part
-
-        parts = [load(data_dir, stored[0])]
+        parts = [keep_layers(load_shards(data_dir, progress), stored[0], cfg.feature_layers)]
         main_seqs = int(parts[0]["seq"].max()) + 1
         for d, layers in zip(extra, stored[1:]):  # conversation numbers continue across directories
-            parts.append(load(d, layers, first_seq=int(parts[-1]["seq"].max()) + 1))
+            part = load_shards(d, progress, first_seq=int(parts[-1]["seq"].max()) + 1)
+            parts.append(keep_layers(part, layers, cfg.feature_layers))
         data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if extra else parts[0]
         counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
         vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
