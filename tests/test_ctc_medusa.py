@@ -442,3 +442,23 @@ def test_feature_layers_train_from_the_stored_states_and_need_them(tmp_path, tin
                    progress=False).samples.data.get("layers") is None  # not asked for: not loaded
     with pytest.raises(SpecdraftError, match="no hidden states after layers"):
         Trainer(str(tiny_qwen_dir), tmp_path / "main", tmp_path / "c", cfg, progress=False, extra=(tmp_path / "plain",))
+
+
+def test_ctc_checkpoint_reading_layers_the_target_lacks_is_refused(tmp_path, tiny_llm_dir):
+    from specdraft.api import LLM
+    from specdraft.drafters import build_drafter
+
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    cfg = llm.model.cfg
+    for layers, ok in (((cfg.num_layers - 1,), True), ((cfg.num_layers,), False)):
+        head = HeadConfig(kind="ctc", base_model="tiny", hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size,
+                          frames=3, window=4, num_heads=4, intermediate_size=32, feature_layers=layers)
+        save_module(make_module(head), tmp_path / str(layers[0]), dtype=torch.float32)
+        if ok:
+            d = build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm)
+            assert d.needs.hidden_layers == layers
+            assert llm.generate("hello there", max_new_tokens=8, drafter=d).token_ids == \
+                llm.generate("hello there", max_new_tokens=8).token_ids
+        else:
+            with pytest.raises(SpecdraftError, match=f"reads layers \\[{cfg.num_layers}\\]"):
+                build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm)
