@@ -418,10 +418,10 @@ def cmd_train(a) -> int:
         return 0
     from .train.trainer import TrainConfig, Trainer
 
+    ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
+                 "feature_layers": a.feature_layers} if a.train_command == "ctc" else {})
     cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
-                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
-                            "feature_layers": a.feature_layers}
-                         if a.train_command == "ctc" else {}))
+                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **ctc_only)
     state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()
     last = state["history"][-1] if state["history"] else {}
     print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")

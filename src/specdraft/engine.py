@@ -147,7 +147,8 @@ def generate_ids(
                     final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
         stats.target_forwards += 1
         verdict = verify(draft, fwd.logits, params, gen)
-        cache.compact(accepted_slots(verdict.path))
+        kept = accepted_slots(verdict.path)  # the root, then the accepted nodes
+        cache.compact(kept)
         stats.verify_s += time.perf_counter() - tv
         stats.drafted += n
         stats.accepted += len(verdict.path)
@@ -161,8 +162,7 @@ def generate_ids(
         out.extend(new)
         ids.extend(new)
         if fwd.final_hidden is not None:
-            kept = accepted_slots(verdict.path)
-            step.rows = fwd.final_hidden[kept]  # the root, then the accepted nodes
+            step.rows = fwd.final_hidden[kept]
             if fwd.layer_hidden:
                 step.layer_rows = {i: h[kept] for i, h in fwd.layer_hidden.items()}
             step.hidden = step.rows[-1]  # whose logits produced the last token

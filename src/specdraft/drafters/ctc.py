@@ -170,12 +170,13 @@ class CTCDrafter(Drafter):
     def _update(self, ctx: StepContext) -> None:
         """Append the rows the last target forward committed (once per forward)."""
         if ctx.rows is not self._seen:
-            h = ctx.rows if self.hist is None else torch.cat((self.hist, ctx.rows))
-            self.hist, self._seen = h[-self.window:], ctx.rows
+            self.hist, self._seen = self._append(self.hist, ctx.rows), ctx.rows
             if self.layers:
-                new = torch.stack([ctx.layer_rows[i] for i in self.layers], 1)
-                h = new if self.hist_layers is None else torch.cat((self.hist_layers, new))
-                self.hist_layers = h[-self.window:]
+                self.hist_layers = self._append(self.hist_layers, torch.stack([ctx.layer_rows[i] for i in self.layers], 1))
+
+    def _append(self, window: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        """The last `self.window` rows of window + rows."""
+        return (rows if window is None else torch.cat((window, rows)))[-self.window:]
 
     def catch_up(self, ctx: StepContext) -> None:
         self._update(ctx)

@@ -123,11 +123,12 @@ def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
     for row in out[:, :steps].tolist():
         cut = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))
         answers.append(row[:cut])
-    hidden, layer_hidden = [], []
-    if keep:
-        dec = torch.stack(states, 1) if states else h.new_zeros(B, 0, h.shape[-1])  # [B, steps - 1, d]
-        hidden = [torch.cat((ph, dec[r, :len(a) - 1])) for r, (ph, a) in enumerate(zip(prompt_h, answers))]
-        if layers:
-            ldec = torch.stack(layer_states, 1) if layer_states else h.new_zeros(B, 0, len(layers), h.shape[-1])
-            layer_hidden = [torch.cat((pl, ldec[r, :len(a) - 1])) for r, (pl, a) in enumerate(zip(prompt_l, answers))]
+    def per_answer(prompt_rows: list[torch.Tensor], step_rows: list[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
+        """Each row's prompt states, then its decode steps' states but the last answer token's."""
+        dec = torch.stack(step_rows, 1) if step_rows else h.new_zeros(B, 0, *shape)  # [B, steps - 1, *shape]
+        return [torch.cat((p, dec[r, :len(a) - 1])) for r, (p, a) in enumerate(zip(prompt_rows, answers))]
+
+    d = h.shape[-1]
+    hidden = per_answer(prompt_h, states, (d,)) if keep else []
+    layer_hidden = per_answer(prompt_l, layer_states, (len(layers), d)) if keep and layers else []
     return BatchOutput(answers, hidden, prompt_argmax, layer_hidden)
