@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
-# The best drafter available for the default model (see docs/BENCHMARKS.md).
-DRAFTER ?= lookup
+# The best drafter available for the default model (docs/BENCHMARKS.md, session 8): prompt lookup
+# when the text repeats (matches of 2+ tokens), else the shipped CTC drafter. With another MODEL,
+# set DRAFTER too (a model without a shipped CTC drafter: DRAFTER=lookup).
+DRAFTER ?= lookup?min_ngram=2+ctc
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 
 .PHONY: install run test test-fast bench-plain bench-spec drafters clean
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(VENV)/bin/specdraft models pull $(MODEL)
-	$(VENV)/bin/specdraft generate --model $(MODEL) --drafter $(DRAFTER) "$(PROMPT)"
+	$(VENV)/bin/specdraft generate --model $(MODEL) --drafter "$(DRAFTER)" "$(PROMPT)"
 
 test: install
 	$(PY) -m pytest -q
@@ -31,7 +33,7 @@ bench-plain: install
 	$(PY) benchmarks/plain.py --model $(MODEL)
 
 bench-spec: install
-	$(PY) benchmarks/speculative.py --model $(MODEL) --methods plain,$(DRAFTER)
+	$(PY) benchmarks/speculative.py --model $(MODEL) --methods "plain,$(DRAFTER)"
 
 # Retrain the shipped CTC and Medusa drafters of $(MODEL) (docs/BENCHMARKS.md, issue 6: about
 # 2.7 h on 2 cores; every step resumes when rerun) and install them as the model's artifacts:

@@ -411,9 +411,10 @@ def test_train_cli_passes_the_layer_shape(tmp_path, tiny_qwen_dir):
     out = tmp_path / "ctc"
     assert main(["train", "ctc", "--model", str(tiny_qwen_dir), "--data", str(tmp_path / "main"), "--out", str(out),
                  "--steps", "2", "--batch-size", "8", "--frames", "3", "--max-labels", "2",
-                 "--intermediate-size", "40"]) == 0
+                 "--intermediate-size", "40", "--window", "5"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["specdraft_head"]["intermediate_size"] == 40 and cfg["specdraft_head"]["frames"] == 3
+    assert cfg["specdraft_head"]["window"] == 5
     assert cfg["training"]["train"]["intermediate_size"] == 40
 
 

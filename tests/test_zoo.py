@@ -124,3 +124,14 @@ def test_listing_reports_installation(home, monkeypatch):
     (d / zoo.MARKER).write_text("{}")
     rows = {r["name"]: r for r in zoo.listing()}
     assert rows["fake-model"]["installed"] is True and rows["fake-model"]["path"] == str(d)
+
+
+def test_portable_paths_name_the_cache_root_not_this_machine(tmp_path, monkeypatch):
+    from specdraft.paths import portable
+
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "distill" / "m").mkdir(parents=True)
+    assert portable(tmp_path / "home" / "distill" / "m") == "$SPECDRAFT_HOME/distill/m"
+    assert portable(str(tmp_path / "home" / "distill" / "m")) == "$SPECDRAFT_HOME/distill/m"
+    assert portable("runs/distill/x") == "runs/distill/x"  # outside the cache: as given
+    assert portable(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")

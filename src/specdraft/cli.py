@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "ctc":
             tk.add_argument("--frames", type=_positive_int, default=6)
             tk.add_argument("--intermediate-size", type=_positive_int, default=1024, help="MLP width of the draft layer")
+            tk.add_argument("--window", type=_positive_int, default=16,
+                            help="latest positions of the base model's states the draft layer attends to")
             tk.add_argument("--feature-layers", type=_layer_list, default=(), metavar="I,J",
                             help="also read the base model's states after these layers (EAGLE-3's fused features; "
                                  "the data must be built with `train data --layers`)")
@@ -419,7 +421,7 @@ def cmd_train(a) -> int:
     from .train.trainer import TrainConfig, Trainer
 
     ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
-                 "feature_layers": a.feature_layers} if a.train_command == "ctc" else {})
+                 "feature_layers": a.feature_layers, "window": a.window} if a.train_command == "ctc" else {})
     cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
                       draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **ctc_only)
     state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()

@@ -17,6 +17,16 @@ def home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "specdraft"
 
 
+def portable(path: str | Path) -> str:
+    """`path` as it should be recorded in a shipped file: under the cache root it is written
+    `$SPECDRAFT_HOME/...` (the same data on another machine), anything else as given."""
+    p = Path(path).expanduser()
+    try:
+        return str(Path("$SPECDRAFT_HOME") / p.resolve().relative_to(home().resolve()))
+    except ValueError:
+        return str(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary directory beside `final`; rename it to `final` only if the block succeeds.

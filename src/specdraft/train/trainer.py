@@ -33,7 +33,7 @@ from ..drafters.ctc import ctc_draft
 from ..drafters.heads import HeadConfig, init_from_base, make_module, save_module, sub_head
 from ..drafters.medusa import medusa_draft
 from ..errors import SpecdraftError
-from ..paths import atomic_dir
+from ..paths import atomic_dir, portable
 from ..verify.tree import Draft, follow
 from .data import keep_layers, load_shards, need_layers
 
@@ -288,7 +288,7 @@ class Trainer:
         return {"step": self.step, "steps": self.steps, "seconds": self.seconds, "history": self.history,
                 "train": vars(self.cfg), "samples": len(self.samples), "train_samples": int(self.train_idx.numel()),
                 "heldout_samples": int(self.held_idx.numel()),
-                "draft_vocab_coverage": self.vocab_coverage, "data": self.data_dirs}
+                "draft_vocab_coverage": self.vocab_coverage, "data": [portable(d) for d in self.data_dirs]}
 
     def save_checkpoint(self) -> None:
         ckpt = self.out / "checkpoint"
