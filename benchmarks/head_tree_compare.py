@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--nodes", default="12,24")
     ap.add_argument("--samples", type=int, default=1500)
     ap.add_argument("--max-labels", type=int, default=4)
+    ap.add_argument("--trees", default="beam,prefix", help="tree constructions to compare (beam, prefix)")
     a = ap.parse_args()
     base = load_decoder(zoo.resolve(a.model), torch.bfloat16)
     data_dir = Path(a.data) if a.data else home() / "distill" / a.model
@@ -47,7 +48,7 @@ def main() -> None:
         _, held = samples.split()
         held = held[: a.samples]
         head = sub_head(module, base.head_weight())
-        for tree in ("beam", "prefix"):
+        for tree in a.trees.split(","):
             for n in (int(x) for x in a.nodes.split(",")):
                 t0 = time.perf_counter()
                 tau = heldout_tau(module, samples, held, base.embed.weight, head, n, tree)
