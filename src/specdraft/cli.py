@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "ctc":
             tk.add_argument("--frames", type=_positive_int, default=6)
             tk.add_argument("--intermediate-size", type=_positive_int, default=1024, help="MLP width of the draft layer")
-            tk.add_argument("--window", type=_positive_int, default=16,
-                            help="latest positions of the base model's states the draft layer attends to")
+            tk.add_argument("--window", type=_positive_int, default=48,
+                            help="latest positions of the base model's states the draft layer attends to "
+                                 "(default: %(default)s)")
             tk.add_argument("--feature-layers", type=_layer_list, default=(), metavar="I,J",
                             help="also read the base model's states after these layers (EAGLE-3's fused features; "
                                  "the data must be built with `train data --layers`)")

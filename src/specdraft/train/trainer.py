@@ -52,7 +52,7 @@ class TrainConfig:
     max_labels: int = 4  # longest label sequence (ctc) = number of heads (medusa)
     intermediate_size: int = 1024  # ctc layer MLP width
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
-    window: int = 16
+    window: int = 48  # ctc: latest positions attended to (48 measured +0.02 held-out tau over 16)
     feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them)
     align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
     # Dense distillation terms (the CTC reference code's recipe; None = 1.0 for ctc, 0.0 for medusa,
