@@ -124,8 +124,8 @@ def test_first_mode_uses_the_model_drafter_only_when_lookup_finds_nothing(target
     h = HybridDrafter([lookup, Counting(perturbed(target, 0.05, 0), "tiny")], mode="first")
     _, stats = generate_ids(target, PROMPT, max_new_tokens=40, drafter=h)
     used = stats.extra["hybrid"]["steps_by_part"]
-    assert len(calls) == stats.target_forwards - 1 - used["lookup"]  # asked exactly when lookup was empty
-    assert used["lookup"] > 0 and used["draft-model:tiny"] > 0
+    assert len(calls) == stats.target_forwards - 1 - used["lookup:4"]  # asked exactly when lookup was empty
+    assert used["lookup:4"] > 0 and used["draft-model:tiny"] > 0
 
 
 def test_hybrid_specs(tiny_llm_dir):
@@ -157,6 +157,11 @@ def test_hybrid_options_in_a_spec(tiny_llm_dir):
     assert isinstance(d, HybridDrafter) and (d.mode, d.max_nodes) == ("union", 5) and d.parts[0].num_tokens == 3
     again = build_drafter(d.name, llm)  # the name is a spec that builds the same hybrid
     assert (again.mode, again.max_nodes, [p.name for p in again.parts]) == ("union", 5, [p.name for p in d.parts])
-    assert build_drafter("(lookup:3+lookup:2)", llm).name == "lookup+lookup"  # default mode: the plain name
+    assert again.parts[0].num_tokens == 3 and again.parts[1].min_ngram == 1
+    assert build_drafter("(lookup:3+lookup:2)", llm).name == "lookup:3+lookup:2"  # default mode: the plain name
+    for spec in ("lookup", "lookup:4", "lookup?min_ngram=2", "lookup:16?max_ngram=4&adaptive=true"):
+        d = build_drafter(spec, llm)
+        assert d.name == spec and build_drafter(d.name, llm).describe() == d.describe()
+    assert build_drafter("lookup?min_ngram=2+lookup:4", llm).name == "lookup?min_ngram=2+lookup:4"
     out = llm.generate("hello there hello", max_new_tokens=8, drafter="(lookup:3+lookup:2)?mode=union")
     assert out.token_ids == llm.generate("hello there hello", max_new_tokens=8).token_ids

@@ -33,14 +33,16 @@ def ngram_lookup(ids: list[int] | np.ndarray, max_ngram: int = 3, min_ngram: int
 
 
 class LookupDrafter(Drafter):
-    name = "lookup"
-
     def __init__(self, max_ngram: int = 3, num_tokens: int = 10, min_ngram: int = 1, adaptive: bool = False):
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.num_tokens = num_tokens
         self.adaptive = adaptive
         self.length = num_tokens
+        # The name is the spec that builds this drafter: only the options that differ from the defaults.
+        opts = [f"{k}={str(v).lower()}" for k, v, default in
+                (("max_ngram", max_ngram, 3), ("min_ngram", min_ngram, 1), ("adaptive", adaptive, False)) if v != default]
+        self.name = "lookup" + (f":{num_tokens}" if num_tokens != 10 else "") + ("?" + "&".join(opts) if opts else "")
 
     def start(self, prompt_ids, ctx) -> None:
         self.length = self.num_tokens
