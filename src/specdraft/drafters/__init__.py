@@ -117,7 +117,7 @@ def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
     if kind == "lookup":
         from .lookup import LookupDrafter
 
-        return LookupDrafter(num_tokens=int(arg) if arg else 10, **options)
+        return LookupDrafter(**({"num_tokens": int(arg)} if arg else {}), **options)
     if kind == "draft-model":
         return _draft_model(arg, llm, **options)
     if kind == "layerskip":

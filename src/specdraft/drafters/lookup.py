@@ -6,6 +6,8 @@ code edits, extraction), weak on free-form chat.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from ..verify.tree import Draft
@@ -39,10 +41,12 @@ class LookupDrafter(Drafter):
         self.num_tokens = num_tokens
         self.adaptive = adaptive
         self.length = num_tokens
-        # The name is the spec that builds this drafter: only the options that differ from the defaults.
-        opts = [f"{k}={str(v).lower()}" for k, v, default in
-                (("max_ngram", max_ngram, 3), ("min_ngram", min_ngram, 1), ("adaptive", adaptive, False)) if v != default]
-        self.name = "lookup" + (f":{num_tokens}" if num_tokens != 10 else "") + ("?" + "&".join(opts) if opts else "")
+        # The name is the spec that builds this drafter: only the settings that differ from the defaults.
+        default = {k: p.default for k, p in inspect.signature(LookupDrafter).parameters.items()}
+        opts = [f"{k}={str(getattr(self, k)).lower()}" for k in ("max_ngram", "min_ngram", "adaptive")
+                if getattr(self, k) != default[k]]
+        self.name = ("lookup" + (f":{num_tokens}" if num_tokens != default["num_tokens"] else "")
+                     + ("?" + "&".join(opts) if opts else ""))
 
     def start(self, prompt_ids, ctx) -> None:
         self.length = self.num_tokens
