@@ -418,6 +418,21 @@ def test_train_cli_passes_the_layer_shape(tmp_path, tiny_qwen_dir):
     assert cfg["training"]["train"]["intermediate_size"] == 40
 
 
+def test_train_cli_defaults_are_the_library_defaults():
+    """`train ctc|medusa` with no options trains with TrainConfig's defaults; given options reach it."""
+    from dataclasses import replace
+
+    from specdraft.cli import build_parser, train_config
+    from specdraft.train.config import TrainConfig
+
+    for kind in ("ctc", "medusa"):
+        assert train_config(build_parser().parse_args(["train", kind, "--out", "x"])) == TrainConfig(kind)
+    a = build_parser().parse_args(["train", "ctc", "--out", "x", "--epochs", "3", "--window", "7", "--kd", "0.5",
+                                   "--eval-every", "9", "--feature-layers", "2,5"])
+    assert train_config(a) == replace(TrainConfig("ctc"), epochs=3.0, window=7, kd=0.5, eval_every=9,
+                                      feature_layers=(2, 5))
+
+
 def test_feature_layers_train_from_the_stored_states_and_need_them(tmp_path, tiny_qwen_dir):
     from dataclasses import replace
 

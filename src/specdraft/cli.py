@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of generating answers, teacher-force the written answers of N ShareGPT conversations "
                          "not in the --sharegpt/--per-pool mix (one forward each, much cheaper per token; train "
                          "with --extra-data)")
+    from .train.config import TrainConfig as TC  # the option defaults (torch-free)
+
     for kind in ("ctc", "medusa"):
         tk = trsub.add_parser(kind, help=f"train the {kind} drafter (resumes from OUT/checkpoint)")
         tk.add_argument("--model", default=zoo.DEFAULT_MODEL)
@@ -161,22 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
         tk.add_argument("--out", required=True)
         tk.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                         help="more data to train on, never held out (e.g. from `train data --written`); repeatable")
-        tk.add_argument("--epochs", type=float, default=1.0)
+        tk.add_argument("--epochs", type=float, default=TC.epochs, help="passes over the data (default: %(default)s)")
         tk.add_argument("--steps", type=_positive_int, default=None,
                         help="optimizer steps to train instead of --epochs (same compute on different data)")
-        tk.add_argument("--batch-size", type=_positive_int, default=128)
-        tk.add_argument("--lr", type=float, default=1e-3)
-        tk.add_argument("--max-labels", type=_positive_int, default=4, help="drafted tokens trained (medusa: heads)")
+        tk.add_argument("--batch-size", type=_positive_int, default=TC.batch_size)
+        tk.add_argument("--lr", type=float, default=TC.lr)
+        tk.add_argument("--max-labels", type=_positive_int, default=TC.max_labels, help="drafted tokens trained (medusa: heads)")
         if kind == "ctc":
-            tk.add_argument("--frames", type=_positive_int, default=6)
-            tk.add_argument("--intermediate-size", type=_positive_int, default=1024, help="MLP width of the draft layer")
-            tk.add_argument("--window", type=_positive_int, default=48,
+            tk.add_argument("--frames", type=_positive_int, default=TC.frames)
+            tk.add_argument("--intermediate-size", type=_positive_int, default=TC.intermediate_size, help="MLP width of the draft layer")
+            tk.add_argument("--window", type=_positive_int, default=TC.window,
                             help="latest positions of the base model's states the draft layer attends to "
                                  "(default: %(default)s)")
-            tk.add_argument("--feature-layers", type=_layer_list, default=(), metavar="I,J",
+            tk.add_argument("--feature-layers", type=_layer_list, default=TC.feature_layers, metavar="I,J",
                             help="also read the base model's states after these layers (EAGLE-3's fused features; "
                                  "the data must be built with `train data --layers`)")
-            tk.add_argument("--align", type=float, default=0.0,
+            tk.add_argument("--align", type=float, default=TC.align,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
         dflt = "1 for ctc, 0 for medusa"  # TrainConfig resolves None per kind
@@ -186,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         tk.add_argument("--kd", type=float, default=None,
                         help=f"weight of a soft-label loss: drafted position k matches the base model's distribution "
                              f"(default: {dflt})")
-        tk.add_argument("--draft-vocab", type=_positive_int, default=8192)
-        tk.add_argument("--eval-every", type=_positive_int, default=250)
+        tk.add_argument("--draft-vocab", type=_positive_int, default=TC.draft_vocab)
+        tk.add_argument("--eval-every", type=_positive_int, default=TC.eval_every)
 
     m = sub.add_parser("models", help="the offline model zoo")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -396,6 +398,17 @@ def cmd_knn(a) -> int:
     return 0
 
 
+def train_config(a):
+    """The TrainConfig of a parsed `train ctc|medusa` command line."""
+    from .train.config import TrainConfig
+
+    ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
+                 "feature_layers": a.feature_layers, "window": a.window} if a.train_command == "ctc" else {})
+    return TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                       max_labels=a.max_labels, draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat,
+                       kd=a.kd, **ctc_only)
+
+
 def cmd_train(a) -> int:
     from pathlib import Path
 
@@ -419,13 +432,9 @@ def cmd_train(a) -> int:
               f"({meta['seconds'] / max(1, meta['tokens']) * 1e6 / 3600:.2f} h per million tokens)")
         print(out)
         return 0
-    from .train.trainer import TrainConfig, Trainer
+    from .train.trainer import Trainer
 
-    ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
-                 "feature_layers": a.feature_layers, "window": a.window} if a.train_command == "ctc" else {})
-    cfg = TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_labels=a.max_labels,
-                      draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat, kd=a.kd, **ctc_only)
-    state = Trainer(a.model, data, Path(a.out), cfg, extra=tuple(Path(d) for d in a.extra_data)).run()
+    state = Trainer(a.model, data, Path(a.out), train_config(a), extra=tuple(Path(d) for d in a.extra_data)).run()
     last = state["history"][-1] if state["history"] else {}
     print(f"trained {state['step']} steps in {state['seconds']:.0f} s; held-out tau estimate {last.get('heldout_tau', float('nan')):.2f}")
     print(a.out)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,39 +34,8 @@ from ..drafters.medusa import medusa_draft
 from ..errors import SpecdraftError
 from ..paths import atomic_dir, portable
 from ..verify.tree import Draft, follow
+from .config import TrainConfig
 from .data import keep_layers, load_shards, need_layers
-
-
-@dataclass
-class TrainConfig:
-    kind: str  # ctc | medusa
-    epochs: float = 2.0
-    steps: int | None = None  # optimizer steps; overrides epochs (equal compute on different data)
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup: float = 0.05
-    weight_decay: float = 0.0
-    clip: float = 0.5
-    frames: int = 6  # ctc frames per draft
-    max_labels: int = 4  # longest label sequence (ctc) = number of heads (medusa)
-    intermediate_size: int = 1024  # ctc layer MLP width
-    draft_vocab: int = 8192  # the most frequent answer tokens of the data
-    window: int = 48  # ctc: latest positions attended to (48 measured +0.02 held-out tau over 16)
-    feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them)
-    align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
-    # Dense distillation terms (the CTC reference code's recipe; None = 1.0 for ctc, 0.0 for medusa,
-    # whose paper trains with cross-entropy only -- and measured no gain from them, docs/BENCHMARKS.md):
-    feat: float | None = None  # weight of the feature loss: frame / head k regresses the base's hidden state of label k
-    kd: float | None = None  # weight of the soft-label loss: frame / head k matches the base's distribution over label k
-    eval_every: int = 250
-    eval_samples: int = 1500
-    checkpoint_every: int = 250
-    seed: int = 0
-
-    def __post_init__(self):
-        default = 1.0 if self.kind == "ctc" else 0.0
-        self.feat = default if self.feat is None else self.feat
-        self.kd = default if self.kd is None else self.kd
 
 
 class Samples:
