@@ -47,6 +47,12 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     return kind, arg, options
 
 
+def format_spec(kind: str, arg: str | int = "", options: dict | None = None) -> str:
+    """The inverse of `parse_spec`: `kind[:arg][?key=value&...]` (booleans as true / false)."""
+    query = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (options or {}).items())
+    return kind + (f":{arg}" if arg != "" else "") + (f"?{query}" if query else "")
+
+
 def split_hybrid(spec: str) -> tuple[list[str], dict] | None:
     """The parts and the hybrid's own options of `A+B` or `(A+B)?key=value&...`; None for a
     single drafter."""

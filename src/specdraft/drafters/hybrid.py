@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ..verify.tree import Draft, children, follow
 from ..verify.verify import Verdict
+from . import format_spec
 from .base import Drafter, Needs, StepContext
 
 MODES = ("first", "union")
@@ -74,7 +75,7 @@ class HybridDrafter(Drafter):
         self.max_nodes = max_nodes
         self.name = "+".join(p.name for p in parts)
         if mode != "first":  # the spec that builds this hybrid again (the default mode needs no parentheses)
-            self.name = f"({self.name})?mode={mode}&max_nodes={max_nodes}"
+            self.name = format_spec(f"({self.name})", options={"mode": mode, "max_nodes": max_nodes})
         self._drafts: list[Draft | None] = [None] * len(parts)
         self.used = [0] * len(parts)  # steps whose draft came (first) from each part
 

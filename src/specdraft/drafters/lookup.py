@@ -11,6 +11,7 @@ import inspect
 import numpy as np
 
 from ..verify.tree import Draft
+from . import format_spec
 from .base import Drafter, StepContext
 
 
@@ -43,10 +44,9 @@ class LookupDrafter(Drafter):
         self.length = num_tokens
         # The name is the spec that builds this drafter: only the settings that differ from the defaults.
         default = {k: p.default for k, p in inspect.signature(LookupDrafter).parameters.items()}
-        opts = [f"{k}={str(getattr(self, k)).lower()}" for k in ("max_ngram", "min_ngram", "adaptive")
-                if getattr(self, k) != default[k]]
-        self.name = ("lookup" + (f":{num_tokens}" if num_tokens != default["num_tokens"] else "")
-                     + ("?" + "&".join(opts) if opts else ""))
+        self.name = format_spec("lookup", num_tokens if num_tokens != default["num_tokens"] else "",
+                                {k: getattr(self, k) for k in ("max_ngram", "min_ngram", "adaptive")
+                                 if getattr(self, k) != default[k]})
 
     def start(self, prompt_ids, ctx) -> None:
         self.length = self.num_tokens
