@@ -15,7 +15,7 @@ import torch
 
 from specdraft import zoo
 from specdraft.runtime.batched import greedy_batch
-from specdraft.runtime.loader import load_decoder
+from specdraft.runtime.loader import fast_dtype, load_decoder
 from specdraft.text import Tokenizer
 from specdraft.train.data import training_prompts
 
@@ -28,7 +28,7 @@ def main() -> None:
     a = ap.parse_args()
     path = zoo.resolve(a.model)
     tok = Tokenizer(path)
-    dec = load_decoder(path, torch.bfloat16)
+    dec = load_decoder(path, fast_dtype("cpu"))
     enc = [tok.encode_prompt(p["prompt"])[-384:] for p in training_prompts(6000, 400, 0, False)[:a.prompts]]
     t0, n = time.perf_counter(), 0
     for i in range(0, len(enc), a.batch_size):

@@ -21,7 +21,7 @@ import torch
 from specdraft import zoo
 from specdraft.drafters.heads import load_module, sub_head
 from specdraft.paths import home
-from specdraft.runtime.loader import load_decoder
+from specdraft.runtime.loader import fast_dtype, load_decoder
 from specdraft.train.data import keep_layers, load_shards
 from specdraft.train.trainer import Samples, heldout_tau
 
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--max-labels", type=int, default=4)
     ap.add_argument("--trees", default="beam,prefix", help="tree constructions to compare (beam, prefix)")
     a = ap.parse_args()
-    base = load_decoder(zoo.resolve(a.model), torch.bfloat16)
+    base = load_decoder(zoo.resolve(a.model), fast_dtype("cpu"))
     data_dir = Path(a.data) if a.data else home() / "distill" / a.model
     data = load_shards(data_dir)
     stored = json.loads((data_dir / "data.json").read_text()).get("layers", [])

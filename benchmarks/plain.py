@@ -1,6 +1,6 @@
 """Plain greedy decoding: specdraft's runtime vs transformers' `generate`, side by side in one process.
 
-    python benchmarks/plain.py [--model smollm2-135m] [--dtype bfloat16] [--max-new-tokens 128] [--repeats 3]
+    python benchmarks/plain.py [--model smollm2-135m] [--dtype auto] [--max-new-tokens 128] [--repeats 3]
 
 Both decode the same chat prompts greedily for exactly --max-new-tokens tokens (EOS ignored on
 both sides, so the work is equal); runs are interleaved so machine drift hits both alike. Prints a
@@ -37,7 +37,7 @@ def peak_rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
@@ -74,7 +74,7 @@ def main() -> None:
     n = len(ratios)
     print(f"| model | dtype | new tokens | specdraft tok/s | transformers tok/s | ratio (median, min-max) | same tokens | peak RSS |")
     print(f"|---|---|---|---|---|---|---|---|")
-    print(f"| {a.model} | {a.dtype} | {a.max_new_tokens} | {statistics.median(ours):.1f} | {statistics.median(theirs):.1f} | "
+    print(f"| {a.model} | {llm.dtype_name} | {a.max_new_tokens} | {statistics.median(ours):.1f} | {statistics.median(theirs):.1f} | "
           f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | {agree}/{n} | "
           f"{rss_ours:.0f} MB after our load, {peak_rss_mb():.0f} MB with both |")
     sys.stdout.flush()

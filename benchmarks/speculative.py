@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--questions", default=str(HERE / "prompts" / "mini.jsonl"))
     ap.add_argument("--per-category", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write summary.json and records.jsonl here")
     a = ap.parse_args()
@@ -54,7 +54,7 @@ def main() -> None:
     questions = per_category(read_questions(a.questions), a.per_category)
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
     summary = summarize(records)
-    print(f"\nmodel {a.model}, {a.dtype}, {len(questions)} questions, max {a.max_new_tokens} new tokens, "
+    print(f"\nmodel {a.model}, {llm.dtype_name}, {len(questions)} questions, max {a.max_new_tokens} new tokens, "
           f"{a.repeats} repeat(s)\n")
     print(table(summary))
     if a.out:

@@ -36,7 +36,8 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     from safetensors.torch import load_file
 
     from specdraft.errors import SpecdraftError
-    from specdraft.runtime.loader import load_decoder
+    from specdraft.runtime import loader
+    from specdraft.runtime.loader import fast_dtype, load_decoder
     from specdraft.text import Tokenizer
     from specdraft.train import data
 
@@ -49,9 +50,11 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     assert len(shards) == 3  # 7 prompts in batches of 3
     meta = __import__("json").loads((out / "data.json").read_text())
     assert meta["shards"] == 3 and meta["answer_tokens"] > 0
-    # shard 0, conversation 0: `next` holds the answer greedy decoding gives (bf16, batch 1)
+    # shard 0, conversation 0: `next` holds the answer greedy decoding gives (batch 1), in the dtype
+    # that runs fastest here (bf16 with native bf16 units, else fp32), which data.json records
+    assert meta["dtype"] == str(fast_dtype("cpu")).removeprefix("torch.")
     tok = Tokenizer(tiny_llm_dir)
-    dec = load_decoder(tiny_llm_dir, torch.bfloat16, "cpu")
+    dec = load_decoder(tiny_llm_dir, fast_dtype("cpu"), "cpu")
     s0 = load_file(str(shards[0]))
     enc = tok.encode_prompt(prompts[0]["prompt"])
     want, _ = generate_ids(dec, enc, max_new_tokens=12, eos_ids=frozenset(tok.eos_ids))
@@ -76,13 +79,25 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(SpecdraftError, match="other settings"):
         data.build_distill(str(tiny_llm_dir), out, **{**kw, "max_new_tokens": 5})
+    # a directory written before the dtype was recorded was built in bf16: it resumes in bf16 only
+    meta.pop("dtype")
+    (out / "data.json").write_text(__import__("json").dumps(meta))
+    for dtype in (torch.bfloat16, torch.float32):
+        monkeypatch.setattr(loader, "fast_dtype", lambda device, dtype=dtype: dtype)
+        shards[2].unlink(missing_ok=True)
+        if dtype == torch.bfloat16:
+            data.build_distill(str(tiny_llm_dir), out, **kw)
+            assert shards[2].exists()
+        else:
+            with pytest.raises(SpecdraftError, match="other settings"):
+                data.build_distill(str(tiny_llm_dir), out, **kw)
 
 
 def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from specdraft.data import sources
-    from specdraft.runtime.loader import load_decoder
+    from specdraft.runtime.loader import fast_dtype, load_decoder
     from specdraft.text import Tokenizer
     from specdraft.train import data
 
@@ -95,7 +110,7 @@ def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, t
     meta = __import__("json").loads((out / "data.json").read_text())
     assert meta["available"] == 7 and meta["shards"] == 2  # 9 pairs, 2 excluded; 6 used, 3 per shard
     tok = Tokenizer(tiny_llm_dir)
-    dec = load_decoder(tiny_llm_dir, torch.bfloat16, "cpu")
+    dec = load_decoder(tiny_llm_dir, fast_dtype("cpu"), "cpu")
     eos = tok.hf.eos_token_id if tok.hf.eos_token_id in tok.eos_ids else sorted(tok.eos_ids)[0]
     seen = set()
     for shard in sorted(out.glob("shard-*.safetensors")):

@@ -22,7 +22,7 @@ from . import zoo
 from .drafters import Drafter, build_drafter
 from .engine import GenerationStats, generate_ids
 from .errors import SpecdraftError
-from .runtime.loader import load_decoder
+from .runtime.loader import fast_dtype, load_decoder
 from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
 
@@ -45,15 +45,19 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """A dtype name or torch dtype; `auto` is bfloat16 where bf16 runs natively on `device` (a GPU, a
+    CPU with AVX512-BF16 or AMX), else float32 (`runtime.loader.fast_dtype`)."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
         raise SpecdraftError(f"unsupported dtype {dtype}: use {' or '.join(DTYPES)}")
+    if dtype == "auto":
+        return fast_dtype(device)
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise SpecdraftError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}") from None
+        raise SpecdraftError(f"unknown dtype {dtype!r}: use auto, {' or '.join(DTYPES)}") from None
 
 
 @dataclass
@@ -102,8 +106,7 @@ class LLM:
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
                  dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True):
         self.device = resolve_device(device)
-        # bf16 is about 2x faster than fp32 on CPUs with bf16 units and the norm on GPUs.
-        self.dtype = resolve_dtype(dtype or "bfloat16")
+        self.dtype = resolve_dtype(dtype or "auto", self.device)
         self.path: Path = zoo.resolve(model, progress=progress)
         self.name = model if model in zoo.ZOO else str(self.path)
         self.tokenizer = Tokenizer(self.path)

@@ -41,6 +41,12 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: bfloat16 on a GPU or a CPU with AVX512-BF16/AMX, else float32, "
+                        "which is faster for speculative decoding on AVX2-only CPUs), bfloat16 or float32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specdraft", description="Lossless speculative decoding for LLM inference.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--dtype", default="bfloat16", help="bfloat16 (default; about 2x faster on CPU) or float32")
+    _dtype_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -67,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
     b.add_argument("--per-category", type=_positive_int, default=None, help="first K questions of each category")
     b.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    b.add_argument("--dtype", default="bfloat16")
+    _dtype_option(b)
     b.add_argument("--device", default=None)
     b.add_argument("--repeats", type=_positive_int, default=1)
     b.add_argument("--mix", type=float, default=None,
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also $SPECDRAFT_API_KEY)")
     sv.add_argument("--served-name", default=None, help="model id clients use (default: the --model value)")
-    sv.add_argument("--dtype", default="bfloat16")
+    _dtype_option(sv)
     sv.add_argument("--device", default=None)
     sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
     sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
@@ -105,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--patience", type=_positive_int, default=100, help="stop after this many without improvement")
     ss.add_argument("--max-seconds", type=float, default=900.0)
     ss.add_argument("--heldout", type=int, default=3, help="held-apart prompts for measured tau/speedup (0 = skip)")
-    ss.add_argument("--dtype", default="bfloat16")
+    _dtype_option(ss)
     ss.add_argument("--device", default=None)
     ss.add_argument("--seed", type=int, default=0)
     ss.add_argument("--out", required=True, help="skip-set JSON to write")
@@ -124,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--unseen-prompts", type=_positive_int, default=30)
     kb.add_argument("--measure-prompts", type=_positive_int, default=2)
     kb.add_argument("--measure-tokens", type=_positive_int, default=48)
-    kb.add_argument("--dtype", default="bfloat16")
+    _dtype_option(kb)
     kb.add_argument("--device", default=None)
     kb.add_argument("--out", required=True, help="artifact directory to write")
 
@@ -135,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("--measure-prompts", type=_positive_int, default=None,
                     help="prompts per domain to time on (default: the build's; more come from unused pool prompts)")
     kr.add_argument("--measure-tokens", type=_positive_int, default=None, help="default: the build's")
-    kr.add_argument("--dtype", default="bfloat16")
+    _dtype_option(kr)
     kr.add_argument("--device", default=None)
 
     tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa)")

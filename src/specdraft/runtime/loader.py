@@ -12,6 +12,29 @@ from .config import ModelConfig
 from .model import Decoder, rope_inv_freq
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matrix products run on native units here: a CUDA GPU that supports bf16, or a
+    CPU with AVX512-BF16 or AMX. Without them (an AVX2-only CPU, say) torch computes bf16 products
+    by converting to fp32, and a k-row product costs k one-row ones: verifying a 5-token draft then
+    costs as much as 5 plain steps, and fp32 is the faster dtype for speculative decoding
+    (docs/BENCHMARKS.md, session 10)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # private but long-standing
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except (AttributeError, RuntimeError):
+            continue
+    return False
+
+
+def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype `auto` means: bf16 where it runs natively (half the memory traffic), else fp32."""
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
 class _Checkpoint:
     """Tensors of a safetensors checkpoint, read one at a time and cast on the way in, so loading
     never holds more than the final model plus one tensor (a 1.5B fp32 file loads in bf16 within

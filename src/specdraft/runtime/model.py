@@ -43,6 +43,23 @@ class ForwardOutput:
     layer_hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer i -> [N, hidden] residual after it
 
 
+# Rows up to which an fp32 product on a CPU is computed weight-major (see `linear`).
+WEIGHT_MAJOR_ROWS = 12
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) for [N, in] rows. For 2..WEIGHT_MAJOR_ROWS fp32 rows on a CPU it computes
+    (w @ x^T)^T instead: MKL's product of a few rows with a transposed weight is far from its
+    one-row speed, the weight-major one is not, and a verification forward is exactly a few rows
+    (SmolLM2, 5 rows: 83 ms instead of 132; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10).
+    The result is a transposed view; bf16 (emulated on AVX2 CPUs) only gets slower this way."""
+    n = x.shape[0]
+    if 1 < n <= WEIGHT_MAJOR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu":
+        y = torch.mm(w, x.t()).t()
+        return y if b is None else y + b
+    return F.linear(x, w, b)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalise in float32, as the reference implementations do, then cast back.
     xf = x.float()
@@ -154,7 +171,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if skip is None or not skip.attn[i]:
                 h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-                q, k, v = layer.qkv(h).split((H * D, Hkv * D, Hkv * D), dim=-1)
+                q, k, v = linear(h, layer.qkv.weight, layer.qkv.bias).split((H * D, Hkv * D, Hkv * D), dim=-1)
                 q = apply_rope(q.view(n, H, D).transpose(0, 1), cos, sin)  # [H, N, D]
                 k = apply_rope(k.view(n, Hkv, D).transpose(0, 1), cos, sin)  # [Hkv, N, D]
                 cache.k[i, :, start:end] = k
@@ -162,15 +179,15 @@ class Decoder(nn.Module):
                 q = q.reshape(Hkv, G * n, D)
                 a = F.scaled_dot_product_attention(q, cache.k[i, :, :end], cache.v[i, :, :end], attn_mask=mask)
                 a = a.view(H, n, D).transpose(0, 1).reshape(n, H * D)
-                x = x + layer.o(a)
+                x = x + linear(a, layer.o.weight)
             if skip is None or not skip.mlp[i]:
                 h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-                gate, up = layer.gate_up(h).chunk(2, dim=-1)
-                x = x + layer.down(F.silu(gate) * up)
+                gate, up = linear(h, layer.gate_up.weight).chunk(2, dim=-1)
+                x = x + linear(F.silu(gate) * up, layer.down.weight)
             if i in hidden_layers:
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
         rows = x if logits_at is None else x[logits_at]
         head = self.head_weight() if head is None else head
-        logits = F.linear(rows, head).float() if rows.shape[0] else None
+        logits = linear(rows, head).float() if rows.shape[0] else None
         return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)

@@ -83,6 +83,7 @@ class _Shards:
         self.meta_path = self.out / "data.json"
         if self.meta_path.exists():
             old = json.loads(self.meta_path.read_text())
+            old.setdefault("dtype", "bfloat16")  # written before the dtype was recorded: always bf16
             if {k: old.get(k) for k in settings} != settings:
                 raise SpecdraftError(f"{out} holds data built with other settings ({self.meta_path}); use a new directory")
             self.meta = old
@@ -128,15 +129,16 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     `layers` also stores the residual states after those layers (CTC feature layers)."""
     from .. import zoo
     from ..runtime.batched import greedy_batch
-    from ..runtime.loader import load_decoder
+    from ..runtime.loader import fast_dtype, load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dec = load_decoder(path, torch.bfloat16, dev)
+    dec = load_decoder(path, fast_dtype(dev), dev)
     shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
                            "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "batch_size": batch_size, "context": context, "seed": seed,
+                           "dtype": str(dec.embed.weight.dtype).removeprefix("torch."),
                            **_layer_setting(layers, dec.cfg.num_layers)})
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
@@ -183,16 +185,17 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
     out, so this data adds only new prompts."""
     from .. import zoo
     from ..data import sources
-    from ..runtime.loader import load_decoder
+    from ..runtime.loader import fast_dtype, load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dec = load_decoder(path, torch.bfloat16, dev)
+    dec = load_decoder(path, fast_dtype(dev), dev)
     shards = _Shards(out, {"format": FORMAT, "model": model, "source": "sharegpt-written", "conversations": conversations,
                            "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
                            "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "per_shard": per_shard, "context": context, "seed": seed,
+                           "dtype": str(dec.embed.weight.dtype).removeprefix("torch."),
                            **_layer_setting(layers, dec.cfg.num_layers)})
     taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
     pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]

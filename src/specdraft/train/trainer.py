@@ -9,7 +9,7 @@ directories (`extra`, e.g. teacher-forced written answers) add training samples 
 held-out conversations, and so the held-out tau, come from the main directory alone.
 
 The base model stays frozen; only the draft module trains (AdamW, warmup + cosine, grad clip,
-bf16 autocast). Every `eval_every` steps a held-out tau estimate decodes the drafts exactly as the
+bf16 autocast where bf16 runs natively, else fp32). Every `eval_every` steps a held-out tau estimate decodes the drafts exactly as the
 drafter does and counts how deep the tree follows the base model's greedy labels (a lower bound:
 labels stop where the data does). Checkpoints (`OUT/checkpoint/`: config.json, model.safetensors,
 optimizer.safetensors, trainer_state.json) are written atomically; rerunning the same command
@@ -120,10 +120,13 @@ def tree_accept(draft: Draft, labels: list[int]) -> int:
 
 
 def head_features(module, b: dict[str, torch.Tensor], embed: torch.Tensor) -> torch.Tensor:
-    """[B, F, d] features of a batch from `Samples.batch` (ctc: frames; medusa: heads)."""
+    """[B, F, d] features of a batch from `Samples.batch` (ctc: frames; medusa: heads). The stored
+    states are bf16; they enter as fp32 (autocast, where it is on, casts them back)."""
     if module.cfg.kind == "ctc":
-        return module.features(b["ctx_hidden"], b["ctx_next"], b["valid"], embed, b.get("ctx_layers"))
-    return module.features(b["hidden"])
+        layers = b.get("ctx_layers")
+        return module.features(b["ctx_hidden"].float(), b["ctx_next"], b["valid"], embed,
+                               None if layers is None else layers.float())
+    return module.features(b["hidden"].float())
 
 
 def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -159,7 +162,7 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
     total = 0
     for chunk in idx.split(256):
         b = samples.batch(chunk, future=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.device.type == "cpu"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
             logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
         for r in range(logp.shape[0]):
             draft = (ctc_draft if kind == "ctc" else medusa_draft)(logp[r], max_nodes, tree=tree)
@@ -171,7 +174,7 @@ class Trainer:
     def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
                  extra: tuple[Path, ...] = ()):
         from .. import zoo
-        from ..runtime.loader import load_decoder
+        from ..runtime.loader import fast_dtype, load_decoder
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.data_dirs = [str(data_dir), *map(str, extra)]  # recorded with the result (the main one first)
@@ -182,7 +185,8 @@ class Trainer:
                 raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
             stored.append(list(meta.get("layers", [])))
             need_layers(stored[-1], cfg.feature_layers, str(d))  # before any data is loaded
-        base = load_decoder(zoo.resolve(model_name), torch.bfloat16)
+        # bf16 autocast only where bf16 runs natively: on an AVX2-only CPU it is several times slower
+        base = load_decoder(zoo.resolve(model_name), fast_dtype("cpu"))
 
         parts = [keep_layers(load_shards(data_dir, progress), stored[0], cfg.feature_layers)]
         main_seqs = int(parts[0]["seq"].max()) + 1
@@ -219,7 +223,7 @@ class Trainer:
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
     def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.device.type == "cpu"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.dtype == torch.bfloat16):
             feats = head_features(self.module, b, self.embed)
             logits = self.module.logits(feats, self.head)
         logp = torch.log_softmax(logits, -1, dtype=torch.float32)

@@ -1,0 +1,61 @@
+"""Cost of one target forward by number of new rows (what verifying a draft of that size costs), per dtype.
+
+    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32]
+
+Each forward appends `rows` tokens to a KV cache already holding `context` tokens, with a causal mask
+over the new rows, as the engine's verification forward does; logits for every row. Prints the
+median over `--repeats` forwards and the cost relative to one row of the same dtype. Also prints
+whether this CPU has native bf16 units (what `--dtype auto` decides by).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from specdraft import zoo
+from specdraft.runtime.loader import load_decoder, native_bf16
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rows", default="1,2,3,5,9,17,25")
+    ap.add_argument("--context", type=int, default=300)
+    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--repeats", type=int, default=15)
+    a = ap.parse_args()
+    rows = [int(r) for r in a.rows.split(",")]
+    print(f"{a.model}, context {a.context}, native bf16: {native_bf16('cpu')}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads\n")
+    print("| dtype | " + " | ".join(f"{r} rows" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    path = zoo.resolve(a.model)
+    g = torch.Generator().manual_seed(0)
+    for name in a.dtypes.split(","):
+        dec = load_decoder(path, getattr(torch, name))
+        ctx = torch.randint(0, dec.cfg.vocab_size, (a.context,), generator=g)
+        cache = dec.new_cache(a.context + max(rows))
+        with torch.inference_mode():
+            dec(ctx, torch.arange(a.context), cache, logits_at=slice(0, 0))
+            cache.length = a.context
+            cells, base = [], None
+            for n in rows:
+                toks = torch.randint(0, dec.cfg.vocab_size, (n,), generator=g)
+                pos = torch.arange(a.context, a.context + n)
+                times = []
+                for _ in range(a.repeats + 2):
+                    t = time.perf_counter()
+                    dec(toks, pos, cache, start=a.context)
+                    times.append(time.perf_counter() - t)
+                ms = statistics.median(times[2:]) * 1e3
+                base = base or ms
+                cells.append(f"{ms:.1f} ms ({ms / base:.2f}x)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
