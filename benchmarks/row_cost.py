@@ -4,7 +4,8 @@
 
 Each forward appends `rows` tokens to a KV cache already holding `context` tokens, with a causal mask
 over the new rows, as the engine's verification forward does; logits for every row. Prints the
-median over `--repeats` forwards and the cost relative to one row of the same dtype. Also prints
+median over `--repeats` forwards and the cost relative to one row of the same configuration; in
+float32 also with every product through F.linear (`runtime.model.linear` off), for comparison. Also prints
 whether this CPU has native bf16 units (what `--dtype auto` decides by).
 """
 
@@ -17,6 +18,7 @@ import time
 import torch
 
 from specdraft import zoo
+from specdraft.runtime import model
 from specdraft.runtime.loader import load_decoder, native_bf16
 
 
@@ -31,30 +33,39 @@ def main() -> None:
     rows = [int(r) for r in a.rows.split(",")]
     print(f"{a.model}, context {a.context}, native bf16: {native_bf16('cpu')}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads\n")
-    print("| dtype | " + " | ".join(f"{r} rows" for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
     path = zoo.resolve(a.model)
     g = torch.Generator().manual_seed(0)
+    configs = []  # (label, decoder, cache, weight-major row limit)
     for name in a.dtypes.split(","):
         dec = load_decoder(path, getattr(torch, name))
         ctx = torch.randint(0, dec.cfg.vocab_size, (a.context,), generator=g)
         cache = dec.new_cache(a.context + max(rows))
         with torch.inference_mode():
             dec(ctx, torch.arange(a.context), cache, logits_at=slice(0, 0))
-            cache.length = a.context
-            cells, base = [], None
-            for n in rows:
-                toks = torch.randint(0, dec.cfg.vocab_size, (n,), generator=g)
-                pos = torch.arange(a.context, a.context + n)
-                times = []
-                for _ in range(a.repeats + 2):
+        cache.length = a.context
+        configs.append((name, dec, cache, model.WEIGHT_MAJOR_ROWS))
+        if name == "float32":  # the same dtype with every product through F.linear, as before session 10
+            configs.append(("float32, F.linear", dec, cache, 1))
+    default = model.WEIGHT_MAJOR_ROWS
+    ms: dict[str, list[float]] = {c[0]: [] for c in configs}
+    with torch.inference_mode():
+        for n in rows:
+            toks = torch.randint(0, configs[0][1].cfg.vocab_size, (n,), generator=g)
+            pos = torch.arange(a.context, a.context + n)
+            times: dict[str, list[float]] = {c[0]: [] for c in configs}
+            for _ in range(a.repeats + 2):  # configurations interleaved: a load change hits all alike
+                for label, dec, cache, limit in configs:
+                    model.WEIGHT_MAJOR_ROWS = limit
                     t = time.perf_counter()
                     dec(toks, pos, cache, start=a.context)
-                    times.append(time.perf_counter() - t)
-                ms = statistics.median(times[2:]) * 1e3
-                base = base or ms
-                cells.append(f"{ms:.1f} ms ({ms / base:.2f}x)")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+                    times[label].append(time.perf_counter() - t)
+            model.WEIGHT_MAJOR_ROWS = default
+            for label in times:
+                ms[label].append(statistics.median(times[label][2:]) * 1e3)
+    print("| configuration | " + " | ".join(f"{r} rows" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for label, v in ms.items():
+        print(f"| {label} | " + " | ".join(f"{x:.1f} ms ({x / v[0]:.2f}x)" for x in v) + " |")
 
 
 if __name__ == "__main__":

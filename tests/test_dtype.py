@@ -41,3 +41,19 @@ def test_llm_default_dtype_is_auto(tiny_llm_dir, monkeypatch):
         monkeypatch.setattr("specdraft.api.fast_dtype", lambda device, want=want: want)
         llm = LLM(str(tiny_llm_dir), progress=False)
         assert llm.dtype == want and llm.model.embed.weight.dtype == want
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 12, 13, 40])
+@pytest.mark.parametrize("bias", [False, True])
+def test_weight_major_products_equal_f_linear(rows, bias):
+    from specdraft.runtime.model import linear
+
+    g = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, 24, generator=g), torch.randn(40, 24, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    want = torch.nn.functional.linear(x, w, b)
+    got = linear(x, w, b)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    # the split and view the attention applies to the qkv product work on the result
+    q, k = got.split((32, 8), dim=-1)
+    assert torch.equal(q.reshape(rows, 4, 8), q.view(rows, 4, 8)) and k.shape == (rows, 8)

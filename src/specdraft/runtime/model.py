@@ -51,7 +51,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     """F.linear(x, w, b) for [N, in] rows. For 2..WEIGHT_MAJOR_ROWS fp32 rows on a CPU it computes
     (w @ x^T)^T instead: MKL's product of a few rows with a transposed weight is far from its
     one-row speed, the weight-major one is not, and a verification forward is exactly a few rows
-    (SmolLM2, 5 rows: 83 ms instead of 132; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10).
+    (SmolLM2, 5 rows: 114 ms instead of 148; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10).
     The result is a transposed view; bf16 (emulated on AVX2 CPUs) only gets slower this way."""
     n = x.shape[0]
     if 1 < n <= WEIGHT_MAJOR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu":
