@@ -245,6 +245,28 @@ def fake_distill(path, model, n_seq=12, length=40, seed=0, layers=()):
 
 
 @pytest.mark.parametrize("kind", ["ctc", "medusa"])
+def test_training_autocasts_to_bf16_only_where_bf16_is_native(kind, tmp_path, tiny_qwen_dir, monkeypatch):
+    from specdraft.runtime import loader
+    from specdraft.train.trainer import TrainConfig, Trainer
+
+    fake_distill(tmp_path / "data", loader.load_decoder(tiny_qwen_dir, torch.float32))
+    cfg = TrainConfig(kind, steps=3, batch_size=32, max_labels=3, frames=5, window=4, intermediate_size=32, draft_vocab=64)
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        monkeypatch.setattr(loader, "fast_dtype", lambda device, dtype=dtype: dtype)
+        tr = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / str(dtype), cfg, progress=False)
+        assert tr.embed.dtype == dtype and tr.head.dtype == dtype
+        batch = tr.samples.batch(tr.train_idx[:64], future=True)
+        loss = tr.loss(batch)  # the stored bf16 states enter either way; the module trains in fp32
+        loss.backward()
+        grads = [p.grad for p in tr.module.parameters() if p.grad is not None]
+        assert loss.dtype == torch.float32 and grads and all(g.dtype == torch.float32 for g in grads)
+        losses[dtype] = loss.item()
+    # the same seed, the same batch: the two settings differ only by bf16 rounding
+    assert losses[torch.float32] == pytest.approx(losses[torch.bfloat16], rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["ctc", "medusa"])
 def test_training_learns_resumes_and_refuses_corrupt_checkpoints(kind, tmp_path, tiny_qwen_dir):
     from specdraft.runtime.loader import load_decoder
     from specdraft.train.trainer import TrainConfig, Trainer

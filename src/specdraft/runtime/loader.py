@@ -15,8 +15,8 @@ from .model import Decoder, rope_inv_freq
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 matrix products run on native units here: a CUDA GPU that supports bf16, or a
     CPU with AVX512-BF16 or AMX. Without them (an AVX2-only CPU, say) torch computes bf16 products
-    by converting to fp32, and a k-row product costs k one-row ones: verifying a 5-token draft then
-    costs as much as 5 plain steps, and fp32 is the faster dtype for speculative decoding
+    by converting to fp32, and their cost grows with the rows: verifying a 5-token draft costs 3.4
+    plain steps on SmolLM2, and fp32 is the faster dtype for speculative decoding
     (docs/BENCHMARKS.md, session 10)."""
     device = torch.device(device)
     if device.type == "cuda":

@@ -138,7 +138,7 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
                            "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "batch_size": batch_size, "context": context, "seed": seed,
-                           "dtype": str(dec.embed.weight.dtype).removeprefix("torch."),
+                           "dtype": str(dec.dtype).removeprefix("torch."),
                            **_layer_setting(layers, dec.cfg.num_layers)})
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
@@ -195,7 +195,7 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
                            "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
                            "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "per_shard": per_shard, "context": context, "seed": seed,
-                           "dtype": str(dec.embed.weight.dtype).removeprefix("torch."),
+                           "dtype": str(dec.dtype).removeprefix("torch."),
                            **_layer_setting(layers, dec.cfg.num_layers)})
     taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
     pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
