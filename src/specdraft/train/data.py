@@ -112,11 +112,13 @@ def _columns(layers: tuple[int, ...] = ()) -> dict[str, list[torch.Tensor]]:
     return {"hidden": [], "next": [], "greedy": [], "seq": [], "target": [], **({"layers": []} if layers else {})}
 
 
-def _layer_setting(layers: tuple[int, ...], num_layers: int) -> dict:
-    """The data.json entry of `layers` (none when empty, so older directories still resume)."""
-    if bad := [i for i in layers if not 0 <= i < num_layers]:
-        raise SpecdraftError(f"layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1})")
-    return {"layers": list(layers)} if layers else {}
+def _decoder_settings(dec, layers: tuple[int, ...]) -> dict:
+    """The data.json entries of the decoder that builds the data: its dtype, and `layers` (none when
+    empty, so older directories still resume)."""
+    n = dec.cfg.num_layers
+    if bad := [i for i in layers if not 0 <= i < n]:
+        raise SpecdraftError(f"layers {bad} do not exist: the model has {n} layers (0..{n - 1})")
+    return {"dtype": str(dec.dtype).removeprefix("torch."), **({"layers": list(layers)} if layers else {})}
 
 
 @torch.inference_mode()
@@ -138,8 +140,7 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
                            "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "batch_size": batch_size, "context": context, "seed": seed,
-                           "dtype": str(dec.dtype).removeprefix("torch."),
-                           **_layer_setting(layers, dec.cfg.num_layers)})
+                           **_decoder_settings(dec, layers)})
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     pad = sorted(tok.eos_ids)[0]
@@ -195,8 +196,7 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
                            "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
                            "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "per_shard": per_shard, "context": context, "seed": seed,
-                           "dtype": str(dec.dtype).removeprefix("torch."),
-                           **_layer_setting(layers, dec.cfg.num_layers)})
+                           **_decoder_settings(dec, layers)})
     taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
     pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
     random.Random(seed + 1).shuffle(pairs)

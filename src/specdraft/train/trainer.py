@@ -122,12 +122,12 @@ def tree_accept(draft: Draft, labels: list[int]) -> int:
 
 def head_features(module, b: dict[str, torch.Tensor], embed: torch.Tensor) -> torch.Tensor:
     """[B, F, d] features of a batch from `Samples.batch` (ctc: frames; medusa: heads). The stored
-    states are bf16; they enter as fp32 (autocast, where it is on, casts them back)."""
+    states (bf16) enter in the base's dtype: bf16 under autocast, fp32 where training runs in fp32."""
     if module.cfg.kind == "ctc":
         layers = b.get("ctx_layers")
-        return module.features(b["ctx_hidden"].float(), b["ctx_next"], b["valid"], embed,
-                               None if layers is None else layers.float())
-    return module.features(b["hidden"].float())
+        return module.features(b["ctx_hidden"].to(embed.dtype), b["ctx_next"], b["valid"], embed,
+                               None if layers is None else layers.to(embed.dtype))
+    return module.features(b["hidden"].to(embed.dtype))
 
 
 def head_logits(module, b: dict[str, torch.Tensor], embed: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
