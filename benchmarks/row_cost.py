@@ -1,12 +1,13 @@
 """Cost of one target forward by number of new rows (what verifying a draft of that size costs), per dtype.
 
-    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32]
+    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32,int8]
 
 Each forward appends `rows` tokens to a KV cache already holding `context` tokens, with a causal mask
 over the new rows, as the engine's verification forward does; logits for every row. Prints the
 median over `--repeats` forwards and the cost relative to one row of the same configuration; in
 float32 also with every product through F.linear (`runtime.model.linear` off), for comparison. Also prints
-whether this CPU has native bf16 units (what `--dtype auto` decides by).
+whether this CPU has native bf16 units (what `--dtype auto` decides by). `int8` is the drafting
+copy of `draft-model:self?quant=int8` (runtime/quant.py), made from the float32 weights.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from specdraft import zoo
 from specdraft.runtime import model
 from specdraft.runtime.loader import load_decoder, native_bf16
+from specdraft.runtime.quant import quantize_int8
 
 
 def main() -> None:
@@ -37,7 +39,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     configs = []  # (label, decoder, cache, weight-major row limit)
     for name in a.dtypes.split(","):
-        dec = load_decoder(path, getattr(torch, name))
+        dec = quantize_int8(load_decoder(path)) if name == "int8" else load_decoder(path, getattr(torch, name))
         ctx = torch.randint(0, dec.cfg.vocab_size, (a.context,), generator=g)
         cache = dec.new_cache(a.context + max(rows))
         with torch.inference_mode():

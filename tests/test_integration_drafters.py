@@ -31,6 +31,18 @@ def test_lookup_equals_plain_on_smollm2(smol, domain):
     assert spec.stats.target_forwards <= plain.stats.target_forwards
 
 
+@pytest.mark.parametrize("domain", sorted(PROMPTS))
+def test_int8_copy_of_the_target_equals_plain_on_smollm2(smol, domain):
+    """draft-model:self?quant=int8 drafts with an int8 copy of SmolLM2 itself: the output is plain
+    decoding's, and the copy agrees with the model often enough to be accepted."""
+    plain = smol.generate(PROMPTS[domain], max_new_tokens=48)
+    spec = smol.generate(PROMPTS[domain], max_new_tokens=48, drafter="draft-model:self?quant=int8")
+    assert spec.token_ids == plain.token_ids
+    assert spec.drafter == "draft-model:self?quant=int8"
+    assert spec.stats.accepted > spec.stats.drafted / 3
+    assert spec.stats.target_forwards < plain.stats.target_forwards
+
+
 def test_unknown_drafter_and_tokenizer_mismatch(smol):
     with pytest.raises(SpecdraftError, match="unknown drafter"):
         smol.generate("hi", drafter="medusa-9000")

@@ -143,8 +143,12 @@ def _hybrid(parts: list[str], llm: "LLM", options: dict) -> Drafter:
     return HybridDrafter([llm.drafter(part) for part in parts], **options)
 
 
-def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
-    """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py)."""
+def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **options) -> Drafter:
+    """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py).
+    `quant=int8`: draft with an int8 copy of the model (runtime/quant.py). The name `self` is the
+    target itself, which only makes sense quantized: `draft-model:self?quant=int8`."""
+    import torch
+
     from .. import zoo
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
@@ -152,21 +156,35 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, **options) -> Drafter:
 
     if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
         raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
-    path = zoo.resolve(name)
-    tok = Tokenizer(path)
-    if tok.hf.get_vocab() != llm.tokenizer.hf.get_vocab():
-        raise SpecdraftError(
-            f"draft model {name} has a different tokenizer than the target {llm.name}: "
-            "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
-        )
-    model = load_decoder(path, llm.dtype, llm.device)
+    if quant not in ("", "int8"):
+        raise SpecdraftError(f"draft-model quant= takes int8 (quant=int8), got {quant!r}")
+    if name == "self":
+        if not quant:
+            raise SpecdraftError("draft-model:self drafts with the target itself, which saves nothing: "
+                                 "add quant=int8 (draft-model:self?quant=int8)")
+        model, path = llm.model, llm.path
+    else:
+        path = zoo.resolve(name)
+        tok = Tokenizer(path)
+        if tok.hf.get_vocab() != llm.tokenizer.hf.get_vocab():
+            raise SpecdraftError(
+                f"draft model {name} has a different tokenizer than the target {llm.name}: "
+                "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
+            )
+        model = load_decoder(path, torch.float32 if quant else llm.dtype, llm.device)
+    if quant:
+        from ..runtime.quant import quantize_int8
+
+        model = quantize_int8(model)
     ids = None
     if vocab:
         from ..data.vocab import token_ranking
 
         size = min(model.cfg.vocab_size, llm.model.cfg.vocab_size)
         ids = token_ranking(path / "tokenizer.json", size)[:vocab]
-    label = f"{name}?vocab={vocab}" if vocab else name  # the name reports the option (generate's summary line)
+    # The name reports the options that change the model (generate's summary line).
+    extras = "&".join(x for x in (f"vocab={vocab}" if vocab else "", f"quant={quant}" if quant else "") if x)
+    label = f"{name}?{extras}" if extras else name
     return DraftModelDrafter(model, label, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids, **options)
 
 

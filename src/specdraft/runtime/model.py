@@ -47,12 +47,15 @@ class ForwardOutput:
 WEIGHT_MAJOR_ROWS = 12
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, w, b) for [N, in] rows. For 2..WEIGHT_MAJOR_ROWS fp32 rows on a CPU it computes
+def linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) for [N, in] rows; `w` may also be an int8 weight (runtime/quant.py). For 2..WEIGHT_MAJOR_ROWS fp32 rows on a CPU it computes
     (w @ x^T)^T instead: MKL's product of a few rows with a transposed weight is far from its
     one-row speed, the weight-major one is not, and a verification forward is exactly a few rows
     (SmolLM2, 5 rows: 114 ms instead of 148; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10).
     The result is a transposed view; bf16 (emulated on AVX2 CPUs) only gets slower this way."""
+    if not isinstance(w, torch.Tensor):
+        y = w.mm(x)
+        return y if b is None else y + b
     n = x.shape[0]
     if 1 < n <= WEIGHT_MAJOR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu":
         y = torch.mm(w, x.t()).t()
@@ -111,6 +114,7 @@ class Decoder(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.quant_head = None  # an int8 LM head used when no `head` is given (runtime/quant.py)
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +192,7 @@ class Decoder(nn.Module):
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
         rows = x if logits_at is None else x[logits_at]
-        head = self.head_weight() if head is None else head
+        if head is None:
+            head = self.head_weight() if self.quant_head is None else self.quant_head
         logits = linear(rows, head).float() if rows.shape[0] else None
         return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)

@@ -1,0 +1,78 @@
+"""An int8 copy of a decoder, for drafting only.
+
+`quantize_int8(model)` returns a `Decoder` whose matrix products (q/k/v, o, gate/up, down and the
+LM head) run through torch's dynamic int8 linear (FBGEMM / oneDNN on x86, QNNPACK on ARM): weights
+quantized per output channel once, activations per call, products accumulated in int32. The
+embedding, norms and rotary tables are the original tensors, shared, so the copy costs about a
+quarter of the fp32 weights in memory.
+
+Why: on a CPU a one-token step reads every weight once and is bound by memory traffic; the int8
+copy reads a quarter of the bytes of fp32 and, on an AVX2 CPU, runs a one-row step 2-3x faster
+(docs/BENCHMARKS.md, session 11). Its greedy tokens nearly always equal the full model's, so it
+is a draft model that needs no training and shares the tokenizer by construction
+(`--drafter draft-model:self?quant=int8`). The target that verifies stays untouched: the output
+is that of plain decoding, whatever the copy proposes.
+
+Dynamic quantized linear is CPU-only in torch; on other devices this raises a clear error. torch
+marks its quantized-tensor constructors as deprecated (they still ship in the pinned version);
+the warning is silenced here, where the one call that needs them is made.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import SpecdraftError
+from .model import Decoder, rope_inv_freq
+
+
+class Int8Weight:
+    """A [out, in] weight packed for torch's dynamic int8 linear; `mm(x)` is x @ W^T for [N, in]
+    float32 rows (an approximation: weights to per-channel int8, each call's activations to
+    uint8)."""
+
+    def __init__(self, w: torch.Tensor):
+        w = w.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-8).double()
+        zero = torch.zeros(w.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(q, None)
+        self.shape = tuple(w.shape)
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        # reduce_range keeps FBGEMM's u8 x s8 pair sums from saturating on AVX2.
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+
+
+class Int8Linear(nn.Module):
+    """Stands where a `nn.Linear` stood: `.weight` is an `Int8Weight`, `.bias` the float bias."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = Int8Weight(linear.weight)
+        self.bias = linear.bias
+
+
+def quantize_int8(model: Decoder) -> Decoder:
+    """An int8 drafting copy of `model` (on the CPU; its activations in float32); `model` itself is
+    not changed."""
+    if model.device.type != "cpu":
+        raise SpecdraftError(f"quant=int8 runs on the CPU only (torch's dynamic int8 linear); the model is on "
+                             f"{model.device.type}")
+    with torch.device("meta"):
+        copy = Decoder(model.cfg)
+    # Embedding, norms, biases: the same tensors as a float32 original (nothing copied); a bf16
+    # original's are converted (the embedding then costs one float32 copy).
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    copy.load_state_dict(state, assign=True, strict=True)
+    copy.inv_freq = rope_inv_freq(model.cfg)
+    for layer in copy.layers:
+        for name in ("qkv", "o", "gate_up", "down"):
+            setattr(layer, name, Int8Linear(getattr(layer, name)))
+    copy.quant_head = Int8Weight(model.head_weight())
+    return copy.eval().requires_grad_(False)

@@ -1,0 +1,84 @@
+"""The int8 drafting copy (runtime/quant.py): its products approximate the float ones, the original
+model is untouched and shares its embedding, and drafting with the copy is lossless."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_decoder
+
+from specdraft import SpecdraftError
+from specdraft.drafters import _draft_model
+from specdraft.drafters.draft_model import DraftModelDrafter
+from specdraft.engine import generate_ids
+from specdraft.runtime.model import linear
+from specdraft.runtime.quant import Int8Linear, Int8Weight, quantize_int8
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 12, 40])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_product_approximates_the_float_one(rows, bias):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(48, 64, generator=g)
+    x = torch.randn(rows, 64, generator=g)
+    b = torch.randn(48, generator=g) if bias else None
+    exact = F.linear(x, w, b)
+    approx = linear(x, Int8Weight(w), b)
+    assert approx.shape == exact.shape and approx.dtype == torch.float32
+    err = (approx - exact).abs().max() / exact.abs().max()
+    assert 0 < err < 0.03  # an approximation, and a close one
+    # a different weight gives a far worse one: the product really uses this weight
+    assert ((linear(x, Int8Weight(w.flip(0)), b) - exact).abs().max() / exact.abs().max()) > 0.3
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_the_copy_leaves_the_original_untouched_and_shares_its_embedding(family):
+    model = tiny_decoder(vocab=97, seed=0, family=family)
+    tokens, pos = torch.tensor([1, 5, 9, 20, 33, 7]), torch.arange(6)
+    before = model(tokens, pos, model.new_cache(16)).logits
+    q = quantize_int8(model)
+    after = model(tokens, pos, model.new_cache(16)).logits
+    assert torch.equal(before, after)
+    assert all(isinstance(p, torch.Tensor) for p in (model.layers[0].qkv.weight, model.layers[-1].down.weight))
+    assert isinstance(q.layers[0].qkv, Int8Linear) and q.quant_head is not None
+    assert q.embed.weight.data_ptr() == model.embed.weight.data_ptr()
+    assert q.layers[0].attn_norm.data_ptr() == model.layers[0].attn_norm.data_ptr()
+    ql = q(tokens, pos, q.new_cache(16)).logits
+    assert not torch.equal(ql, before)
+    assert (ql - before).abs().max() < 0.2 * before.abs().max()
+    assert (ql.argmax(-1) == before.argmax(-1)).float().mean() >= 0.5
+
+
+def test_a_bf16_model_gets_a_float32_copy():
+    model = tiny_decoder(vocab=97, seed=2).to(torch.bfloat16)
+    q = quantize_int8(model)
+    assert q.dtype == torch.float32 and model.dtype == torch.bfloat16
+    out = q(torch.tensor([3, 4, 5]), torch.arange(3), q.new_cache(8)).logits
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_only_the_cpu_is_supported():
+    with torch.device("meta"):
+        model = tiny_decoder(vocab=97, seed=0)
+    with pytest.raises(SpecdraftError, match="CPU only"):
+        quantize_int8(model)
+
+
+@pytest.mark.parametrize("tree_width", [1, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_drafting_with_the_int8_copy_is_lossless(seed, tree_width):
+    target = tiny_decoder(vocab=97, seed=seed, family="qwen2" if seed % 2 else "llama")
+    prompt = random.Random(seed).choices(range(97), k=6)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=30)
+    d = DraftModelDrafter(quantize_int8(target), "self?quant=int8", tree_width=tree_width)
+    out, stats = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
+    assert out == ref
+    assert stats.accepted > 0
+
+
+def test_bad_quant_options_are_refused_before_loading():
+    with pytest.raises(SpecdraftError, match="quant= takes int8"):
+        _draft_model("self", None, quant="int4")
+    with pytest.raises(SpecdraftError, match="add quant=int8"):
+        _draft_model("self", None)
