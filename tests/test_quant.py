@@ -11,6 +11,8 @@ from conftest import tiny_decoder
 from specdraft import SpecdraftError
 from specdraft.drafters import _draft_model
 from specdraft.drafters.draft_model import DraftModelDrafter
+from specdraft.drafters.hybrid import HybridDrafter
+from specdraft.drafters.lookup import LookupDrafter
 from specdraft.engine import generate_ids
 from specdraft.runtime.model import linear
 from specdraft.runtime.quant import Int8Linear, Int8Weight, quantize_int8
@@ -65,16 +67,38 @@ def test_only_the_cpu_is_supported():
         quantize_int8(model)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("tree_width", [1, 3])
 @pytest.mark.parametrize("seed", range(4))
-def test_drafting_with_the_int8_copy_is_lossless(seed, tree_width):
+def test_drafting_with_the_int8_copy_is_lossless(seed, tree_width, shared):
+    """Own cache, or the target's (shared): greedy output equals plain decoding, drafts are accepted,
+    and the drafter is reusable."""
     target = tiny_decoder(vocab=97, seed=seed, family="qwen2" if seed % 2 else "llama")
     prompt = random.Random(seed).choices(range(97), k=6)
     ref, _ = generate_ids(target, prompt, max_new_tokens=30)
-    d = DraftModelDrafter(quantize_int8(target), "self?quant=int8", tree_width=tree_width)
+    d = DraftModelDrafter(quantize_int8(target), "self?quant=int8", tree_width=tree_width, shared=shared)
     out, stats = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
     assert out == ref
     assert stats.accepted > 0
+    assert (d.cache is None) == shared  # shared: no cache of its own
+    assert generate_ids(target, prompt[:2], max_new_tokens=12, drafter=d)[0] == \
+        generate_ids(target, prompt[:2], max_new_tokens=12)[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shared_copy_in_a_hybrid_and_with_a_drafting_vocabulary(seed):
+    """Lookup drafts some steps (the shared copy needs no catching up); a drafting vocabulary of
+    half the tokens still takes in the prompt's and the text's tokens."""
+    target = tiny_decoder(vocab=97, seed=seed)
+    prompt = [5, 6, 7, 8, 9, 10] * 3 + random.Random(seed).choices(range(97), k=4)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=40)
+    q = quantize_int8(target)
+    keep = sorted(random.Random(seed).sample(range(97), 48))
+    for d in (HybridDrafter([LookupDrafter(min_ngram=2), DraftModelDrafter(q, "self?quant=int8", shared=True)]),
+              DraftModelDrafter(q, "self?quant=int8", shared=True, draft_vocab=keep)):
+        out, stats = generate_ids(target, prompt, max_new_tokens=40, drafter=d)
+        assert out == ref and stats.accepted > 0
+    assert set(prompt) <= set(d.vocab.ids[: d.vocab.n].tolist())
 
 
 def test_bad_quant_options_are_refused_before_loading():
@@ -82,3 +106,5 @@ def test_bad_quant_options_are_refused_before_loading():
         _draft_model("self", None, quant="int4")
     with pytest.raises(SpecdraftError, match="add quant=int8"):
         _draft_model("self", None)
+    with pytest.raises(SpecdraftError, match="shared is not an option"):
+        _draft_model("self", None, quant="int8", shared=True)

@@ -189,7 +189,8 @@ def _drafter(kind, small):
     if kind == "tree-int8":  # the int8 copy of the target itself (runtime/quant.py)
         from specdraft.runtime.quant import quantize_int8
 
-        return DraftModelDrafter(quantize_int8(small), "self?quant=int8", length=3, tree_width=2, confidence=0.0)
+        return DraftModelDrafter(quantize_int8(small), "self?quant=int8", length=3, tree_width=2, confidence=0.0,
+                                 shared=True)
     if kind == "tree-onehot":
         return ScriptedDrafter([0] * 100, "tree", 0, V)  # random trees with shared prefixes
     if kind == "tree-q-subvocab":  # q is 0 outside a drafting vocabulary of 3 of the 5 tokens

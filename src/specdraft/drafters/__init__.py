@@ -156,6 +156,8 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
 
     if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
         raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
+    if "shared" in options:
+        raise SpecdraftError("draft-model: shared is not an option (draft-model:self shares the target's cache)")
     if quant not in ("", "int8"):
         raise SpecdraftError(f"draft-model quant= takes int8 (quant=int8), got {quant!r}")
     if name == "self":
@@ -185,7 +187,8 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
     # The name reports the options that change the model (generate's summary line).
     extras = "&".join(x for x in (f"vocab={vocab}" if vocab else "", f"quant={quant}" if quant else "") if x)
     label = f"{name}?{extras}" if extras else name
-    return DraftModelDrafter(model, label, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids, **options)
+    return DraftModelDrafter(model, label, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids,
+                             shared=name == "self", **options)
 
 
 __all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "SPECS"]

@@ -11,6 +11,12 @@ each drafted token costs less, and tokens outside the set are never drafted (the
 probability is 0, which verification handles like any other proposal), so the output is
 unchanged. The rare tokens a text needs are mostly copied from its context (names, identifiers),
 so every token of the prompt and of the committed text joins the set for that request.
+
+With `shared=True` the draft model is a copy of the target itself (`draft-model:self?quant=int8`,
+runtime/quant.py): same layers, same cache layout. It then keeps no cache of its own: like the
+layer-skip drafter it reads the target's committed KV (exact, from the full model) and writes its
+drafted tokens into the target cache's uncommitted slots, which verification overwrites. Nothing
+needs catching up after another drafter's step in a hybrid.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ..runtime.model import Decoder
 from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
-from .base import Drafter, StepContext
+from .base import Drafter, Needs, StepContext
 
 
 class DraftVocab:
@@ -56,8 +62,11 @@ class DraftVocab:
 class DraftModelDrafter(Drafter):
     def __init__(self, model: Decoder, name: str, *, length: int = 4, max_length: int = 12,
                  tree_width: int = 1, confidence: float = 0.3, target_vocab: int | None = None,
-                 draft_vocab: list[int] | None = None):
+                 draft_vocab: list[int] | None = None, shared: bool = False):
         self.model = model
+        self.shared = shared
+        if shared:
+            self.needs = Needs(target=True)
         self.name = f"draft-model:{name}"
         self.initial_length = length
         self.max_length = max_length
@@ -71,9 +80,11 @@ class DraftModelDrafter(Drafter):
         self.length = length
         self.main: list[int] = []  # node indices of the drafted main chain, in order
         self.fed = 0  # main-chain tokens whose KV sits uncommitted in our cache
+        self.seen = 0
 
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
-        self.cache = self.model.new_cache(ctx.capacity)
+        self.cache = None if self.shared else self.model.new_cache(ctx.capacity)
+        self.seen = 0  # tokens of ctx.ids the drafting vocabulary has taken in
         self.length = self.initial_length
         if self.vocab is not None:
             self.vocab.reset()
@@ -87,24 +98,31 @@ class DraftModelDrafter(Drafter):
             return x[..., :V]
         return torch.nn.functional.pad(x, (0, V - x.shape[-1]), value=float("-inf"))
 
-    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+    def _forward(self, tokens: list[int], cache, start: int) -> torch.Tensor:
         dev = self.model.device
         t = torch.tensor(tokens, dtype=torch.long, device=dev)
         pos = torch.arange(start, start + len(tokens), device=dev)
         if self.vocab is None:
-            return self._fit_vocab(self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None)).logits)
+            return self._fit_vocab(self.model(t, pos, cache, start=start, logits_at=slice(-1, None)).logits)
         n = self.vocab.n
-        logits = self.model(t, pos, self.cache, start=start, logits_at=slice(-1, None), head=self.vocab.rows[:n]).logits
+        logits = self.model(t, pos, cache, start=start, logits_at=slice(-1, None), head=self.vocab.rows[:n]).logits
         full = torch.full((1, self.target_vocab), float("-inf"), device=logits.device)
         return full.index_copy_(1, self.vocab.ids[:n], logits)
 
+    @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:
-        cache = self.cache
-        feed = ctx.ids[cache.length:]  # committed tokens we have not read yet (at least the root)
         if self.vocab is not None:
-            self.vocab.add(feed)  # the prompt on the first step, then the newly committed tokens
-        logits = self._forward(feed, cache.length)
-        cache.commit(len(feed))
+            self.vocab.add(ctx.ids[self.seen:])  # the prompt on the first step, then the newly committed tokens
+        self.seen = len(ctx.ids)
+        if self.shared:  # the target's cache holds everything but the root
+            cache, feed = ctx.cache, ctx.ids[-1:]
+        else:
+            cache = self.cache
+            feed = ctx.ids[cache.length:]  # committed tokens we have not read yet (at least the root)
+        logits = self._forward(feed, cache, cache.length)
+        base = cache.length + len(feed)  # the slot of the first drafted token
+        if not self.shared:
+            cache.commit(len(feed))
         budget = ctx.budget
         tokens: list[int] = []
         parents: list[int] = []
@@ -132,19 +150,19 @@ class DraftModelDrafter(Drafter):
             parent = main
             if conf < self.confidence or len(tokens) >= budget or step + 1 >= self.length:
                 break
-            logits = self._forward([picks[0]], cache.length + self.fed)
+            logits = self._forward([picks[0]], cache, base + self.fed)
             self.fed += 1
         q = torch.stack(qrows) if qrows else None
         return Draft(tokens, parents, q)
 
     def observe(self, draft: Draft, verdict: Verdict) -> None:
-        # Accepted main-chain tokens already have their KV in our cache: keep them.
-        keep = 0
-        for node, main in zip(verdict.path, self.main):
-            if node != main:
-                break
-            keep += 1
-        self.cache.commit(min(keep, self.fed))
+        if not self.shared:  # accepted main-chain tokens already have their KV in our cache: keep them
+            keep = 0
+            for node, main in zip(verdict.path, self.main):
+                if node != main:
+                    break
+                keep += 1
+            self.cache.commit(min(keep, self.fed))
         # Adapt the draft length (the heuristic transformers' assisted generation uses).
         if len(verdict.path) >= len(self.main):
             self.length = min(self.length + 2, self.max_length)
