@@ -16,7 +16,7 @@ from .base import Drafter, Needs, StepContext
 if TYPE_CHECKING:
     from ..api import LLM
 
-SPECS = ("plain, lookup[:N], draft-model:NAME, layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR], "
+SPECS = ("plain, lookup[:N], draft-model:NAME (or draft-model:self?quant=int8), layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR], "
          "each optionally followed by ?key=value&... drafter options")
 
 
