@@ -2,13 +2,14 @@
 reported, fallback), and k-means anchors."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from specdraft import LLM
-from specdraft.drafters.knn import FORMAT, Router, read_artifact
+from specdraft.drafters.knn import FORMAT, Router, read_artifact, route_table
 from specdraft.drafters.layerskip import skipset_to_json
 from specdraft.errors import SpecdraftError
 from specdraft.runtime.model import SkipSet
@@ -172,9 +173,8 @@ def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypat
 
     def fake_measure_routes(llm, domains, sets, skips, candidates, tokens, progress=True):
         seen.update(sets=sets, tokens=tokens)
-        for d in domains:
-            domains[d].update(route="lookup", measured_speedup={"lookup": 1.5})
-        return "lookup", "skipset:code"
+        return {"domains": {d: {"route": "lookup", "measured_speedup": {"lookup": 1.5}} for d in domains},
+                "fallback": {"route": "lookup", "skipsets": "skipset:code"}}
 
     monkeypatch.setattr(knn_build, "measure_routes", fake_measure_routes)
     enc = [tiny_llm.tokenizer.encode_prompt(t) for t in texts]
@@ -184,3 +184,55 @@ def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypat
     assert json.loads((art / "knn.json").read_text())["domains"]["code"]["route"] == "lookup"
     with pytest.raises(SpecdraftError, match="measure prompts"):
         knn_build.remeasure(tiny_llm, art, ("lookup",), measure_prompts=20, progress=False)
+
+
+def test_routes_are_kept_per_dtype(tiny_llm, tmp_path, monkeypatch):
+    """Routes timed in another dtype (another machine kind) do not replace the build's: `knn routes`
+    in float32 on a bfloat16 artifact adds `routes.float32`, and `knn-ssd` in float32 follows it,
+    while a dtype without a table of its own keeps the top-level routes."""
+    from specdraft.train import knn_build
+
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
+    vecs = prompt_vectors(tiny_llm.model, ids, progress=False)
+    art = write_artifact(tmp_path / "k", tiny_llm, ["code", "translation"], vecs, routes={"translation": "plain"})
+    meta = json.loads((art / "knn.json").read_text())
+    meta.update(dtype="bfloat16", settings={"anchor_prompts": 0, "search_prompts": 0, "measure_prompts": 1,
+                                            "unseen_prompts": 0, "measure_tokens": 4})
+    (art / "knn.json").write_text(json.dumps(meta))
+    pool = tmp_path / "home" / "data" / "pool"
+    pool.mkdir(parents=True)
+    for d, p in zip(["code", "translation"], PROMPTS):
+        (pool / f"{d}.jsonl").write_text(json.dumps({"turns": [p]}))
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    timed = {"code": "plain", "translation": "lookup"}
+    monkeypatch.setattr(knn_build, "measure_routes", lambda llm, domains, *a, **k: {
+        "domains": {d: {"route": timed[d], "measured_speedup": {timed[d]: 1.2}} for d in domains},
+        "fallback": {"route": "lookup", "skipsets": "skipset:code"}})
+    out = knn_build.remeasure(tiny_llm, art, ("lookup",), progress=False)
+    stored = json.loads((art / "knn.json").read_text())
+    assert stored == out
+    assert {d: v["route"] for d, v in stored["domains"].items()} == {"code": "skipset:code", "translation": "plain"}
+    f32 = stored["routes"]["float32"]
+    assert {d: v["route"] for d, v in f32["domains"].items()} == timed
+    assert f32["candidates"] == ["lookup"] and f32["timed_on"].startswith("cpu ") and "routes_measure_prompts" not in stored["settings"]
+    assert route_table(stored, "bfloat16")["dtype"] == "bfloat16"
+    assert route_table(stored, "bfloat16")["domains"]["code"]["route"] == "skipset:code"
+    for p, domain in zip(PROMPTS, ["code", "translation"]):
+        r = tiny_llm.generate(p, max_new_tokens=12, drafter=f"knn-ssd:{art}")
+        route = r.to_json()["route"]
+        assert route["domain"] == domain and route["drafter"] == timed[domain] and route["timed_in"] == "float32"
+        assert r.token_ids == tiny_llm.generate(p, max_new_tokens=12, drafter="plain").token_ids
+    # The build dtype's own re-timing replaces the top-level routes too.
+    stored["dtype"] = "float32"
+    (art / "knn.json").write_text(json.dumps(stored))
+    timed = {"code": "lookup", "translation": "lookup"}
+    out = knn_build.remeasure(tiny_llm, art, ("lookup",), progress=False)
+    assert {d: v["route"] for d, v in out["domains"].items()} == timed and out["settings"]["candidates"] == ["lookup"]
+    # A table with a domain missing is a corrupt artifact, not a KeyError mid-generation.
+    # (a fresh copy: the LLM keeps the drafter it built for the first path)
+    bad = tmp_path / "bad"
+    shutil.copytree(art, bad)
+    del out["routes"]["float32"]["domains"]["code"]
+    (bad / "knn.json").write_text(json.dumps(out))
+    with pytest.raises(SpecdraftError, match="routes for float32 are incomplete"):
+        tiny_llm.generate("hi", max_new_tokens=4, drafter=f"knn-ssd:{bad}")

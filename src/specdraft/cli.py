@@ -397,9 +397,13 @@ def cmd_knn(a) -> int:
                          anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
                          search_prompts=a.search_prompts, search_evals=a.search_evals, unseen_prompts=a.unseen_prompts,
                          measure_prompts=a.measure_prompts, measure_tokens=a.measure_tokens, candidates=cands)
-    for d, v in meta["domains"].items():
+    from .drafters.knn import route_table
+
+    routes = route_table(meta, llm.dtype_name)
+    print(f"routes timed in {llm.dtype_name}" + (f" on {routes['timed_on']}" if "timed_on" in routes else ""))
+    for d, v in routes["domains"].items():
         print(f"{d:<14} route {v['route']:<28} " + " ".join(f"{k}={x:.2f}x" for k, x in v["measured_speedup"].items()))
-    print(f"routing accuracy on unseen prompts: {meta['routing_accuracy']:.3f}; fallback route {meta['fallback']['route']}")
+    print(f"routing accuracy on unseen prompts: {meta['routing_accuracy']:.3f}; fallback route {routes['fallback']['route']}")
     print(a.out)
     return 0
 

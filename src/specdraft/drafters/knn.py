@@ -10,6 +10,8 @@ fallback route. The route taken is reported in the generation's JSON (`route`).
 Artifact directory: `knn.json` (domains, routes, skip sets, fallback, build facts) and
 `anchors.safetensors` (`anchors` [A, d] float32, `labels` [A] domain index).
 Spec: `knn-ssd[:DIR][:skipsets]`; `skipsets` restricts every route to the domain's skip set.
+Routes are timed per dtype (`routes.{float32,bfloat16}` in knn.json, see `train.knn_build.set_routes`):
+the drafter uses the table of the dtype it runs in, else the top-level routes of the build dtype.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ def read_artifact(path: Path, num_layers: int, hidden_size: int) -> tuple[dict, 
     return meta, anchors, labels
 
 
+def route_table(meta: dict, dtype: str, where: str = "knn.json") -> dict:
+    """The artifact's routes for `dtype`: {"domains": {domain: {"route": spec, ...}}, "fallback":
+    {"route", "skipsets"}, "dtype": the dtype they were timed in (None if unrecorded)}. Routes timed
+    in `dtype` if the artifact has them, else its top-level routes (timed in the build's dtype)."""
+    table = (meta.get("routes") or {}).get(dtype)
+    if table is not None:
+        table = {**table, "dtype": dtype}
+    else:
+        table = {"domains": {d: {"route": v.get("route")} for d, v in meta["domains"].items()},
+                 "fallback": meta.get("fallback"), "dtype": meta.get("dtype")}
+    doms, fb = table.get("domains"), table.get("fallback")
+    if (not isinstance(doms, dict) or set(doms) != set(meta["domains"]) or not isinstance(fb, dict)
+            or not all(isinstance(v, dict) and isinstance(v.get("route"), str) for v in doms.values())
+            or not isinstance(fb.get("route"), str) or not isinstance(fb.get("skipsets"), str)):
+        raise SpecdraftError(f"{where}: the routes for {dtype} are incomplete (corrupt artifact): "
+                             "re-time them with `specdraft knn routes`")
+    return table
+
+
 class KNNDrafter(Drafter):
     needs = Needs(final_hidden=True, target=True)
 
@@ -83,6 +104,7 @@ class KNNDrafter(Drafter):
         L = llm.model.cfg.num_layers
         self.skipsets = {d: skipset_from_json(v["skipset"], L, f"{path}/knn.json [{d}]")
                          for d, v in meta["domains"].items() if v.get("skipset")}
+        self.routes = route_table(meta, llm.dtype_name, f"{path}/knn.json")
         self.inner: Drafter | None = None
         self.cache: dict[str, Drafter | None] = {}
         self.last: dict = {}
@@ -91,11 +113,11 @@ class KNNDrafter(Drafter):
         from .layerskip import LayerSkipDrafter
 
         if domain is None:
-            spec = self.meta["fallback"]["skipsets" if self.skipsets_only else "route"]
+            spec = self.routes["fallback"]["skipsets" if self.skipsets_only else "route"]
         elif self.skipsets_only:
             spec = f"skipset:{domain}"
         else:
-            spec = self.meta["domains"][domain]["route"]
+            spec = self.routes["domains"][domain]["route"]
         if spec not in self.cache:
             if spec.startswith("skipset:"):
                 d = spec.split(":", 1)[1]
@@ -110,7 +132,7 @@ class KNNDrafter(Drafter):
         fallback = dist > self.max_distance
         spec, self.inner = self._route_drafter(None if fallback else domain)
         self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
-                     "fallback": fallback, "drafter": spec}
+                     "fallback": fallback, "drafter": spec, "timed_in": self.routes["dtype"]}
         if self.inner is not None:
             self.inner.start(prompt_ids, ctx)
 

@@ -75,24 +75,46 @@ def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int
     return {s: statistics.mean(v) / plain for s, v in tps.items() if s != "plain"}
 
 
-def measure_routes(llm, meta_domains: dict, measure_sets: dict, skips: dict, candidates, tokens: int,
-                   progress: bool = True) -> tuple[str, str]:
-    """Time every candidate and each domain's skip set on the domain's measure prompts; set each
-    domain's `route` to the fastest (plain if nothing beats it). Returns the fallback routes: the
-    best single candidate over all domains, and the best skip set."""
-    measured = {}
-    for d in tqdm(list(meta_domains), desc="measure routes", unit="domain", disable=not progress):
+def measure_routes(llm, domains, measure_sets: dict, skips: dict, candidates, tokens: int,
+                   progress: bool = True) -> dict:
+    """Time every candidate and each domain's skip set on the domain's measure prompts. Returns a
+    route table: per domain the fastest (plain if nothing beats it) with every measured speedup,
+    and the fallback routes: the best single candidate over all domains, and the best skip set."""
+    measured, routes = {}, {}
+    for d in tqdm(list(domains), desc="measure routes", unit="domain", disable=not progress):
         drafters = {"skipset:" + d: LayerSkipDrafter(skips[d], d)}
         for c in candidates:
             drafters[c] = llm.drafter(c)
         sp = measure(llm, list(drafters), measure_sets[d], tokens, drafters)
         measured[d] = sp
         best = max(sp, key=sp.get)
-        meta_domains[d].update(route=best if sp[best] > 1.0 else "plain",
-                               measured_speedup={k: round(v, 3) for k, v in sp.items()})
+        routes[d] = {"route": best if sp[best] > 1.0 else "plain",
+                     "measured_speedup": {k: round(v, 3) for k, v in sp.items()}}
     single = {c: statistics.mean(measured[d][c] for d in measured) for c in candidates}
     fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
-    return fallback, "skipset:" + max(measured, key=lambda d: measured[d]["skipset:" + d])
+    return {"domains": routes, "fallback": {"route": fallback,
+                                            "skipsets": "skipset:" + max(measured, key=lambda d: measured[d]["skipset:" + d])}}
+
+
+def timed_on(llm) -> str:
+    """The hardware a route table was timed on: the GPU's name, or torch's CPU capability
+    (AVX2, AVX512, ...)."""
+    if llm.device.type == "cuda":
+        return torch.cuda.get_device_name(llm.device)
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
+def set_routes(meta: dict, table: dict, dtype: str, **settings) -> None:
+    """Store a measured route table as the artifact's routes for `dtype` (`meta["routes"][dtype]`).
+    Which drafter is fastest depends on the dtype and the machine kind (on an AVX2-only CPU the
+    auto dtype is float32 and int8 drafters win; with bf16 units it is bfloat16): `knn-ssd` uses
+    the table of the dtype it runs in. The build dtype's table is also the top-level routes, which
+    a dtype without its own table falls back to."""
+    meta.setdefault("routes", {})[dtype] = {**table, **settings}
+    if meta.get("dtype", dtype) == dtype:
+        for d, v in table["domains"].items():
+            meta["domains"][d].update(v)
+        meta["fallback"] = dict(table["fallback"])
 
 
 def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int | None = None,
@@ -100,7 +122,8 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
     """Re-time the routes of an existing artifact with new candidates (e.g. once ctc is trained),
     keeping its anchors and skip sets. The measure prompts are the build's own; asking for more
     than the build used adds pool prompts from after the build's unseen part (never used for
-    anchors, skip sets or routing accuracy)."""
+    anchors, skip sets or routing accuracy). The table is stored for the dtype `llm` runs in; it
+    replaces the top-level routes only when that is the build's dtype (`set_routes`)."""
     from ..drafters.knn import read_artifact
     from ..drafters.layerskip import skipset_from_json
 
@@ -119,11 +142,11 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
         if len(sets[d]) < n:
             raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
     skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
-    fallback, skip_fallback = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress)
-    meta["fallback"] = {"route": fallback, "skipsets": skip_fallback}
-    meta["settings"]["candidates"] = list(candidates)
-    meta["settings"]["routes_measure_prompts"] = n
-    meta["settings"]["routes_measure_tokens"] = tokens
+    table = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress)
+    set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=n, measure_tokens=tokens,
+               timed_on=timed_on(llm))
+    if meta.get("dtype", llm.dtype_name) == llm.dtype_name:
+        meta["settings"].update(candidates=list(candidates), routes_measure_prompts=n, routes_measure_tokens=tokens)
     with atomic_file(Path(path) / "knn.json", "w") as f:
         json.dump(meta, f, indent=2)
     return meta
@@ -180,9 +203,8 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
 
     for d in domains:
         meta_domains[d]["skipset"] = searches[d]["json"]
-    fallback, skip_fallback = measure_routes(llm, meta_domains, {d: splits[d]["measure"] for d in domains},
-                                             {d: searches[d]["skip"] for d in domains}, candidates, measure_tokens,
-                                             progress)
+    table = measure_routes(llm, meta_domains, {d: splits[d]["measure"] for d in domains},
+                           {d: searches[d]["skip"] for d in domains}, candidates, measure_tokens, progress)
 
     # Routing accuracy on prompts never used for anchors.
     correct, total, per = 0, 0, {}
@@ -193,7 +215,6 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         correct, total = correct + hits, total + len(got)
     meta = {"format": FORMAT, "model": llm.name, "num_layers": L, "hidden_size": model.cfg.hidden_size,
             "dtype": llm.dtype_name, "domains": meta_domains, "max_distance": max_distance,
-            "fallback": {"route": fallback, "skipsets": skip_fallback},
             "mix_skipset": searches["mix"]["json"], "routing_accuracy": correct / total, "routing_accuracy_per_domain": per,
             "build_seconds": round(time.perf_counter() - t0, 1),
             "settings": {"anchors_per_domain": anchors_per_domain, "anchor_prompts": anchor_prompts,
@@ -201,6 +222,8 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
                          "unseen_prompts": unseen_prompts, "measure_prompts": measure_prompts,
                          "measure_tokens": measure_tokens, "candidates": list(candidates), "seed": seed,
                          "max_prompt_tokens": max_prompt_tokens}}
+    set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=measure_prompts,
+               measure_tokens=measure_tokens, timed_on=timed_on(llm))
     with atomic_dir(Path(out)) as tmp:
         (tmp / "anchors.safetensors").write_bytes(save({"anchors": anchors_t.contiguous(),
                                                          "labels": torch.tensor(labels, dtype=torch.long)}))
