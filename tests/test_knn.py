@@ -171,8 +171,8 @@ def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypat
     (art / "knn.json").write_text(json.dumps(meta))
     seen = {}
 
-    def fake_measure_routes(llm, domains, sets, skips, candidates, tokens, progress=True):
-        seen.update(sets=sets, tokens=tokens)
+    def fake_measure_routes(llm, domains, sets, skips, candidates, tokens, progress=True, min_gain=None):
+        seen.update(sets=sets, tokens=tokens, min_gain=min_gain)
         return {"domains": {d: {"route": "lookup", "measured_speedup": {"lookup": 1.5}} for d in domains},
                 "fallback": {"route": "lookup", "skipsets": "skipset:code"}}
 
@@ -180,6 +180,7 @@ def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypat
     enc = [tiny_llm.tokenizer.encode_prompt(t) for t in texts]
     out = knn_build.remeasure(tiny_llm, art, ("lookup",), measure_prompts=3, measure_tokens=8, progress=False)
     assert seen["sets"]["code"] == [enc[3], enc[6], enc[7]] and seen["tokens"] == 8
+    assert seen["min_gain"] == knn_build.MIN_GAIN
     assert out["settings"]["routes_measure_prompts"] == 3
     assert json.loads((art / "knn.json").read_text())["domains"]["code"]["route"] == "lookup"
     with pytest.raises(SpecdraftError, match="measure prompts"):
@@ -236,3 +237,52 @@ def test_routes_are_kept_per_dtype(tiny_llm, tmp_path, monkeypatch):
     (bad / "knn.json").write_text(json.dumps(out))
     with pytest.raises(SpecdraftError, match="routes for float32 are incomplete"):
         tiny_llm.generate("hi", max_new_tokens=4, drafter=f"knn-ssd:{bad}")
+
+
+def test_pick_routes_leaves_the_fallback_only_for_a_clear_win():
+    from specdraft.train.knn_build import pick_routes
+
+    measured = {"code": {"skipset:code": 0.8, "a": 1.5, "b": 1.58},
+                "math": {"skipset:math": 0.9, "a": 1.6, "b": 1.2},
+                "qa": {"skipset:qa": 0.7, "a": 0.95, "b": 0.97},
+                "chat": {"skipset:chat": 1.9, "a": 1.3, "b": 1.1}}
+    # fallback: the best mean over domains (a: 1.34, b: 1.21)
+    for gain, want in [(0.0, {"code": "b", "math": "a", "qa": "plain", "chat": "skipset:chat"}),
+                       (0.1, {"code": "a", "math": "a", "qa": "plain", "chat": "skipset:chat"}),
+                       (0.7, {"code": "a", "math": "a", "qa": "plain", "chat": "a"})]:
+        t = pick_routes(measured, gain)
+        assert {d: v["route"] for d, v in t["domains"].items()} == want, gain
+        assert t["fallback"] == {"route": "a", "skipsets": "skipset:chat"} and t["min_gain"] == gain
+        assert t["domains"]["code"]["measured_speedup"] == measured["code"]
+    slow = {d: {k: v / 3 for k, v in sp.items()} for d, sp in measured.items()}
+    t = pick_routes(slow, 0.1)
+    assert t["fallback"]["route"] == "plain" and {v["route"] for v in t["domains"].values()} == {"plain"}
+
+
+def test_routes_are_chosen_again_from_stored_timings(tiny_llm, tmp_path):
+    """`knn routes --reuse-timings` re-picks a dtype's routes with another --min-gain, times
+    nothing and keeps the timing settings; a dtype with no timings is a clear error."""
+    from specdraft.train.knn_build import pick_routes, set_routes
+
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
+    art = write_artifact(tmp_path / "k", tiny_llm, ["code", "translation"], prompt_vectors(tiny_llm.model, ids, progress=False))
+    meta = json.loads((art / "knn.json").read_text())
+    meta["dtype"] = "bfloat16"
+    measured = {"code": {"skipset:code": 0.8, "lookup": 1.5, "lookup?min_ngram=2": 1.55},
+                "translation": {"skipset:translation": 0.9, "lookup": 1.6, "lookup?min_ngram=2": 1.2}}
+    set_routes(meta, pick_routes(measured, 0.0), "float32", timed_on="cpu TEST", measure_prompts=2)
+    (art / "knn.json").write_text(json.dumps(meta))
+    assert route_table(meta, "float32")["domains"]["code"]["route"] == "lookup?min_ngram=2"
+    r = _cli(["knn", "routes", str(art), "--reuse-timings", "--min-gain", "0.1", "--dtype", "float32",
+              "--model", "no-such-model"])
+    assert r.returncode == 0, r.stderr
+    assert "min gain 0.1x" in r.stdout
+    stored = json.loads((art / "knn.json").read_text())
+    f32 = route_table(stored, "float32")
+    assert {d: v["route"] for d, v in f32["domains"].items()} == {"code": "lookup", "translation": "lookup"}
+    assert f32["timed_on"] == "cpu TEST" and f32["measure_prompts"] == 2 and f32["min_gain"] == 0.1
+    assert stored["domains"]["code"]["route"] == "skipset:code"  # the bf16 build's routes untouched
+    r = _cli(["knn", "routes", str(art), "--reuse-timings", "--dtype", "bfloat16"])
+    assert r.returncode == 2 and "cannot read its stored timings" in r.stderr
+    r = _cli(["knn", "routes", str(art), "--reuse-timings", "--min-gain", "-1"])
+    assert r.returncode == 2 and "must be >= 0" in r.stderr

@@ -41,6 +41,23 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _nonnegative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _min_gain_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-gain", type=_nonnegative_float, default=0.1,
+                   help="a domain leaves the fallback route (the best drafter over all domains) only for a drafter "
+                        "that beats it there by more than this, in x of plain (default: %(default)s; timings on a "
+                        "few prompts differ by about 0.1x between runs)")
+
+
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bfloat16 on a GPU or a CPU with AVX512-BF16/AMX, else float32, "
@@ -130,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--unseen-prompts", type=_positive_int, default=30)
     kb.add_argument("--measure-prompts", type=_positive_int, default=2)
     kb.add_argument("--measure-tokens", type=_positive_int, default=48)
+    _min_gain_option(kb)
     _dtype_option(kb)
     kb.add_argument("--device", default=None)
     kb.add_argument("--out", required=True, help="artifact directory to write")
@@ -141,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("--measure-prompts", type=_positive_int, default=None,
                     help="prompts per domain to time on (default: the build's; more come from unused pool prompts)")
     kr.add_argument("--measure-tokens", type=_positive_int, default=None, help="default: the build's")
+    _min_gain_option(kr)
+    kr.add_argument("--reuse-timings", action="store_true",
+                    help="time nothing: choose the routes of this dtype again from their stored timings, "
+                         "with --min-gain")
     _dtype_option(kr)
     kr.add_argument("--device", default=None)
 
@@ -383,27 +405,40 @@ def cmd_knn(a) -> int:
     from .drafters import check_spec
     from .train.knn_build import build_knn
 
-    cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
-    for c in cands:
-        check_spec(c)
-    llm = LLM(a.model, dtype=a.dtype, device=a.device)
-    if a.knn_command == "routes":
-        from .train.knn_build import remeasure
-
-        meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens)
-        a.out = a.artifact
-    else:
-        meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
-                         anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
-                         search_prompts=a.search_prompts, search_evals=a.search_evals, unseen_prompts=a.unseen_prompts,
-                         measure_prompts=a.measure_prompts, measure_tokens=a.measure_tokens, candidates=cands)
     from .drafters.knn import route_table
 
-    routes = route_table(meta, llm.dtype_name)
-    print(f"routes timed in {llm.dtype_name}" + (f" on {routes['timed_on']}" if "timed_on" in routes else ""))
+    if a.knn_command == "routes" and a.reuse_timings:
+        from .api import resolve_device, resolve_dtype
+        from .train.knn_build import rechoose
+
+        dtype = str(resolve_dtype(a.dtype, resolve_device(a.device))).removeprefix("torch.")
+        meta = rechoose(Path(a.artifact), dtype, a.min_gain)
+        a.out = a.artifact
+    else:
+        cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
+        for c in cands:
+            check_spec(c)
+        llm = LLM(a.model, dtype=a.dtype, device=a.device)
+        dtype = llm.dtype_name
+        if a.knn_command == "routes":
+            from .train.knn_build import remeasure
+
+            meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens, min_gain=a.min_gain)
+            a.out = a.artifact
+        else:
+            meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
+                             anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
+                             search_prompts=a.search_prompts, search_evals=a.search_evals,
+                             unseen_prompts=a.unseen_prompts, measure_prompts=a.measure_prompts,
+                             measure_tokens=a.measure_tokens, candidates=cands, min_gain=a.min_gain)
+    routes = route_table(meta, dtype)
+    print(f"routes timed in {dtype}" + (f" on {routes['timed_on']}" if "timed_on" in routes else "")
+          + (f", min gain {routes['min_gain']}x" if "min_gain" in routes else ""))
     for d, v in routes["domains"].items():
         print(f"{d:<14} route {v['route']:<28} " + " ".join(f"{k}={x:.2f}x" for k, x in v["measured_speedup"].items()))
-    print(f"routing accuracy on unseen prompts: {meta['routing_accuracy']:.3f}; fallback route {routes['fallback']['route']}")
+    acc = meta.get("routing_accuracy")
+    print((f"routing accuracy on unseen prompts: {acc:.3f}; " if acc is not None else "")
+          + f"fallback route {routes['fallback']['route']}")
     print(a.out)
     return 0
 

@@ -75,25 +75,43 @@ def measure(llm, specs: list[str], prompts: list[list[int]], max_new_tokens: int
     return {s: statistics.mean(v) / plain for s, v in tps.items() if s != "plain"}
 
 
+MIN_GAIN = 0.1  # x of plain a domain's own best must win by to leave the fallback route (pick_routes)
+
+
+def pick_routes(measured: dict, min_gain: float = 0.0) -> dict:
+    """A route table from measured speedups (`measured[domain][spec]`: each domain's own
+    `skipset:DOMAIN` and the same candidates everywhere). The fallback is the candidate with the
+    best mean over the domains (plain if none beats plain); a domain routes to its fastest drafter
+    only when that beats the fallback there by more than `min_gain` (in x of plain), else to the
+    fallback: timings on a few prompts per domain differ by about 0.1x from one re-timing to the
+    next, and a route picked on noise costs more on other prompts than it gains (docs/BENCHMARKS.md,
+    session 13). A route that does not beat plain is plain."""
+    cands = [c for c in next(iter(measured.values())) if not c.startswith("skipset:")] if measured else []
+    single = {c: statistics.mean(measured[d][c] for d in measured) for c in cands}
+    fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
+    routes = {}
+    for d, sp in measured.items():
+        best = max(sp, key=sp.get)
+        if fallback != "plain" and sp[best] - sp[fallback] <= min_gain:
+            best = fallback
+        routes[d] = {"route": best if sp[best] > 1.0 else "plain",
+                     "measured_speedup": {k: round(v, 3) for k, v in sp.items()}}
+    skip_best = max(measured, key=lambda d: measured[d]["skipset:" + d]) if measured else None
+    return {"domains": routes, "fallback": {"route": fallback, "skipsets": f"skipset:{skip_best}"},
+            "min_gain": min_gain}
+
+
 def measure_routes(llm, domains, measure_sets: dict, skips: dict, candidates, tokens: int,
-                   progress: bool = True) -> dict:
-    """Time every candidate and each domain's skip set on the domain's measure prompts. Returns a
-    route table: per domain the fastest (plain if nothing beats it) with every measured speedup,
-    and the fallback routes: the best single candidate over all domains, and the best skip set."""
-    measured, routes = {}, {}
+                   progress: bool = True, min_gain: float = 0.0) -> dict:
+    """Time every candidate and each domain's skip set on the domain's measure prompts; the route
+    table of those timings (`pick_routes`)."""
+    measured = {}
     for d in tqdm(list(domains), desc="measure routes", unit="domain", disable=not progress):
         drafters = {"skipset:" + d: LayerSkipDrafter(skips[d], d)}
         for c in candidates:
             drafters[c] = llm.drafter(c)
-        sp = measure(llm, list(drafters), measure_sets[d], tokens, drafters)
-        measured[d] = sp
-        best = max(sp, key=sp.get)
-        routes[d] = {"route": best if sp[best] > 1.0 else "plain",
-                     "measured_speedup": {k: round(v, 3) for k, v in sp.items()}}
-    single = {c: statistics.mean(measured[d][c] for d in measured) for c in candidates}
-    fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
-    return {"domains": routes, "fallback": {"route": fallback,
-                                            "skipsets": "skipset:" + max(measured, key=lambda d: measured[d]["skipset:" + d])}}
+        measured[d] = measure(llm, list(drafters), measure_sets[d], tokens, drafters)
+    return pick_routes(measured, min_gain)
 
 
 def timed_on(llm) -> str:
@@ -117,8 +135,33 @@ def set_routes(meta: dict, table: dict, dtype: str, **settings) -> None:
         meta["fallback"] = dict(table["fallback"])
 
 
+def rechoose(path: Path, dtype: str, min_gain: float) -> dict:
+    """Choose an artifact's routes for `dtype` again from the speedups stored with them, with
+    another `min_gain` (`pick_routes`), without timing anything; the timing settings are kept."""
+    from ..drafters.knn import route_table
+
+    knn = Path(path) / "knn.json"
+    try:
+        meta = json.loads(knn.read_text())
+        own = (meta.get("routes") or {}).get(dtype)
+        if own is None and meta.get("dtype") != dtype:
+            raise SpecdraftError(f"{knn}: no routes timed in {dtype} to choose from: time them with `specdraft knn routes`")
+        route_table(meta, dtype, str(knn))  # complete, or a clear error
+        measured = {d: dict(v["measured_speedup"]) for d, v in (own or meta)["domains"].items()}
+        st = meta.get("settings", {})
+        kept = ({k: v for k, v in own.items() if k not in ("domains", "fallback", "min_gain")} if own else
+                {"candidates": st.get("candidates"), "measure_prompts": st.get("routes_measure_prompts", st.get("measure_prompts")),
+                 "measure_tokens": st.get("routes_measure_tokens", st.get("measure_tokens"))})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SpecdraftError(f"{knn}: cannot read its stored timings ({type(e).__name__}: {e})") from None
+    set_routes(meta, pick_routes(measured, min_gain), dtype, **kept)
+    with atomic_file(knn, "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
 def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int | None = None,
-              measure_tokens: int | None = None, progress: bool = True) -> dict:
+              measure_tokens: int | None = None, progress: bool = True, min_gain: float = MIN_GAIN) -> dict:
     """Re-time the routes of an existing artifact with new candidates (e.g. once ctc is trained),
     keeping its anchors and skip sets. The measure prompts are the build's own; asking for more
     than the build used adds pool prompts from after the build's unseen part (never used for
@@ -142,7 +185,7 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
         if len(sets[d]) < n:
             raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
     skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
-    table = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress)
+    table = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress, min_gain=min_gain)
     set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=n, measure_tokens=tokens,
                timed_on=timed_on(llm))
     if meta.get("dtype", llm.dtype_name) == llm.dtype_name:
@@ -155,7 +198,7 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
 def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: int = 10, anchor_prompts: int = 100,
               search_prompts: int = 6, search_tokens: int = 24, search_evals: int = 120, unseen_prompts: int = 30,
               measure_prompts: int = 2, measure_tokens: int = 48, candidates: tuple[str, ...] = ("lookup",),
-              max_prompt_tokens: int = 1024, seed: int = 0, progress: bool = True) -> dict:
+              max_prompt_tokens: int = 1024, seed: int = 0, progress: bool = True, min_gain: float = MIN_GAIN) -> dict:
     t0 = time.perf_counter()
     model, tok = llm.model, llm.tokenizer
     L = model.cfg.num_layers
@@ -204,7 +247,8 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
     for d in domains:
         meta_domains[d]["skipset"] = searches[d]["json"]
     table = measure_routes(llm, meta_domains, {d: splits[d]["measure"] for d in domains},
-                           {d: searches[d]["skip"] for d in domains}, candidates, measure_tokens, progress)
+                           {d: searches[d]["skip"] for d in domains}, candidates, measure_tokens, progress,
+                           min_gain=min_gain)
 
     # Routing accuracy on prompts never used for anchors.
     correct, total, per = 0, 0, {}
