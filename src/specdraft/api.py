@@ -29,6 +29,11 @@ from .text import Detokenizer, Messages, Tokenizer
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.float32 -> "float32": the name artifacts and reports use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,7 +130,7 @@ class LLM:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
     def generate(
         self,

@@ -408,10 +408,10 @@ def cmd_knn(a) -> int:
     from .drafters.knn import route_table
 
     if a.knn_command == "routes" and a.reuse_timings:
-        from .api import resolve_device, resolve_dtype
+        from .api import dtype_name, resolve_device, resolve_dtype
         from .train.knn_build import rechoose
 
-        dtype = str(resolve_dtype(a.dtype, resolve_device(a.device))).removeprefix("torch.")
+        dtype = dtype_name(resolve_dtype(a.dtype, resolve_device(a.device)))
         meta = rechoose(Path(a.artifact), dtype, a.min_gain)
         a.out = a.artifact
     else:

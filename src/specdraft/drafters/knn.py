@@ -78,7 +78,8 @@ def route_table(meta: dict, dtype: str, where: str = "knn.json") -> dict:
     if table is not None:
         table = {**table, "dtype": dtype}
     else:
-        table = {"domains": {d: {"route": v.get("route")} for d, v in meta["domains"].items()},
+        table = {"domains": {d: {k: v[k] for k in ("route", "measured_speedup") if k in v}
+                             for d, v in meta["domains"].items()},
                  "fallback": meta.get("fallback"), "dtype": meta.get("dtype")}
     doms, fb = table.get("domains"), table.get("fallback")
     if (not isinstance(doms, dict) or set(doms) != set(meta["domains"]) or not isinstance(fb, dict)

@@ -122,17 +122,20 @@ def timed_on(llm) -> str:
     return f"cpu {torch.backends.cpu.get_cpu_capability()}"
 
 
-def set_routes(meta: dict, table: dict, dtype: str, **settings) -> None:
+def set_routes(meta: dict, table: dict, dtype: str, **settings) -> bool:
     """Store a measured route table as the artifact's routes for `dtype` (`meta["routes"][dtype]`).
     Which drafter is fastest depends on the dtype and the machine kind (on an AVX2-only CPU the
     auto dtype is float32 and int8 drafters win; with bf16 units it is bfloat16): `knn-ssd` uses
     the table of the dtype it runs in. The build dtype's table is also the top-level routes, which
-    a dtype without its own table falls back to."""
+    a dtype without its own table falls back to. Returns whether the table became the top-level
+    routes."""
     meta.setdefault("routes", {})[dtype] = {**table, **settings}
-    if meta.get("dtype", dtype) == dtype:
-        for d, v in table["domains"].items():
-            meta["domains"][d].update(v)
-        meta["fallback"] = dict(table["fallback"])
+    if meta.get("dtype", dtype) != dtype:
+        return False
+    for d, v in table["domains"].items():
+        meta["domains"][d].update(v)
+    meta["fallback"] = dict(table["fallback"])
+    return True
 
 
 def rechoose(path: Path, dtype: str, min_gain: float) -> dict:
@@ -143,13 +146,13 @@ def rechoose(path: Path, dtype: str, min_gain: float) -> dict:
     knn = Path(path) / "knn.json"
     try:
         meta = json.loads(knn.read_text())
-        own = (meta.get("routes") or {}).get(dtype)
-        if own is None and meta.get("dtype") != dtype:
+        table = route_table(meta, dtype, str(knn))
+        if table["dtype"] != dtype:
             raise SpecdraftError(f"{knn}: no routes timed in {dtype} to choose from: time them with `specdraft knn routes`")
-        route_table(meta, dtype, str(knn))  # complete, or a clear error
-        measured = {d: dict(v["measured_speedup"]) for d, v in (own or meta)["domains"].items()}
+        measured = {d: dict(v["measured_speedup"]) for d, v in table["domains"].items()}
         st = meta.get("settings", {})
-        kept = ({k: v for k, v in own.items() if k not in ("domains", "fallback", "min_gain")} if own else
+        kept = ({k: v for k, v in table.items() if k not in ("domains", "fallback", "dtype", "min_gain")}
+                if dtype in (meta.get("routes") or {}) else
                 {"candidates": st.get("candidates"), "measure_prompts": st.get("routes_measure_prompts", st.get("measure_prompts")),
                  "measure_tokens": st.get("routes_measure_tokens", st.get("measure_tokens"))})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -186,9 +189,8 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
             raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
     skips = {d: skipset_from_json(v["skipset"], llm.model.cfg.num_layers, str(path)) for d, v in meta["domains"].items()}
     table = measure_routes(llm, meta["domains"], sets, skips, candidates, tokens, progress, min_gain=min_gain)
-    set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=n, measure_tokens=tokens,
-               timed_on=timed_on(llm))
-    if meta.get("dtype", llm.dtype_name) == llm.dtype_name:
+    if set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=n, measure_tokens=tokens,
+                  timed_on=timed_on(llm)):
         meta["settings"].update(candidates=list(candidates), routes_measure_prompts=n, routes_measure_tokens=tokens)
     with atomic_file(Path(path) / "knn.json", "w") as f:
         json.dump(meta, f, indent=2)
