@@ -1,13 +1,14 @@
 """Cost of one target forward by number of new rows (what verifying a draft of that size costs), per dtype.
 
-    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32,int8]
+    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32,packed,int8]
 
 Each forward appends `rows` tokens to a KV cache already holding `context` tokens, with a causal mask
 over the new rows, as the engine's verification forward does; logits for every row. Prints the
 median over `--repeats` forwards and the cost relative to one row of the same configuration; in
 float32 also with every product through F.linear (`runtime.model.linear` off), for comparison. Also prints
 whether this CPU has native bf16 units (what `--dtype auto` decides by). `int8` is the drafting
-copy of `draft-model:self?quant=int8` (runtime/quant.py), made from the float32 weights.
+copy of `draft-model:self?quant=int8` (runtime/quant.py), made from the float32 weights; `packed` the
+float32 weights prepacked for oneDNN (runtime/packed.py), as `LLM` loads a float32 model on a CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from specdraft import zoo
 from specdraft.runtime import model
 from specdraft.runtime.loader import load_decoder, native_bf16
+from specdraft.runtime.packed import pack_decoder
 from specdraft.runtime.quant import quantize_int8
 
 
@@ -29,7 +31,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rows", default="1,2,3,5,9,17,25")
     ap.add_argument("--context", type=int, default=300)
-    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--dtypes", default="bfloat16,float32,packed")
     ap.add_argument("--repeats", type=int, default=15)
     a = ap.parse_args()
     rows = [int(r) for r in a.rows.split(",")]
@@ -39,7 +41,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     configs = []  # (label, decoder, cache, weight-major row limit)
     for name in a.dtypes.split(","):
-        dec = quantize_int8(load_decoder(path)) if name == "int8" else load_decoder(path, getattr(torch, name))
+        if name == "int8":
+            dec = quantize_int8(load_decoder(path))
+        elif name == "packed":
+            dec = load_decoder(path)
+            if not pack_decoder(dec):
+                raise SystemExit("this torch cannot pack float32 weights for oneDNN")
+        else:
+            dec = load_decoder(path, getattr(torch, name))
         ctx = torch.randint(0, dec.cfg.vocab_size, (a.context,), generator=g)
         cache = dec.new_cache(a.context + max(rows))
         with torch.inference_mode():

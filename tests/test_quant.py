@@ -43,7 +43,7 @@ def test_the_copy_leaves_the_original_untouched_and_shares_its_embedding(family)
     after = model(tokens, pos, model.new_cache(16)).logits
     assert torch.equal(before, after)
     assert all(isinstance(p, torch.Tensor) for p in (model.layers[0].qkv.weight, model.layers[-1].down.weight))
-    assert isinstance(q.layers[0].qkv, Int8Linear) and q.quant_head is not None
+    assert isinstance(q.layers[0].qkv, Int8Linear) and q.fast_head is not None
     assert q.embed.weight.data_ptr() == model.embed.weight.data_ptr()
     assert q.layers[0].attn_norm.data_ptr() == model.layers[0].attn_norm.data_ptr()
     ql = q(tokens, pos, q.new_cache(16)).logits

@@ -22,6 +22,7 @@ from . import zoo
 from .drafters import Drafter, build_drafter
 from .engine import GenerationStats, generate_ids
 from .errors import SpecdraftError
+from .runtime import packed
 from .runtime.loader import fast_dtype, load_decoder
 from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
@@ -109,13 +110,17 @@ class LLM:
     """A loaded target model with its tokenizer."""
 
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
-                 dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True):
+                 dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True,
+                 pack: bool | None = None):
+        """pack: reorder the float32 weights for oneDNN's product on a CPU (runtime/packed.py);
+        None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype or "auto", self.device)
         self.path: Path = zoo.resolve(model, progress=progress)
         self.name = model if model in zoo.ZOO else str(self.path)
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
+        self.packed = packed.pack_decoder(self.model) if (packed.wanted() if pack is None else pack) else False
         self._drafters: dict[str, Drafter | None] = {}
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request

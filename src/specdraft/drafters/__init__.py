@@ -178,6 +178,10 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
         from ..runtime.quant import quantize_int8
 
         model = quantize_int8(model)
+    elif name != "self" and getattr(llm, "packed", False):
+        from ..runtime.packed import pack_decoder
+
+        pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
     ids = None
     if vocab:
         from ..data.vocab import token_ranking

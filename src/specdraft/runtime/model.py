@@ -48,11 +48,13 @@ WEIGHT_MAJOR_ROWS = 12
 
 
 def linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, w, b) for [N, in] rows; `w` may also be an int8 weight (runtime/quant.py). For 2..WEIGHT_MAJOR_ROWS fp32 rows on a CPU it computes
-    (w @ x^T)^T instead: MKL's product of a few rows with a transposed weight is far from its
-    one-row speed, the weight-major one is not, and a verification forward is exactly a few rows
-    (SmolLM2, 5 rows: 114 ms instead of 148; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10).
-    The result is a transposed view; bf16 (emulated on AVX2 CPUs) only gets slower this way."""
+    """F.linear(x, w, b) for [N, in] rows. `w` may also be an int8 or a oneDNN-packed weight
+    (runtime/quant.py, runtime/packed.py), which has its own product. For 2..WEIGHT_MAJOR_ROWS
+    dense fp32 rows on a CPU it computes (w @ x^T)^T instead: MKL's product of a few rows with a
+    transposed weight is far from its one-row speed, the weight-major one less so (SmolLM2, 5 rows:
+    114 ms instead of 148; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10); the packed
+    product is faster still (session 14). The result is a transposed view; bf16 (emulated on AVX2
+    CPUs) only gets slower this way."""
     if not isinstance(w, torch.Tensor):
         y = w.mm(x)
         return y if b is None else y + b
@@ -114,7 +116,9 @@ class Decoder(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        self.quant_head = None  # an int8 LM head used when no `head` is given (runtime/quant.py)
+        # The LM head's product when no `head` is given, if not the dense head: an int8 one
+        # (runtime/quant.py) or a oneDNN-packed one (runtime/packed.py).
+        self.fast_head = None
 
     @property
     def device(self) -> torch.device:
@@ -193,6 +197,6 @@ class Decoder(nn.Module):
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
         rows = x if logits_at is None else x[logits_at]
         if head is None:
-            head = self.head_weight() if self.quant_head is None else self.quant_head
+            head = self.head_weight() if self.fast_head is None else self.fast_head
         logits = linear(rows, head).float() if rows.shape[0] else None
         return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import SpecdraftError
 from .model import Decoder, rope_inv_freq
+from .packed import PRODUCTS, dense_weight
 
 
 class Int8Weight:
@@ -34,8 +35,8 @@ class Int8Weight:
     float32 rows (an approximation: weights to per-channel int8, each call's activations to
     uint8)."""
 
-    def __init__(self, w: torch.Tensor):
-        w = w.detach().float()
+    def __init__(self, w):
+        w = dense_weight(w).detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-8).double()
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
@@ -50,12 +51,13 @@ class Int8Weight:
 
 
 class Int8Linear(nn.Module):
-    """Stands where a `nn.Linear` stood: `.weight` is an `Int8Weight`, `.bias` the float bias."""
+    """Stands where a `nn.Linear` stood: `.weight` is an `Int8Weight` (made from a dense or packed
+    weight), `.bias` the float bias."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, weight, bias: torch.Tensor | None):
         super().__init__()
-        self.weight = Int8Weight(linear.weight)
-        self.bias = linear.bias
+        self.weight = Int8Weight(weight)
+        self.bias = bias
 
 
 def quantize_int8(model: Decoder) -> Decoder:
@@ -67,12 +69,16 @@ def quantize_int8(model: Decoder) -> Decoder:
     with torch.device("meta"):
         copy = Decoder(model.cfg)
     # Embedding, norms, biases: the same tensors as a float32 original (nothing copied); a bf16
-    # original's are converted (the embedding then costs one float32 copy).
-    state = {k: v.float() for k, v in model.state_dict().items()}
-    copy.load_state_dict(state, assign=True, strict=True)
+    # original's are converted (the embedding then costs one float32 copy). The products' weights
+    # are quantized one at a time from the original's (dense or packed), never all copied at once.
+    products = {f"layers.{i}.{name}.weight" for i in range(model.cfg.num_layers) for name in PRODUCTS}
+    state = {k: v.float() for k, v in model.named_parameters() if k not in products}
+    missing, unexpected = copy.load_state_dict(state, assign=True, strict=False)
+    if set(missing) - products or unexpected:
+        raise SpecdraftError(f"cannot copy this decoder for int8: missing {missing}, unexpected {unexpected}")
     copy.inv_freq = rope_inv_freq(model.cfg)
-    for layer in copy.layers:
-        for name in ("qkv", "o", "gate_up", "down"):
-            setattr(layer, name, Int8Linear(getattr(layer, name)))
-    copy.quant_head = Int8Weight(model.head_weight())
+    for src, layer in zip(model.layers, copy.layers):
+        for name in PRODUCTS:
+            setattr(layer, name, Int8Linear(getattr(src, name).weight, getattr(layer, name).bias))
+    copy.fast_head = Int8Weight(model.head_weight())
     return copy.eval().requires_grad_(False)

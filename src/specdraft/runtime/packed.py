@@ -1,0 +1,104 @@
+"""float32 weights prepacked for oneDNN, for the target's products on a CPU.
+
+`pack_decoder(model)` replaces, in place, the weights of a float32 CPU decoder's products (q/k/v,
+o, gate/up, down and the LM head) by `PackedWeight`s: the same values reordered once, at load, into
+oneDNN's blocked layout for its fp32 inner product. The values are not changed (`dense()` gives
+the original tensor back, bit for bit); only the order of the summation inside a product differs,
+as it does between any two BLAS kernels.
+
+Why: a verification forward is a few rows, and on an AVX2 CPU MKL's product of a few rows runs
+far from the one-row (memory-bound) speed, even weight-major (runtime.model.linear). The
+prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs about
+1.3 one-row forwards instead of 2.5 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
+
+The packed weights replace the dense ones (no second copy is kept). The LM head is packed beside
+the dense head, which the embedding (tied heads) and the trained drafters read. Anything that
+needs a layer's dense weight gets it from `dense_weight`.
+
+On other devices, dtypes, or a torch built without oneDNN, `pack_decoder` leaves the model as it is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+# The row count oneDNN prepares the layout for. 8 rows: the measured best for a draft tree's
+# verification on both shipped models, at a one-row cost within noise of the dense product.
+PACK_ROWS = 8
+
+
+def available(model) -> bool:
+    """Whether `model` (a Decoder) can be packed here."""
+    return (model.device.type == "cpu" and model.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def wanted() -> bool:
+    """Packing is on unless SPECDRAFT_PACK=0."""
+    return os.environ.get("SPECDRAFT_PACK", "1") != "0"
+
+
+class PackedWeight:
+    """A [out, in] float32 weight in oneDNN's layout; `mm(x)` is x @ W^T for [N, in] rows."""
+
+    def __init__(self, w: torch.Tensor, rows: int = PACK_ROWS):
+        w = w.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
+            raise ValueError(f"PackedWeight packs 2-d float32 CPU weights, not {w.dtype} {w.device.type} {w.dim()}-d")
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+        self.shape = tuple(w.shape)
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")
+
+    def dense(self) -> torch.Tensor:
+        """The original [out, in] weight (a new tensor)."""
+        return self.packed.to_dense()
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+class PackedLinear(nn.Module):
+    """Stands where a `nn.Linear` stood: `.weight` is a `PackedWeight`, `.bias` the float bias. Its
+    state_dict still holds a dense `weight`, so a packed model saves and copies like the original."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = PackedWeight(linear.weight)
+        self.bias = linear.bias
+        self._register_state_dict_hook(_dense_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.weight.mm(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], self.weight.shape[0])
+        return y if self.bias is None else y + self.bias
+
+
+def _dense_state(module: PackedLinear, state: dict, prefix: str, local_metadata) -> None:
+    state[prefix + "weight"] = module.weight.dense()
+
+
+def dense_weight(w) -> torch.Tensor:
+    """The dense tensor of a weight that may be packed."""
+    return w.dense() if isinstance(w, PackedWeight) else w
+
+
+PRODUCTS = ("qkv", "o", "gate_up", "down")
+
+
+def pack_decoder(model) -> bool:
+    """Pack `model`'s products in place (see the module doc); returns whether it did. Idempotent."""
+    if not available(model) or model.fast_head is not None:
+        return False
+    for layer in model.layers:
+        for name in PRODUCTS:
+            lin = getattr(layer, name)
+            if isinstance(lin, nn.Linear):
+                setattr(layer, name, PackedLinear(lin))
+    model.fast_head = PackedWeight(model.head_weight())
+    return True

@@ -1,0 +1,93 @@
+"""float32 weights prepacked for oneDNN (runtime/packed.py): the values are kept bit for bit, the
+products match the dense ones to rounding, a packed model decodes the same tokens, and what reads
+dense weights (state_dict, the int8 copy, the batched decoder) still gets them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_decoder
+
+from specdraft.engine import generate_ids
+from specdraft.runtime import packed
+from specdraft.runtime.model import linear
+from specdraft.runtime.packed import PackedLinear, PackedWeight, pack_decoder
+from specdraft.runtime.quant import quantize_int8
+from specdraft.runtime.sampling import SamplingParams
+
+pytestmark = pytest.mark.skipif(not packed.available(tiny_decoder()), reason="torch built without oneDNN")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 9, 13, 40])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_packed_product_is_the_dense_one(rows, bias):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(48, 64, generator=g)
+    x = torch.randn(rows, 64, generator=g)
+    b = torch.randn(48, generator=g) if bias else None
+    p = PackedWeight(w)
+    assert torch.equal(p.dense(), w)  # the values are reordered, not changed
+    assert p.numel() == w.numel() and p.shape == tuple(w.shape)
+    exact = F.linear(x, w, b)
+    y = linear(x, p, b)
+    assert y.shape == exact.shape and y.dtype == torch.float32
+    assert torch.allclose(y, exact, rtol=1e-5, atol=1e-5)
+    # another weight gives another product: the packed weight really is this one
+    assert not torch.allclose(linear(x, PackedWeight(w.flip(0)), b), exact, atol=1e-2)
+
+
+def test_only_float32_cpu_weights_are_packed():
+    with pytest.raises(ValueError, match="float32"):
+        PackedWeight(torch.randn(4, 4, dtype=torch.bfloat16))
+
+
+def test_packed_linear_takes_any_leading_shape_and_saves_dense():
+    lin = torch.nn.Linear(16, 8)
+    p = PackedLinear(lin)
+    x = torch.randn(3, 5, 16)
+    assert torch.allclose(p(x), lin(x), rtol=1e-5, atol=1e-5)
+    state = p.state_dict()
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], lin.weight)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_a_packed_decoder_computes_the_same_logits_and_keeps_its_state(family):
+    dense = tiny_decoder(vocab=97, seed=3, family=family)
+    model = tiny_decoder(vocab=97, seed=3, family=family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert pack_decoder(model) and not pack_decoder(model)  # packs once
+    assert isinstance(model.layers[0].qkv, PackedLinear) and isinstance(model.fast_head, PackedWeight)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    tokens, pos = torch.tensor([1, 5, 9, 20, 33, 7, 2, 64, 11]), torch.arange(9)
+    for n in (9, 1, 4):  # a prefill, then one-row and tree-sized forwards on the cache
+        ref = dense(tokens[:n], pos[:n], dense.new_cache(16)).logits
+        out = model(tokens[:n], pos[:n], model.new_cache(16)).logits
+        assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
+        assert torch.equal(out.argmax(-1), ref.argmax(-1))
+
+
+def test_bf16_models_are_left_dense():
+    model = tiny_decoder(vocab=97, seed=1).to(torch.bfloat16)
+    assert not pack_decoder(model) and model.fast_head is None
+    assert isinstance(model.layers[0].qkv, torch.nn.Linear)
+
+
+def test_the_int8_copy_of_a_packed_model_is_the_copy_of_the_dense_one():
+    dense = tiny_decoder(vocab=97, seed=4)
+    model = tiny_decoder(vocab=97, seed=4)
+    pack_decoder(model)
+    tokens, pos = torch.tensor([3, 8, 1, 40, 2]), torch.arange(5)
+    qd, qp = quantize_int8(dense), quantize_int8(model)
+    assert torch.equal(qp(tokens, pos, qp.new_cache(8)).logits, qd(tokens, pos, qd.new_cache(8)).logits)
+    assert qp.embed.weight.data_ptr() == model.embed.weight.data_ptr()
+
+
+def test_greedy_decoding_on_a_packed_model_is_plain_decoding():
+    dense = tiny_decoder(vocab=97, seed=5, layers=3)
+    model = tiny_decoder(vocab=97, seed=5, layers=3)
+    pack_decoder(model)
+    prompt = [5, 17, 3, 88, 41, 9]
+    greedy = SamplingParams(temperature=0.0)
+    ref, _ = generate_ids(dense, prompt, max_new_tokens=24, params=greedy, eos_ids=frozenset())
+    out, _ = generate_ids(model, prompt, max_new_tokens=24, params=greedy, eos_ids=frozenset())
+    assert out == ref
