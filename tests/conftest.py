@@ -73,6 +73,15 @@ def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float =
     return model.eval().requires_grad_(False)
 
 
+def product_case(rows: int, bias: bool, out: int = 48, inp: int = 64):
+    """A random [out, inp] weight, `rows` input rows and an optional bias, seeded by `rows`: the
+    operands of one product test."""
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(out, inp, generator=g)
+    x = torch.randn(rows, inp, generator=g)
+    return w, x, torch.randn(out, generator=g) if bias else None
+
+
 def perturbed(model, noise: float, seed: int):
     """A copy of `model` with Gaussian noise on its weights: a draft model that agrees often, not always."""
     import copy

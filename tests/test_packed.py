@@ -5,7 +5,7 @@ dense weights (state_dict, the int8 copy, the batched decoder) still gets them."
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_decoder
+from conftest import product_case, tiny_decoder
 
 from specdraft.engine import generate_ids
 from specdraft.runtime import packed
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.skipif(not packed.available(tiny_decoder()), reason="to
 @pytest.mark.parametrize("rows", [1, 2, 5, 9, 13, 40])
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_packed_product_is_the_dense_one(rows, bias):
-    g = torch.Generator().manual_seed(rows)
-    w = torch.randn(48, 64, generator=g)
-    x = torch.randn(rows, 64, generator=g)
-    b = torch.randn(48, generator=g) if bias else None
+    w, x, b = product_case(rows, bias)
     p = PackedWeight(w)
     assert torch.equal(p.dense(), w)  # the values are reordered, not changed
     assert p.numel() == w.numel() and p.shape == tuple(w.shape)

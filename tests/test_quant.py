@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_decoder
+from conftest import product_case, tiny_decoder
 
 from specdraft import SpecdraftError
 from specdraft.drafters import _draft_model
@@ -21,10 +21,7 @@ from specdraft.runtime.quant import Int8Linear, Int8Weight, quantize_int8
 @pytest.mark.parametrize("rows", [1, 2, 5, 12, 40])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_product_approximates_the_float_one(rows, bias):
-    g = torch.Generator().manual_seed(rows)
-    w = torch.randn(48, 64, generator=g)
-    x = torch.randn(rows, 64, generator=g)
-    b = torch.randn(48, generator=g) if bias else None
+    w, x, b = product_case(rows, bias)
     exact = F.linear(x, w, b)
     approx = linear(x, Int8Weight(w), b)
     assert approx.shape == exact.shape and approx.dtype == torch.float32
