@@ -21,6 +21,7 @@ def test_bench_end_to_end(tiny_llm_dir, tmp_path, capsys):
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     assert set(s["methods"]) == {"plain", "lookup", "hf-plain"} and s["dtype"] == "float32"
+    assert isinstance(s["packed_weights"], bool)
     for m in s["methods"].values():
         assert set(m["categories"]) == {"chat", "math"} and m["overall"]["questions"] == 4
         for key in ("tau", "acceptance_rate", "tokens_per_s", "speedup", "new_tokens", "questions", "greedy_match"):

@@ -65,11 +65,12 @@ def test_cli_json_output(llm32, smollm2_dir):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     for key in ("text", "token_ids", "new_tokens", "target_forwards", "tau", "acceptance_rate", "tokens_per_s",
-                "wall_s", "model", "drafter", "dtype"):
+                "wall_s", "model", "drafter", "dtype", "packed_weights"):
         assert key in d
     assert d["token_ids"] == llm32.generate(PROMPTS["math"], max_new_tokens=24).token_ids
     assert d["new_tokens"] == len(d["token_ids"]) == d["target_forwards"] and d["tau"] == 1.0
     assert d["acceptance_rate"] is None and d["drafter"] == "plain" and d["dtype"] == "float32"
+    assert d["packed_weights"] is llm32.packed  # the CLI loads as LLM does: packed wherever this CPU can
 
 
 def test_cli_streams_prompt_from_stdin(smollm2_dir):

@@ -88,3 +88,19 @@ def test_greedy_decoding_on_a_packed_model_is_plain_decoding():
     ref, _ = generate_ids(dense, prompt, max_new_tokens=24, params=greedy, eos_ids=frozenset())
     out, _ = generate_ids(model, prompt, max_new_tokens=24, params=greedy, eos_ids=frozenset())
     assert out == ref
+
+
+def test_llm_packs_float32_unless_told_not_to(tiny_llm_dir, monkeypatch):
+    from specdraft import LLM
+
+    packed_llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    dense_llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False, pack=False)
+    monkeypatch.setenv("SPECDRAFT_PACK", "0")
+    env_llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    assert packed_llm.packed and isinstance(packed_llm.model.layers[0].gate_up, PackedLinear)
+    assert not dense_llm.packed and not env_llm.packed
+    assert isinstance(env_llm.model.layers[0].gate_up, torch.nn.Linear)
+    a = packed_llm.generate("hello there", max_new_tokens=16, drafter="lookup")
+    b = dense_llm.generate("hello there", max_new_tokens=16, drafter=None)
+    assert a.token_ids == b.token_ids
+    assert a.to_json()["packed_weights"] is True and b.to_json()["packed_weights"] is False

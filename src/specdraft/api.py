@@ -75,6 +75,7 @@ class GenerationResult:
     model: str
     drafter: str
     dtype: str
+    packed_weights: bool = False  # float32 weights prepacked for oneDNN (runtime/packed.py)
 
     @property
     def new_tokens(self) -> int:
@@ -103,6 +104,7 @@ class GenerationResult:
             "drafter_info": s.extra,
             **({"route": s.extra["route"]} if "route" in s.extra else {}),  # knn-ssd: the route taken
             "dtype": self.dtype,
+            "packed_weights": self.packed_weights,
         }
 
 
@@ -177,6 +179,7 @@ class LLM:
         return GenerationResult(
             text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
             model=self.name, drafter=d.name if d is not None else "plain", dtype=self.dtype_name,
+            packed_weights=self.packed,
         )
 
     def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:

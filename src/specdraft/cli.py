@@ -326,7 +326,7 @@ def cmd_bench(a) -> int:
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
     failures: dict[str, str] = {}
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, failures=failures)
-    summary = {"model": llm.name, "dtype": llm.dtype_name, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+    summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
                "mix": a.mix, "stream": [q.category for q in questions],
                "date": datetime.date.today().isoformat(), "methods": summarize(records), "failures": failures}
     out = Path(a.out)
