@@ -122,7 +122,7 @@ class LLM:
         self.name = model if model in zoo.ZOO else str(self.path)
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
-        self.packed = packed.pack_decoder(self.model) if (packed.wanted() if pack is None else pack) else False
+        self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
         self._drafters: dict[str, Drafter | None] = {}
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request

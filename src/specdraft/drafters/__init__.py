@@ -178,7 +178,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
         from ..runtime.quant import quantize_int8
 
         model = quantize_int8(model)
-    elif name != "self" and getattr(llm, "packed", False):
+    elif llm.packed:  # (draft-model:self without quant was refused above)
         from ..runtime.packed import pack_decoder
 
         pack_decoder(model)  # a draft model of the target's dtype, packed as the target is

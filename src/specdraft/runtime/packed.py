@@ -8,8 +8,8 @@ as it does between any two BLAS kernels.
 
 Why: a verification forward is a few rows, and on an AVX2 CPU MKL's product of a few rows runs
 far from the one-row (memory-bound) speed, even weight-major (runtime.model.linear). The
-prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs about
-1.3 one-row forwards instead of 2.5 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
+prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs 1.5
+one-row forwards instead of 3.0 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
 
 The packed weights replace the dense ones (no second copy is kept). The LM head is packed beside
 the dense head, which the embedding (tied heads) and the trained drafters read. Anything that
@@ -50,8 +50,6 @@ class PackedWeight:
             raise ValueError(f"PackedWeight packs 2-d float32 CPU weights, not {w.dtype} {w.device.type} {w.dim()}-d")
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
         self.shape = tuple(w.shape)
-        self.dtype = torch.float32
-        self.device = torch.device("cpu")
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")
@@ -97,8 +95,6 @@ def pack_decoder(model) -> bool:
         return False
     for layer in model.layers:
         for name in PRODUCTS:
-            lin = getattr(layer, name)
-            if isinstance(lin, nn.Linear):
-                setattr(layer, name, PackedLinear(lin))
+            setattr(layer, name, PackedLinear(getattr(layer, name)))
     model.fast_head = PackedWeight(model.head_weight())
     return True
