@@ -54,14 +54,16 @@ def smollm2_dir():
     return zoo.resolve("smollm2-135m", progress=False)
 
 
-def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float = 0.25, family: str = "qwen2"):
-    """A random-weight Decoder built directly (no HF round trip), float32, on the CPU."""
+def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float = 0.25, family: str = "qwen2",
+                 tie: bool = False):
+    """A random-weight Decoder built directly (no HF round trip), float32, on the CPU; its LM head
+    is a matrix of its own unless `tie` (then the embedding's)."""
     from specdraft.runtime.config import ModelConfig
     from specdraft.runtime.model import Decoder
 
     cfg = ModelConfig(family=family, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=layers,
                       num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=1e4,
-                      max_position_embeddings=256, tie_word_embeddings=False, attention_bias=family == "qwen2")
+                      max_position_embeddings=256, tie_word_embeddings=tie, attention_bias=family == "qwen2")
     torch.manual_seed(seed)
     model = Decoder(cfg)
     with torch.no_grad():

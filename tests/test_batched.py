@@ -8,12 +8,15 @@ from conftest import tiny_decoder
 
 from specdraft.engine import generate_ids
 from specdraft.runtime.batched import greedy_batch
+from specdraft.runtime.packed import pack_decoder
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
+@pytest.mark.parametrize("family,packed", [("qwen2", False), ("llama", False), ("llama", True)])
 @pytest.mark.parametrize("seed", range(3))
-def test_greedy_batch_equals_plain_decoding_per_row(family, seed):
+def test_greedy_batch_equals_plain_decoding_per_row(family, packed, seed):
     model = tiny_decoder(vocab=97, seed=seed, family=family)
+    if packed:  # products and the untied LM head in oneDNN's layout (runtime/packed.py)
+        assert pack_decoder(model)
     rng = random.Random(seed)
     prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 12))] for _ in range(5)]
     eos = frozenset({rng.randrange(97), rng.randrange(97)})

@@ -216,6 +216,7 @@ def test_routes_are_kept_per_dtype(tiny_llm, tmp_path, monkeypatch):
     f32 = stored["routes"]["float32"]
     assert {d: v["route"] for d, v in f32["domains"].items()} == timed
     assert f32["candidates"] == ["lookup"] and f32["timed_on"].startswith("cpu ") and "routes_measure_prompts" not in stored["settings"]
+    assert f32["timed_on"].endswith(", packed") == tiny_llm.packed  # packed weights make verification cheaper
     assert route_table(stored, "bfloat16")["dtype"] == "bfloat16"
     assert route_table(stored, "bfloat16")["domains"]["code"]["route"] == "skipset:code"
     for p, domain in zip(PROMPTS, ["code", "translation"]):

@@ -46,15 +46,21 @@ def test_packed_linear_takes_any_leading_shape_and_saves_dense():
     assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], lin.weight)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_a_packed_decoder_computes_the_same_logits_and_keeps_its_state(family):
-    dense = tiny_decoder(vocab=97, seed=3, family=family)
-    model = tiny_decoder(vocab=97, seed=3, family=family)
+@pytest.mark.parametrize("family,tie", [("qwen2", False), ("llama", False), ("llama", True)])
+def test_a_packed_decoder_computes_the_same_logits_and_keeps_its_state(family, tie):
+    dense = tiny_decoder(vocab=97, seed=3, family=family, tie=tie)
+    model = tiny_decoder(vocab=97, seed=3, family=family, tie=tie)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert pack_decoder(model) and not pack_decoder(model)  # packs once
     assert isinstance(model.layers[0].qkv, PackedLinear) and isinstance(model.fast_head, PackedWeight)
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    # An untied head is kept packed only (no dense copy beside it); a tied one is the embedding.
+    assert (model.lm_head is None) == tie and all(isinstance(p, torch.Tensor) for p in model.parameters())
+    assert not any(name.startswith("lm_head") for name, _ in model.named_parameters())
+    assert torch.equal(model.head_weight(), dense.head_weight())
+    rows = torch.randn(3, 32)
+    assert torch.allclose(model.head_logits(rows), dense.head_logits(rows), rtol=1e-5, atol=1e-5)
     tokens, pos = torch.tensor([1, 5, 9, 20, 33, 7, 2, 64, 11]), torch.arange(9)
     for n in (9, 1, 4):  # a prefill, then one-row and tree-sized forwards on the cache
         ref = dense(tokens[:n], pos[:n], dense.new_cache(16)).logits
@@ -77,6 +83,7 @@ def test_the_int8_copy_of_a_packed_model_is_the_copy_of_the_dense_one():
     qd, qp = quantize_int8(dense), quantize_int8(model)
     assert torch.equal(qp(tokens, pos, qp.new_cache(8)).logits, qd(tokens, pos, qd.new_cache(8)).logits)
     assert qp.embed.weight.data_ptr() == model.embed.weight.data_ptr()
+    assert qp.lm_head is model.lm_head and torch.equal(qp.head_weight(), qd.head_weight())  # the packed head, shared
 
 
 def test_greedy_decoding_on_a_packed_model_is_plain_decoding():

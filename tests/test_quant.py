@@ -98,6 +98,28 @@ def test_shared_copy_in_a_hybrid_and_with_a_drafting_vocabulary(seed):
     assert set(prompt) <= set(d.vocab.ids[: d.vocab.n].tolist())
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_branch_adds_runner_ups_only_at_uncertain_steps(seed):
+    """`branch=P`: a drafted step gets siblings only when the copy's top-1 probability is below P;
+    the output stays plain decoding's."""
+    target = tiny_decoder(vocab=97, seed=seed)
+    prompt = random.Random(seed).choices(range(97), k=6)
+    ref, _ = generate_ids(target, prompt, max_new_tokens=30)
+    q = quantize_int8(target)
+    seen = {}
+    for branch in (1.0, 0.5, 1e-9):
+        d = DraftModelDrafter(q, "self?quant=int8", tree_width=3, branch=branch, confidence=0.0, shared=True)
+        drafts, propose = [], d.propose
+        d.propose = lambda ctx: drafts.append(propose(ctx)) or drafts[-1]
+        out, _ = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
+        assert out == ref
+        seen[branch] = sum(len(x.tokens) - len(set(x.parents)) for x in drafts)  # siblings beyond the first child
+    assert seen[1e-9] == 0 and seen[1.0] > 0
+    assert seen[0.5] <= seen[1.0]
+    with pytest.raises(SpecdraftError, match="branch= is a probability"):
+        DraftModelDrafter(q, "self?quant=int8", branch=0)
+
+
 def test_bad_quant_options_are_refused_before_loading():
     with pytest.raises(SpecdraftError, match="quant= takes int8"):
         _draft_model("self", None, quant="int4")

@@ -191,6 +191,8 @@ def _drafter(kind, small):
 
         return DraftModelDrafter(quantize_int8(small), "self?quant=int8", length=3, tree_width=2, confidence=0.0,
                                  shared=True)
+    if kind == "tree-q-branch":  # runner-ups only at the steps where q's top-1 is below 0.6
+        return DraftModelDrafter(perturbed(small, 0.3, 1), "tiny", length=3, tree_width=2, branch=0.6, confidence=0.0)
     if kind == "tree-onehot":
         return ScriptedDrafter([0] * 100, "tree", 0, V)  # random trees with shared prefixes
     if kind == "tree-q-subvocab":  # q is 0 outside a drafting vocabulary of 3 of the 5 tokens
@@ -203,7 +205,7 @@ def _drafter(kind, small):
     return LookupDrafter(num_tokens=3)
 
 
-@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-int8", "tree-q-subvocab", "tree-onehot", "lookup", "hybrid-union", "hybrid-first"])
+@pytest.mark.parametrize("kind", ["chain-q", "tree-q", "tree-q-branch", "tree-int8", "tree-q-subvocab", "tree-onehot", "lookup", "hybrid-union", "hybrid-first"])
 def test_sampling_distribution_matches_plain(small, kind):
     params = SamplingParams(temperature=1.0, top_k=4)
     exact = exact_distribution(small, params)

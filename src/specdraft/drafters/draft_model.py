@@ -3,8 +3,10 @@
 The draft model keeps its own KV cache in step with the committed text: each step it first reads
 the committed tokens it has not seen (usually the last bonus token), then drafts autoregressively
 into uncommitted slots. After verification the slots of accepted drafted tokens are committed,
-the rest are simply overwritten next time. Optionally the top alternatives of each step are added
-as leaf siblings (a tree the target checks in the same forward).
+the rest are simply overwritten next time. Optionally (`tree_width` > 1) the top alternatives of a
+step are added as leaf siblings, a tree the target checks in the same forward: at every step, or
+with `branch=P` only at the uncertain steps, those where the draft's own top-1 probability is below
+P (where the draft most often disagrees with the target; the leaves cost a verification row each).
 
 With `draft_vocab` (token ids) the draft model's LM head keeps only those rows (`DraftVocab`):
 each drafted token costs less, and tokens outside the set are never drafted (their draft
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SpecdraftError
 from ..runtime.model import Decoder
 from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
@@ -61,7 +64,7 @@ class DraftVocab:
 
 class DraftModelDrafter(Drafter):
     def __init__(self, model: Decoder, name: str, *, length: int = 4, max_length: int = 12,
-                 tree_width: int = 1, confidence: float = 0.3, target_vocab: int | None = None,
+                 tree_width: int = 1, branch: float = 1.0, confidence: float = 0.3, target_vocab: int | None = None,
                  draft_vocab: list[int] | None = None, shared: bool = False):
         self.model = model
         self.shared = shared
@@ -71,6 +74,9 @@ class DraftModelDrafter(Drafter):
         self.initial_length = length
         self.max_length = max_length
         self.tree_width = max(1, tree_width)
+        if not 0 < branch <= 1:
+            raise SpecdraftError(f"draft-model branch= is a probability in (0, 1] (branch=0.8), got {branch!r}")
+        self.branch = branch  # runner-ups only where the draft's top-1 probability is below this
         self.confidence = confidence  # stop drafting once the draft's own top-1 probability is below this
         self.target_vocab = target_vocab or model.cfg.vocab_size
         self.vocab = None
@@ -130,16 +136,15 @@ class DraftModelDrafter(Drafter):
         self.main, self.fed = [], 0
         parent = -1
         for step in range(min(self.length, budget)):
+            # The width depends on the draft distribution only (never on what is sampled from it).
+            probs = logits.float().softmax(-1)[0] if ctx.params.greedy else target_probs(logits.float(), ctx.params)[0]
+            conf = probs.max().item()
+            width = min(self.tree_width if conf < self.branch else 1, budget - len(tokens))
             if ctx.params.greedy:
-                probs = logits.float().softmax(-1)[0]
-                width = min(self.tree_width, budget - len(tokens))
                 picks = torch.topk(probs, width).indices.tolist()
-                conf = probs[picks[0]].item()
             else:
-                probs = target_probs(logits.float(), ctx.params)[0]
-                width = min(self.tree_width, budget - len(tokens), int((probs > 0).sum()))
+                width = min(width, int((probs > 0).sum()))
                 picks = torch.multinomial(probs, width, replacement=False, generator=ctx.generator).tolist()
-                conf = probs.max().item()
             main = len(tokens)
             for tok in picks:  # main pick first, so the verifier tries it first
                 tokens.append(tok)
@@ -170,5 +175,5 @@ class DraftModelDrafter(Drafter):
             self.length = max(1, self.length - 1)
 
     def describe(self) -> dict:
-        return {"draft_length": self.length, "tree_width": self.tree_width,
+        return {"draft_length": self.length, "tree_width": self.tree_width, "branch": self.branch,
                 "draft_vocab": None if self.vocab is None else self.vocab.n}

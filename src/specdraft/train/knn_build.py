@@ -116,10 +116,11 @@ def measure_routes(llm, domains, measure_sets: dict, skips: dict, candidates, to
 
 def timed_on(llm) -> str:
     """The hardware a route table was timed on: the GPU's name, or torch's CPU capability
-    (AVX2, AVX512, ...)."""
+    (AVX2, AVX512, ...), and whether the float32 weights were packed for oneDNN (runtime/packed.py,
+    which makes verification cheaper)."""
     if llm.device.type == "cuda":
         return torch.cuda.get_device_name(llm.device)
-    return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}" + (", packed" if llm.packed else "")
 
 
 def set_routes(meta: dict, table: dict, dtype: str, **settings) -> bool:
