@@ -15,7 +15,7 @@ from specdraft.runtime.packed import pack_decoder
 @pytest.mark.parametrize("seed", range(3))
 def test_greedy_batch_equals_plain_decoding_per_row(family, packed, seed):
     model = tiny_decoder(vocab=97, seed=seed, family=family)
-    if packed:  # products and the untied LM head in oneDNN's layout (runtime/packed.py)
+    if packed:  # products and LM head in oneDNN's layout (runtime/packed.py)
         assert pack_decoder(model)
     rng = random.Random(seed)
     prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 12))] for _ in range(5)]

@@ -98,7 +98,7 @@ def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
             prompt_h.append(x[-min(keep, n):])
             if layers:
                 prompt_l.append(lx[0, -min(keep, n):])
-            prompt_argmax.append(model.head_logits(prompt_h[-1]).argmax(-1).tolist())
+            prompt_argmax.append(F.linear(prompt_h[-1], model.head_weight()).argmax(-1).tolist())
     h = torch.stack(last)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
     states, layer_states = [], []
@@ -106,7 +106,7 @@ def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
     steps = 0
     for s in range(max_new_tokens):
-        tok = model.head_logits(h).argmax(-1)
+        tok = F.linear(h, model.head_weight()).argmax(-1)
         out[:, s] = tok
         steps = s + 1
         done |= torch.isin(tok, eos)

@@ -129,16 +129,7 @@ class Decoder(nn.Module):
         return self.embed.weight.dtype
 
     def head_weight(self) -> torch.Tensor:
-        """The dense [vocab, hidden] LM head (a new tensor when the head is packed: for products use
-        `head_logits`)."""
-        if self.lm_head is None:
-            return self.embed.weight
-        w = self.lm_head.weight
-        return w if isinstance(w, torch.Tensor) else w.dense()
-
-    def head_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """The LM head's product for [N, hidden] final-norm rows, through the fast head if any."""
-        return linear(rows, self.head_weight() if self.fast_head is None else self.fast_head)
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.cfg, capacity, self.dtype, self.device)
@@ -205,8 +196,7 @@ class Decoder(nn.Module):
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
         rows = x if logits_at is None else x[logits_at]
-        if not rows.shape[0]:
-            logits = None
-        else:
-            logits = (self.head_logits(rows) if head is None else linear(rows, head)).float()
+        if head is None:
+            head = self.head_weight() if self.fast_head is None else self.fast_head
+        logits = linear(rows, head).float() if rows.shape[0] else None
         return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)

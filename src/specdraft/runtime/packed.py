@@ -11,10 +11,9 @@ far from the one-row (memory-bound) speed, even weight-major (runtime.model.line
 prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs 1.5
 one-row forwards instead of 3.0 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
 
-The packed weights replace the dense ones (no second copy is kept), the LM head's included when it
-is a matrix of its own (`Decoder.head_weight()` then unpacks a dense copy for whoever asks, e.g. a
-trained drafter when it loads). A head tied to the embedding is packed beside it: the embedding
-keeps the dense table. Anything that needs a layer's dense weight gets it from `dense_weight`.
+The packed weights replace the dense ones (no second copy is kept). The LM head is packed beside
+the dense head, which the embedding (tied heads) and the trained drafters read. Anything that
+needs a layer's dense weight gets it from `dense_weight`.
 
 On other devices, dtypes, or a torch built without oneDNN, `pack_decoder` leaves the model as it is.
 """
@@ -97,9 +96,5 @@ def pack_decoder(model) -> bool:
     for layer in model.layers:
         for name in PRODUCTS:
             setattr(layer, name, PackedLinear(getattr(layer, name)))
-    if model.lm_head is None:  # tied: the embedding keeps the dense table
-        model.fast_head = PackedWeight(model.embed.weight)
-    else:  # untied: only the packed head is kept (qwen2.5-coder-1.5b: 0.93 GB less)
-        model.lm_head = PackedLinear(model.lm_head)
-        model.fast_head = model.lm_head.weight
+    model.fast_head = PackedWeight(model.head_weight())
     return True

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import SpecdraftError
 from .model import Decoder, rope_inv_freq
-from .packed import PRODUCTS, PackedLinear, dense_weight
+from .packed import PRODUCTS, dense_weight
 
 
 class Int8Weight:
@@ -72,16 +72,11 @@ def quantize_int8(model: Decoder) -> Decoder:
     # original's are converted (the embedding then costs one float32 copy). The products' weights
     # are quantized one at a time from the original's (dense or packed), never all copied at once.
     products = {f"layers.{i}.{name}.weight" for i in range(model.cfg.num_layers) for name in PRODUCTS}
-    packed_head = isinstance(model.lm_head, PackedLinear)
-    if packed_head:  # an untied packed head has no dense weight to share: the copy shares the module
-        products.add("lm_head.weight")
     state = {k: v.float() for k, v in model.named_parameters() if k not in products}
     missing, unexpected = copy.load_state_dict(state, assign=True, strict=False)
     if set(missing) - products or unexpected:
         raise SpecdraftError(f"cannot copy this decoder for int8: missing {missing}, unexpected {unexpected}")
     copy.inv_freq = rope_inv_freq(model.cfg)
-    if packed_head:
-        copy.lm_head = model.lm_head
     for src, layer in zip(model.layers, copy.layers):
         for name in PRODUCTS:
             setattr(layer, name, Int8Linear(getattr(src, name).weight, getattr(layer, name).bias))

@@ -72,7 +72,7 @@ def matchness(model: Decoder, data: list[MatchPrompt], skip: SkipSet) -> float:
 def sublayer_sizes(model: Decoder) -> tuple[list[int], list[int], int]:
     attn = [l.qkv.weight.numel() + l.o.weight.numel() for l in model.layers]
     mlp = [l.gate_up.weight.numel() + l.down.weight.numel() for l in model.layers]
-    return attn, mlp, model.cfg.vocab_size * model.cfg.hidden_size  # the LM head
+    return attn, mlp, model.head_weight().numel()
 
 
 def cost(sizes: tuple[list[int], list[int], int], skip: SkipSet) -> float:
