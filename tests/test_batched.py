@@ -74,6 +74,18 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     want_l = fwd.layer_hidden[1][len(enc) - min(4, len(enc)):len(seq) - 1]
     assert meta["layers"] == [1]  # residual states are unnormalised (large): compare directions, bf16
     assert torch.cosine_similarity(s0["layers"][rows][:, 0].float(), want_l.float(), dim=-1).min() > 0.995
+    # the base is packed for oneDNN as LLM packs it (float32 on a CPU), unless SPECDRAFT_PACK=0;
+    # the stored tokens are the same either way
+    from specdraft.runtime import packed
+
+    assert meta["packed_weights"] == packed.available(dec)
+    monkeypatch.setenv("SPECDRAFT_PACK", "0")
+    data.build_distill(str(tiny_llm_dir), tmp_path / "dense", **kw)
+    monkeypatch.delenv("SPECDRAFT_PACK")
+    assert __import__("json").loads((tmp_path / "dense" / "data.json").read_text())["packed_weights"] is False
+    d0 = load_file(str(tmp_path / "dense" / shards[0].name))
+    assert torch.equal(d0["next"], s0["next"]) and torch.equal(d0["greedy"], s0["greedy"])
+    assert torch.allclose(d0["hidden"].float(), s0["hidden"].float(), atol=0.1, rtol=0.05)
     # resume: a lost shard is rebuilt exactly, the others are kept
     before = load_file(str(shards[1]))
     shards[1].unlink()

@@ -121,6 +121,14 @@ def _decoder_settings(dec, layers: tuple[int, ...]) -> dict:
     return {"dtype": str(dec.dtype).removeprefix("torch."), **({"layers": list(layers)} if layers else {})}
 
 
+def _pack(dec) -> bool:
+    """Pack a float32 CPU base for oneDNN as `LLM` does (unless SPECDRAFT_PACK=0): the batched
+    generation's few-row products run faster packed (docs/BENCHMARKS.md, session 16)."""
+    from ..runtime import packed
+
+    return packed.wanted() and packed.pack_decoder(dec)
+
+
 @torch.inference_mode()
 def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: int = 400,
                   max_new_tokens: int = 192, max_prompt_tokens: int = 384, batch_size: int = 24,
@@ -137,10 +145,12 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     path = zoo.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
+    packed = _pack(dec)
     shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
                            "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "batch_size": batch_size, "context": context, "seed": seed,
                            **_decoder_settings(dec, layers)})
+    shards.meta["packed_weights"] = packed  # how the latest run computed (not a setting: same data either way)
     tok = Tokenizer(path)
     prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     pad = sorted(tok.eos_ids)[0]
@@ -192,11 +202,13 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
     path = zoo.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
+    packed = _pack(dec)
     shards = _Shards(out, {"format": FORMAT, "model": model, "source": "sharegpt-written", "conversations": conversations,
                            "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
                            "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
                            "per_shard": per_shard, "context": context, "seed": seed,
                            **_decoder_settings(dec, layers)})
+    shards.meta["packed_weights"] = packed  # how the latest run computed (not a setting: same data either way)
     taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
     pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
     random.Random(seed + 1).shuffle(pairs)
