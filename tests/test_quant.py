@@ -2,6 +2,7 @@
 model is untouched and shares its embedding, and drafting with the copy is lossless."""
 
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -114,7 +115,18 @@ def test_branch_adds_runner_ups_only_at_uncertain_steps(seed):
         out, _ = generate_ids(target, prompt, max_new_tokens=30, drafter=d)
         assert out == ref
         seen[branch] = sum(len(x.tokens) - len(set(x.parents)) for x in drafts)  # siblings beyond the first child
+        if branch == 1.0:  # every step branches, however certain the copy is (but the last may hit the budget)
+            widths = [list(Counter(x.parents).values()) for x in drafts]
+            assert all(set(w[:-1]) <= {3} for w in widths), widths
     assert seen[1e-9] == 0 and seen[1.0] > 0
+    # branch=1 (the default) branches even a step whose top-1 probability rounds to exactly 1
+    d = DraftModelDrafter(q, "self?quant=int8", tree_width=3, confidence=0.0, shared=True)
+    forward, drafts, propose = d._forward, [], d.propose
+    d._forward = lambda *a, **k: forward(*a, **k) * 1e4  # same argmax, softmax saturated to 1.0
+    d.propose = lambda ctx: drafts.append(propose(ctx)) or drafts[-1]
+    assert generate_ids(target, prompt, max_new_tokens=30, drafter=d)[0] == ref
+    assert all(set(list(Counter(x.parents).values())[:-1]) <= {3} for x in drafts)
+    assert sum(len(x.tokens) - len(set(x.parents)) for x in drafts) > 0
     assert seen[0.5] <= seen[1.0]
     with pytest.raises(SpecdraftError, match="branch= is a probability"):
         DraftModelDrafter(q, "self?quant=int8", branch=0)

@@ -139,7 +139,8 @@ class DraftModelDrafter(Drafter):
             # The width depends on the draft distribution only (never on what is sampled from it).
             probs = logits.float().softmax(-1)[0] if ctx.params.greedy else target_probs(logits.float(), ctx.params)[0]
             conf = probs.max().item()
-            width = min(self.tree_width if conf < self.branch else 1, budget - len(tokens))
+            uncertain = self.branch >= 1 or conf < self.branch  # branch=1: every step, even a certain one
+            width = min(self.tree_width if uncertain else 1, budget - len(tokens))
             if ctx.params.greedy:
                 picks = torch.topk(probs, width).indices.tolist()
             else:
