@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
-# The best drafter available for the default model (docs/BENCHMARKS.md, session 8): prompt lookup
-# when the text repeats (matches of 2+ tokens), else the shipped CTC drafter. With another MODEL,
-# set DRAFTER too (a model without a shipped CTC drafter: DRAFTER=lookup).
-DRAFTER ?= lookup?min_ngram=2+ctc
+# The best drafter available for the model: `auto` is what its artifacts/MODEL/drafter.json names
+# as measured fastest (for smollm2-135m on a CPU: prompt lookup when the text repeats, else the
+# shipped CTC drafter; docs/BENCHMARKS.md, session 15), else lookup + an int8 copy of the model.
+DRAFTER ?= auto
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 
 .PHONY: install run test test-fast bench-plain bench-spec drafters clean

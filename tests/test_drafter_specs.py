@@ -31,3 +31,38 @@ def test_options_reach_the_drafter_and_unknown_ones_are_refused(tiny_llm_dir):
         build_drafter("lookup?nodes=3", llm)
     out = llm.generate("hello there", max_new_tokens=8, drafter="lookup?max_ngram=1")
     assert out.token_ids == llm.generate("hello there", max_new_tokens=8).token_ids
+
+
+def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_llm_dir, tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from specdraft import artifacts
+    from specdraft.drafters import AUTO_CPU, AUTO_OTHER, recommended
+
+    check_spec("auto")
+    for bad in ("auto:x", "auto?max_nodes=4", "lookup+auto"):
+        with pytest.raises(SpecdraftError):
+            check_spec(bad)
+    # the shipped models: what their drafter.json says for the device type, where it says anything
+    for model in ("smollm2-135m", "qwen2.5-coder-1.5b"):
+        shipped = json.loads((artifacts.ROOT / model / "drafter.json").read_text())
+        cpu = SimpleNamespace(name=model, device=torch.device("cpu"))
+        assert recommended(cpu) == shipped["cpu"]["drafter"]
+        check_spec(recommended(cpu))
+        if "cuda" not in shipped:
+            assert recommended(SimpleNamespace(name=model, device=torch.device("cuda"))) == AUTO_OTHER
+    # a model with none: lookup + the int8 copy on a CPU, built and lossless
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    assert recommended(llm) == AUTO_CPU
+    out = llm.generate("hello there hello there", max_new_tokens=12, drafter="auto")
+    assert out.drafter == build_drafter(AUTO_CPU, llm).name
+    assert out.token_ids == llm.generate("hello there hello there", max_new_tokens=12).token_ids
+    # a corrupt recommendation is an error, not a silent fallback
+    monkeypatch.setattr(artifacts, "ROOT", tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "drafter.json").write_text('{"cpu": {"spec": "ctc"}}')
+    with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
+        recommended(SimpleNamespace(name="m", device=torch.device("cpu")))

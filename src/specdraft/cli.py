@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a completion (streams text, then a one-line summary)")
     g.add_argument("prompt", nargs="?", help="the prompt (read from stdin when absent)")
     g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name or local HF-format directory (default: %(default)s)")
-    g.add_argument("--drafter", default="plain", help="plain (default), lookup[:N], draft-model:NAME, layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
+    g.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model), lookup[:N], draft-model:NAME, "
+                   "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
     sv.add_argument("--model", default=zoo.DEFAULT_MODEL)
-    sv.add_argument("--drafter", default="plain", help="plain (default), lookup[:N], draft-model:NAME, layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
+    sv.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model), lookup[:N], draft-model:NAME, "
+                   "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also $SPECDRAFT_API_KEY)")

@@ -1,5 +1,6 @@
 """Small drafter artifacts shipped with the package, one folder per zoo model:
-`artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads);
+`artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads),
+`drafter.json` (what `--drafter auto` picks: per device type, the drafter measured fastest);
 `artifacts/vocab/` holds token rankings per tokenizer (draft-model `?vocab=N`, data/vocab.py).
 Each is produced by a documented command (see README, "Shipped drafters")."""
 
@@ -27,3 +28,18 @@ def find(llm, name: str) -> Path:
         raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{HOW[name].format(m=model)}` "
                              f"and pass its path (e.g. --drafter {name.split('.')[0]}:PATH)")
     return path
+
+
+def recommendation(llm, device_type: str) -> str | None:
+    """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu"), or None
+    when nothing was measured there. The file: {"cpu": {"drafter": SPEC, "measured": WHERE}, ...}."""
+    import json
+
+    path = ROOT / Path(getattr(llm, "name", str(llm))).name / "drafter.json"
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get(device_type)
+        return None if entry is None else str(entry["drafter"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SpecdraftError(f"corrupt drafter recommendation {path}: {e}") from None

@@ -1,6 +1,7 @@
 """Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`,
 `layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]` (without an argument the
-last four use the artifact shipped for the model, see `specdraft.artifacts`). Any spec may end in
+last four use the artifact shipped for the model, see `specdraft.artifacts`), and `auto`: the
+drafter measured fastest for the model on this kind of device (`recommended`). Any spec may end in
 `?key=value&key=value`: keyword options of the drafter (e.g. `ctc?max_nodes=8`,
 `draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`). Specs joined
 with `+` make a hybrid (`lookup+ctc`: lookup when it finds a match, else ctc; see hybrid.py); in
@@ -16,11 +17,29 @@ from .base import Drafter, Needs, StepContext
 if TYPE_CHECKING:
     from ..api import LLM
 
-SPECS = ("plain, lookup[:N], draft-model:NAME (or draft-model:self?quant=int8), layerskip[:SKIPSET.json], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR], "
-         "each optionally followed by ?key=value&... drafter options")
+SPECS = ("plain, auto, lookup[:N], draft-model:NAME (or draft-model:self?quant=int8), layerskip[:SKIPSET.json], knn-ssd[:DIR], "
+         "ctc[:DIR], medusa[:DIR], each optionally followed by ?key=value&... drafter options")
 
 
-KINDS = ("plain", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
+KINDS = ("plain", "auto", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
+
+# `auto` for a model without a shipped recommendation: prompt lookup where the text repeats, else
+# (on a CPU) an int8 copy of the target, which needs no training and measured the best single
+# drafter on every model here (docs/BENCHMARKS.md, sessions 11-16; int8 products are CPU-only).
+AUTO_CPU = "lookup?min_ngram=2+draft-model:self?quant=int8"
+AUTO_OTHER = "lookup?min_ngram=2"
+
+
+def recommended(llm: "LLM") -> str:
+    """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type
+    (the drafter measured fastest there, see specdraft.artifacts), else AUTO_CPU / AUTO_OTHER."""
+    from .. import artifacts
+
+    kind = llm.device.type
+    entry = artifacts.recommendation(llm, kind)
+    if entry is not None:
+        return entry
+    return AUTO_CPU if kind == "cpu" else AUTO_OTHER
 
 
 def _option_value(v: str):
@@ -78,7 +97,7 @@ def check_spec(spec: str) -> None:
         except TypeError as e:
             raise _not_an_option(spec, "a hybrid (mode, max_nodes)", e) from None
         for part in parts:
-            if not part or parse_spec(part)[0] in ("plain", "knn-ssd"):
+            if not part or parse_spec(part)[0] in ("plain", "knn-ssd", "auto"):
                 raise SpecdraftError(f"a hybrid joins drafters with '+' (lookup+ctc); {part or 'an empty part'!r} "
                                      f"cannot be one of them, in {spec!r}")
             check_spec(part)
@@ -86,8 +105,8 @@ def check_spec(spec: str) -> None:
     kind, arg, options = parse_spec(spec)
     if kind not in KINDS:
         raise SpecdraftError(f"unknown drafter {spec!r}: choose one of {SPECS}")
-    if kind == "plain" and (arg or options):
-        raise SpecdraftError(f"plain takes no argument, got {spec!r}")
+    if kind in ("plain", "auto") and (arg or options):
+        raise SpecdraftError(f"{kind} takes no argument or option, got {spec!r}")
     if kind == "lookup" and arg and not arg.isdigit():
         raise SpecdraftError(f"lookup takes a number of draft tokens (lookup:10), got {spec!r}")
     if kind == "draft-model" and not arg:
@@ -98,6 +117,8 @@ def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
     given here override those of the spec."""
     check_spec(spec)
+    if spec == "auto":
+        spec = recommended(llm)
     hybrid = split_hybrid(spec)
     if hybrid:
         kind, build = "a hybrid", lambda: _hybrid(hybrid[0], llm, {**hybrid[1], **options})
@@ -195,4 +216,4 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
                              shared=name == "self", **options)
 
 
-__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "SPECS"]
+__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "recommended", "SPECS"]
