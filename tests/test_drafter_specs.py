@@ -59,6 +59,9 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
     assert recommended(llm) == AUTO_CPU
     out = llm.generate("hello there hello there", max_new_tokens=12, drafter="auto")
     assert out.drafter == build_drafter(AUTO_CPU, llm).name
+    from specdraft.server.app import drafter_name  # what `serve --drafter auto` reports on /health
+
+    assert drafter_name(llm, "auto") == out.drafter and drafter_name(llm, "plain") == "plain"
     assert out.token_ids == llm.generate("hello there hello there", max_new_tokens=12).token_ids
     # a corrupt recommendation is an error, not a silent fallback
     monkeypatch.setattr(artifacts, "ROOT", tmp_path)

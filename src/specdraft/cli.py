@@ -345,7 +345,7 @@ def cmd_serve(a) -> int:
 
     from .api import LLM, resolve_device, resolve_dtype
     from .drafters import check_spec
-    from .server.app import ServerConfig, create_app
+    from .server.app import ServerConfig, create_app, drafter_name
 
     resolve_dtype(a.dtype)
     resolve_device(a.device)
@@ -354,7 +354,9 @@ def cmd_serve(a) -> int:
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
                        max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue)
-    print(f"serving {cfg.model_name} (drafter {cfg.drafter}) on http://{a.host}:{a.port}/v1", file=sys.stderr)
+    name = drafter_name(llm, cfg.drafter)
+    shown = cfg.drafter if name == cfg.drafter else f"{cfg.drafter}: {name}"
+    print(f"serving {cfg.model_name} (drafter {shown}) on http://{a.host}:{a.port}/v1", file=sys.stderr)
     uvicorn.run(create_app(llm, cfg), host=a.host, port=a.port, log_level="warning")
     return 0
 

@@ -51,9 +51,16 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
 
 
+def drafter_name(llm: LLM, spec: str) -> str:
+    """The name of the drafter `spec` builds for `llm` (as responses report it), "plain" for none."""
+    d = llm.drafter(spec)
+    return "plain" if d is None else d.name
+
+
 def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     metrics = Metrics()
     scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics)
+    drafts_with = drafter_name(llm, cfg.drafter)  # what the spec became (`auto` names its choice)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -210,7 +217,8 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": cfg.model_name, "drafter": cfg.drafter, "queue_depth": scheduler.depth}
+        return {"status": "ok", "model": cfg.model_name, "drafter": cfg.drafter, "drafts_with": drafts_with,
+                "queue_depth": scheduler.depth}
 
     @app.get("/metrics")
     async def prometheus():
@@ -220,7 +228,8 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     async def models(request: Request):
         check_auth(request)
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
-                                             "owned_by": "specdraft", "specdraft": {"drafter": cfg.drafter}}]}
+                                             "owned_by": "specdraft",
+                                             "specdraft": {"drafter": cfg.drafter, "drafts_with": drafts_with}}]}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
