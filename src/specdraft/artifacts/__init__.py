@@ -20,10 +20,15 @@ HOW = {
 }
 
 
+def _model_dir(llm) -> Path:
+    """The artifact folder of the loaded model (`llm.name`: a zoo name, or a directory named so)."""
+    return ROOT / Path(getattr(llm, "name", str(llm))).name
+
+
 def find(llm, name: str) -> Path:
     """The shipped artifact `name` for the loaded model, or a clear error naming the recipe."""
     model = getattr(llm, "name", str(llm))
-    path = ROOT / Path(model).name / name
+    path = _model_dir(llm) / name
     if not path.exists():
         raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{HOW[name].format(m=model)}` "
                              f"and pass its path (e.g. --drafter {name.split('.')[0]}:PATH)")
@@ -35,7 +40,7 @@ def recommendation(llm, device_type: str) -> str | None:
     when nothing was measured there. The file: {"cpu": {"drafter": SPEC, "measured": WHERE}, ...}."""
     import json
 
-    path = ROOT / Path(getattr(llm, "name", str(llm))).name / "drafter.json"
+    path = _model_dir(llm) / "drafter.json"
     if not path.is_file():
         return None
     try:

@@ -24,8 +24,8 @@ SPECS = ("plain, auto, lookup[:N], draft-model:NAME (or draft-model:self?quant=i
 KINDS = ("plain", "auto", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
 
 # `auto` for a model without a shipped recommendation: prompt lookup where the text repeats, else
-# (on a CPU) an int8 copy of the target, which needs no training and measured the best single
-# drafter on every model here (docs/BENCHMARKS.md, sessions 11-16; int8 products are CPU-only).
+# (on a CPU) an int8 copy of the target: of the drafters that need no training, the fastest measured
+# on both qwen models (docs/BENCHMARKS.md, sessions 11-16; int8 products are CPU-only).
 AUTO_CPU = "lookup?min_ngram=2+draft-model:self?quant=int8"
 AUTO_OTHER = "lookup?min_ngram=2"
 
