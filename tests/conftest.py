@@ -21,6 +21,17 @@ def _save_tiny(path, family: str, seed: int):
     if family == "qwen2":
         cfg = Qwen2Config(**TINY, rope_theta=1e6, tie_word_embeddings=False, eos_token_id=3)
         model = Qwen2ForCausalLM(cfg)
+    elif family == "gemma3_text":  # a 6-position window (the tests run past it) and a scale that is not 1/sqrt(head_dim)
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(**TINY, head_dim=16, sliding_window=6, query_pre_attn_scalar=24,
+                               layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                               eos_token_id=3, pad_token_id=0, bos_token_id=2)
+        model = Gemma3ForCausalLM(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:  # norm weights (offsets from 1 in Gemma): not all zero
+                    p.normal_(0, 0.3)
     else:
         cfg = LlamaConfig(**TINY, rope_theta=1e5, tie_word_embeddings=True, eos_token_id=3)
         model = LlamaForCausalLM(cfg)
@@ -35,9 +46,10 @@ def _save_tiny(path, family: str, seed: int):
     return path
 
 
-@pytest.fixture(scope="session", params=["qwen2", "llama"])
+@pytest.fixture(scope="session", params=["qwen2", "llama", "gemma3_text"])
 def tiny_dir(request, tmp_path_factory):
-    """A random-weight model in HF format: Qwen2-style (q/k/v bias, untied) or Llama-style (tied)."""
+    """A random-weight model in HF format: Qwen2-style (q/k/v bias, untied), Llama-style (tied) or
+    Gemma-3-style (sliding-window layers, q/k and sandwich norms)."""
     return _save_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param, seed=0)
 
 
@@ -57,13 +69,20 @@ def smollm2_dir():
 def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float = 0.25, family: str = "qwen2",
                  tie: bool = False):
     """A random-weight Decoder built directly (no HF round trip), float32, on the CPU; its LM head
-    is a matrix of its own unless `tie` (then the embedding's)."""
+    is a matrix of its own unless `tie` (then the embedding's; always for gemma3_text)."""
     from specdraft.runtime.config import ModelConfig
     from specdraft.runtime.model import Decoder
 
+    gemma = family == "gemma3_text"
+    # Gemma 3's layout: a 5-position sliding window on every layer but each third (so short tests
+    # cross it), its own RoPE base there, q/k norms, sandwich norms, tanh-GELU, scaled embeddings.
+    extra = dict(activation="gelu_tanh", embed_scale=32 ** 0.5, attn_scale=12 ** -0.5, qk_norm=True,
+                 sandwich_norms=True, sliding_window=5, sliding_layers=tuple(i % 3 != 2 for i in range(layers)),
+                 rope_local_theta=1e3) if gemma else {}
     cfg = ModelConfig(family=family, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=layers,
                       num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=1e4,
-                      max_position_embeddings=256, tie_word_embeddings=tie, attention_bias=family == "qwen2")
+                      max_position_embeddings=256, tie_word_embeddings=tie or gemma, attention_bias=family == "qwen2",
+                      **extra)
     torch.manual_seed(seed)
     model = Decoder(cfg)
     with torch.no_grad():
@@ -72,6 +91,8 @@ def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float =
                 p.normal_(0, scale)
             elif "bias" in name:
                 p.normal_(0, 0.1)
+            elif gemma:  # norm weights around 1
+                p.normal_(1, 0.2)
     return model.eval().requires_grad_(False)
 
 

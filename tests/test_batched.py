@@ -11,7 +11,7 @@ from specdraft.runtime.batched import greedy_batch
 from specdraft.runtime.packed import pack_decoder
 
 
-@pytest.mark.parametrize("family,packed", [("qwen2", False), ("llama", False), ("llama", True)])
+@pytest.mark.parametrize("family,packed", [("qwen2", False), ("llama", False), ("llama", True), ("gemma3_text", True)])
 @pytest.mark.parametrize("seed", range(3))
 def test_greedy_batch_equals_plain_decoding_per_row(family, packed, seed):
     model = tiny_decoder(vocab=97, seed=seed, family=family)

@@ -46,7 +46,7 @@ def test_packed_linear_takes_any_leading_shape_and_saves_dense():
     assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], lin.weight)
 
 
-@pytest.mark.parametrize("family,tie", [("qwen2", False), ("llama", False), ("llama", True)])
+@pytest.mark.parametrize("family,tie", [("qwen2", False), ("llama", False), ("llama", True), ("gemma3_text", True)])
 def test_a_packed_decoder_computes_the_same_logits_and_keeps_its_state(family, tie):
     dense = tiny_decoder(vocab=97, seed=3, family=family, tie=tie)
     model = tiny_decoder(vocab=97, seed=3, family=family, tie=tie)

@@ -32,7 +32,7 @@ def test_int8_product_approximates_the_float_one(rows, bias):
     assert ((linear(x, Int8Weight(w.flip(0)), b) - exact).abs().max() / exact.abs().max()) > 0.3
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gemma3_text"])
 def test_the_copy_leaves_the_original_untouched_and_shares_its_embedding(family):
     model = tiny_decoder(vocab=97, seed=0, family=family)
     tokens, pos = torch.tensor([1, 5, 9, 20, 33, 7]), torch.arange(6)

@@ -31,9 +31,15 @@ def test_same_result_as_cutting_the_whole_text(text, stops, sizes):
         pieces.append(text[i:i + s])
         i += s
     pieces.append(text[i:])
-    cuts = [text.find(s) for s in stops if s and text.find(s) >= 0]
-    expect = text[:min(cuts)] if cuts else text
-    assert run(pieces, stops) == (expect, bool(cuts))
+    # the reference: the stop completed first (the smallest end), cut where it starts
+    ends = [(text.find(s) + len(s), text.find(s)) for s in stops if s and text.find(s) >= 0]
+    expect = text[:min(ends)[1]] if ends else text
+    assert run(pieces, stops) == (expect, bool(ends))
+
+
+def test_the_stop_completed_first_wins_however_the_text_is_split():
+    for pieces in (["aca"], ["a", "c", "a"], ["ac", "a"]):
+        assert run(pieces, ["c", "aca"]) == ("a", True)
 
 
 def test_metrics_tau_and_acceptance_accumulate_over_requests():

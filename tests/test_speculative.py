@@ -48,9 +48,9 @@ class ScriptedDrafter(Drafter):
         return Draft.from_sequences(seqs)
 
 
-@pytest.fixture(scope="module")
-def target():
-    return tiny_decoder(vocab=97, seed=0)
+@pytest.fixture(scope="module", params=["qwen2", "gemma3_text"])
+def target(request):
+    return tiny_decoder(vocab=97, seed=0, family=request.param)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

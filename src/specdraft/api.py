@@ -148,7 +148,7 @@ class LLM:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
-        chat: bool = True,
+        chat: bool | None = None,
         drafter: str | Drafter | None = "default",
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
@@ -156,7 +156,8 @@ class LLM:
         """Generate a completion. A list of ints is taken as already-encoded prompt ids.
 
         drafter: a spec ("plain", "lookup", "draft-model:NAME"), a Drafter, or "default" for the
-        one this LLM was loaded with.
+        one this LLM was loaded with. chat: apply the chat template (True), take the text as it is
+        (False), or the template when the model has one (None; a base model continues the text).
         """
         spec = self.default_drafter if drafter == "default" else drafter
         d = self.drafter(spec)

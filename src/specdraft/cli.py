@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     _dtype_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template")
+    g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template "
+                   "(a model without one, a base model, always continues the text)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
 
     b = sub.add_parser("bench", help="run methods side by side on a question suite; write tables, answers, plot")
@@ -270,7 +271,7 @@ def cmd_generate(a) -> int:
 
     llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
     kwargs = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                  top_k=a.top_k, seed=a.seed, chat=not a.no_chat)
+                  top_k=a.top_k, seed=a.seed, chat=False if a.no_chat else None)
     if a.json:
         r = llm.generate(prompt, **kwargs)
         print(json.dumps(r.to_json(), ensure_ascii=False))

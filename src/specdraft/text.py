@@ -31,22 +31,36 @@ class Tokenizer:
                 ids.update(v if isinstance(v, list) else [] if v is None else [v])
         if self.hf.eos_token_id is not None:
             ids.add(self.hf.eos_token_id)
+        if (path / "specdraft.json").is_file():
+            # A zoo conversion made before session 17 also listed "</s>" where it is ordinary text
+            # (Qwen's vocabulary: an HTML tag); only special tokens end a zoo model's turn.
+            special = {i for i, t in self.hf.added_tokens_decoder.items() if t.special}
+            ids &= special | {self.hf.eos_token_id}
         return ids
 
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
-    def encode_prompt(self, prompt: str | Messages, chat: bool = True) -> list[int]:
-        """Token ids of a prompt: a string (wrapped as one user turn when chat) or chat messages."""
+    def encode_prompt(self, prompt: str | Messages, chat: bool | None = None) -> list[int]:
+        """Token ids of a prompt: a string (one user turn when chat) or chat messages.
+
+        chat=True applies the chat template (an error for a model without one); chat=False takes
+        the text as it is (messages: their contents, a blank line after each), with the BOS token
+        the tokenizer adds; None (the default) is True when the model has a chat template, else
+        False -- a base model continues the text."""
+        if chat is None:
+            chat = self.has_chat_template
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise SpecdraftError("the prompt is empty: give some text to continue")
-            if not chat:
-                return self.hf(prompt, add_special_tokens=False)["input_ids"]
+            if not chat:  # raw text, with the BOS token a tokenizer adds (Gemma's; none for Qwen, SmolLM2)
+                return self.hf(prompt)["input_ids"]
             prompt = [{"role": "user", "content": prompt}]
         if not prompt:
             raise SpecdraftError("the conversation has no messages")
+        if not chat:
+            return self.hf("".join(m["content"] + "\n\n" for m in prompt))["input_ids"]
         if not self.has_chat_template:
             raise SpecdraftError("this model has no chat template: pass raw text with --no-chat")
         text = self.hf.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)

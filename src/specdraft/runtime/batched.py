@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import Decoder, apply_rope, rms_norm
+from .model import Decoder, rms_norm
 
 
 def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
@@ -29,24 +29,26 @@ def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_ca
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     G = H // Hkv
     end = start + n
-    freqs = positions.float()[..., None] * model.inv_freq  # [B, n, D/2]
-    emb = torch.cat((freqs, freqs), -1)[:, None]  # [B, 1, n, D]
-    cos, sin = emb.cos().to(model.dtype), emb.sin().to(model.dtype)
-    m = mask[:, None].repeat(1, 1, G, 1)  # [B, 1, G*n, T]: query heads sharing a kv head are stacked
-    x = model.embed(tokens)
+    sliding = any(cfg.is_sliding(i) for i in range(cfg.num_layers))
+    rope = {local: tuple(t[:, None] for t in model.rope(positions, local)) for local in {False, sliding}}  # [B, 1, n, D]
+    masks = {False: mask, True: mask}
+    if sliding and end > cfg.sliding_window:
+        # Row r's slot j holds position j - pad_r, and pad_r = slot - position of any of its new rows.
+        pad = (start - positions[:, :1])  # [B, 1]
+        key_pos = torch.arange(end, device=mask.device)[None, :] - pad  # [B, T]
+        masks[True] = mask & (positions[:, :, None] - key_pos[:, None, :] < cfg.sliding_window)
+    # [B, 1, G*n, T]: query heads sharing a kv head are stacked
+    masks = {k: m[:, None].repeat(1, 1, G, 1) for k, m in masks.items()}
+    x = model.embed_tokens(tokens)
     taps = {}
     for i, layer in enumerate(model.layers):
-        h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-        q, k, v = layer.qkv(h).split((H * D, Hkv * D, Hkv * D), dim=-1)
-        q = apply_rope(q.view(B, n, H, D).transpose(1, 2), cos, sin)  # [B, H, n, D]
-        k_cache[i, :, :, start:end] = apply_rope(k.view(B, n, Hkv, D).transpose(1, 2), cos, sin)
-        v_cache[i, :, :, start:end] = v.view(B, n, Hkv, D).transpose(1, 2)
+        local = cfg.is_sliding(i)
+        q, k, v = layer.qkv_heads(x, *rope[local])  # [B, H, n, D], [B, Hkv, n, D], [B, Hkv, n, D]
+        k_cache[i, :, :, start:end] = k
+        v_cache[i, :, :, start:end] = v
         a = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * n, D), k_cache[i, :, :, :end],
-                                           v_cache[i, :, :, :end], attn_mask=m)
-        x = x + layer.o(a.view(B, H, n, D).transpose(1, 2).reshape(B, n, H * D))
-        h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-        gate, up = layer.gate_up(h).chunk(2, dim=-1)
-        x = x + layer.down(F.silu(gate) * up)
+                                           v_cache[i, :, :, :end], attn_mask=masks[local], scale=cfg.attn_scale)
+        x = layer.mlp_residual(layer.attn_residual(x, a.view(B, H, n, D).transpose(1, 2).reshape(B, n, H * D)))
         if i in layers:
             taps[i] = x[:, -rows:]
     return (rms_norm(x[:, -rows:], model.norm, cfg.rms_norm_eps),

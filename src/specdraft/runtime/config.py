@@ -12,12 +12,28 @@ from ..zoo import check_family
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 style frequency scaling; `None` on the config means plain RoPE."""
+    """RoPE frequency scaling; `None` on the config means plain RoPE. `linear` divides every
+    frequency by `factor` (Gemma 3's global layers); `llama3` slows the long wavelengths only."""
 
     factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 1.0
+    original_max_position_embeddings: int = 0
+    kind: str = "llama3"
+
+
+def _rope(params: dict, where: str) -> tuple[float, RopeScaling | None]:
+    """(theta, scaling) of one rope-parameters dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
+    kind = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.get("rope_theta", 10000.0))
+    if kind in ("default", None):
+        return theta, None
+    if kind == "llama3":
+        return theta, RopeScaling(float(params["factor"]), float(params["low_freq_factor"]),
+                                  float(params["high_freq_factor"]), int(params["original_max_position_embeddings"]))
+    if kind == "linear":
+        return theta, RopeScaling(float(params["factor"]), kind="linear")
+    raise SpecdraftError(f"{where}: rope scaling {kind!r} is not supported")
 
 
 @dataclass(frozen=True)
@@ -36,38 +52,76 @@ class ModelConfig:
     tie_word_embeddings: bool
     attention_bias: bool  # bias on q, k, v projections (qwen2: yes)
     rope_scaling: RopeScaling | None = None
+    # Gemma 3 (gemma3_text); the defaults are the llama / qwen2 / mistral layout.
+    activation: str = "silu"  # of the gated MLP: "silu" or "gelu_tanh"
+    embed_scale: float = 1.0  # the token embeddings are multiplied by this (Gemma: sqrt(hidden))
+    attn_scale: float | None = None  # softmax scale of attention; None = 1/sqrt(head_dim)
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys, before RoPE
+    sandwich_norms: bool = False  # RMSNorm also on each block's output, before the residual add
+    sliding_window: int = 0  # > 0: the layers marked in `sliding_layers` see only this many positions
+    sliding_layers: tuple[bool, ...] = ()
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers, if not rope_theta (no scaling)
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.sliding_window > 0 and bool(self.sliding_layers) and self.sliding_layers[layer]
 
     @classmethod
     def from_hf(cls, d: dict) -> "ModelConfig":
         family = d.get("model_type", "?")
         check_family(family, "config.json")
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        scaling = None
-        if rope_type == "llama3":
-            scaling = RopeScaling(
-                float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
-                int(rope["original_max_position_embeddings"]),
-            )
-        elif rope_type not in ("default", None):
-            raise SpecdraftError(f"config.json: rope scaling {rope_type!r} is not supported")
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        gemma = family == "gemma3_text"
+        local_theta = None
+        if gemma and "full_attention" in rope:  # transformers 5.x: one dict per layer type
+            theta, scaling = _rope(rope["full_attention"], "config.json")
+            local = rope.get("sliding_attention")
+            if local:
+                local_theta, local_scaling = _rope(local, "config.json")
+                if local_scaling is not None:
+                    raise SpecdraftError("config.json: rope scaling on the sliding-window layers is not supported")
+        else:
+            theta, scaling = _rope({"rope_theta": d.get("rope_theta", 10000.0), **rope}, "config.json")
+            if gemma:
+                local_theta = float(d.get("rope_local_base_freq", 10000.0))
         n_heads = d["num_attention_heads"]
+        layers = d["num_hidden_layers"]
+        extra = {}
+        if gemma:
+            for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+                if d.get(cap) is not None:
+                    raise SpecdraftError(f"config.json: {cap} is not supported")
+            if d.get("use_bidirectional_attention"):
+                raise SpecdraftError("config.json: bidirectional attention is not supported")
+            act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+            if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+                raise SpecdraftError(f"config.json: activation {act!r} is not supported")
+            types = d.get("layer_types") or [
+                "full_attention" if (i + 1) % d.get("sliding_window_pattern", 6) == 0 else "sliding_attention"
+                for i in range(layers)]
+            if len(types) != layers:
+                raise SpecdraftError(f"config.json: {len(types)} layer_types for {layers} layers")
+            extra = dict(activation="gelu_tanh", embed_scale=float(d["hidden_size"]) ** 0.5,
+                         attn_scale=float(d.get("query_pre_attn_scalar", d.get("head_dim", 256))) ** -0.5,
+                         qk_norm=True, sandwich_norms=True, sliding_window=int(d.get("sliding_window") or 0),
+                         sliding_layers=tuple(t == "sliding_attention" for t in types), rope_local_theta=local_theta)
+        elif d.get("hidden_act", "silu") != "silu":
+            raise SpecdraftError(f"config.json: activation {d.get('hidden_act')!r} is not supported")
         return cls(
             family=family,
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
             intermediate_size=d["intermediate_size"],
-            num_layers=d["num_hidden_layers"],
+            num_layers=layers,
             num_heads=n_heads,
             num_kv_heads=d.get("num_key_value_heads") or n_heads,
             head_dim=d.get("head_dim") or d["hidden_size"] // n_heads,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
+            rope_theta=theta,
             max_position_embeddings=d.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", gemma)),
             attention_bias=bool(d.get("attention_bias", family == "qwen2")),
             rope_scaling=scaling,
+            **extra,
         )
 
     @classmethod

@@ -9,7 +9,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import SpecdraftError
 from .config import ModelConfig
-from .model import Decoder, rope_inv_freq
+from .model import Decoder
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
@@ -65,16 +65,31 @@ class _Checkpoint:
 
 
 def hf_to_ours(ckpt: _Checkpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename HF tensors to ours, fusing q/k/v and gate/up into single matmuls."""
+    """Rename HF tensors to ours, fusing q/k/v and gate/up into single matmuls. Gemma's norm
+    weights are offsets from 1 (it normalises with 1 + w): the 1 is added here."""
+    gemma = cfg.family == "gemma3_text"
+
     take = ckpt.take
-    out = {"embed.weight": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
+
+    def norm(name: str) -> torch.Tensor:
+        w = ckpt.take(name)
+        return (w.float() + 1.0).to(w.dtype) if gemma else w
+
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm": norm("model.norm.weight")}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = take("lm_head.weight")
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         a = p + "self_attn."
-        out[f"layers.{i}.attn_norm"] = take(p + "input_layernorm.weight")
-        out[f"layers.{i}.mlp_norm"] = take(p + "post_attention_layernorm.weight")
+        out[f"layers.{i}.attn_norm"] = norm(p + "input_layernorm.weight")
+        if gemma:  # post_attention_layernorm is the attention output's norm there, not the MLP's input norm
+            out[f"layers.{i}.attn_out_norm"] = norm(p + "post_attention_layernorm.weight")
+            out[f"layers.{i}.mlp_norm"] = norm(p + "pre_feedforward_layernorm.weight")
+            out[f"layers.{i}.mlp_out_norm"] = norm(p + "post_feedforward_layernorm.weight")
+            out[f"layers.{i}.q_norm"] = norm(a + "q_norm.weight")
+            out[f"layers.{i}.k_norm"] = norm(a + "k_norm.weight")
+        else:
+            out[f"layers.{i}.mlp_norm"] = take(p + "post_attention_layernorm.weight")
         out[f"layers.{i}.qkv.weight"] = torch.cat([take(a + f"{x}_proj.weight") for x in "qkv"])
         if cfg.attention_bias:
             out[f"layers.{i}.qkv.bias"] = torch.cat([take(a + f"{x}_proj.bias") for x in "qkv"])
@@ -92,5 +107,5 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32, device: s
     with torch.device("meta"):
         model = Decoder(cfg)
     model.load_state_dict(state, assign=True, strict=True)
-    model.inv_freq = rope_inv_freq(cfg)  # buffers built on "meta" hold no values
+    model.init_rope()  # buffers built on "meta" hold no values
     return model.to(device).eval().requires_grad_(False)

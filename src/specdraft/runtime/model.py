@@ -1,4 +1,4 @@
-"""One compact decoder for the llama / qwen2 / mistral families.
+"""One compact decoder for the llama / qwen2 / mistral / gemma3_text families.
 
 What speculative decoding needs, and HF modeling code makes awkward:
 - a forward over N new tokens with explicit positions, written into a preallocated `KVCache` at
@@ -6,7 +6,15 @@ What speculative decoding needs, and HF modeling code makes awkward:
 - a per-sublayer skip set given per call (self-speculation skips attention and MLP blocks);
 - the hidden states the caller asks for, beside the logits of the rows it asks for.
 
-Batch size is 1 by design: tokens are a 1-D tensor [N]; see cache.py.
+Batch size is 1 by design: tokens are a 1-D tensor [N]; see cache.py. The per-layer pieces
+(`Layer.qkv_heads`, `Layer.attn_residual`, `Layer.mlp_residual`) work on any leading shape and are
+shared with the batched forward that builds training data (batched.py).
+
+Gemma 3 differs from the llama layout in ways the config names (config.py): embeddings scaled by
+sqrt(hidden), RMSNorm over each head's queries and keys, a norm on each block's output before the
+residual add, a tanh-GELU MLP, and sliding-window attention (with its own RoPE base) on five
+layers of six. Gemma's norm weights are stored as offsets from 1; the loader adds the 1, so one
+`rms_norm` serves every family (the same float32 product Gemma computes).
 """
 
 from __future__ import annotations
@@ -72,12 +80,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> torch.Tensor:
+    """RoPE inverse frequencies [head_dim / 2]; `local`: those of the sliding-window layers."""
     d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    s = cfg.rope_scaling
+    theta = cfg.rope_local_theta if local and cfg.rope_local_theta is not None else cfg.rope_theta
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s = None if local else cfg.rope_scaling
     if s is None:
         return inv
+    if s.kind == "linear":
+        return inv / s.factor
     # Llama-3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
     low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
@@ -95,9 +107,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def _linear(x: torch.Tensor, module) -> torch.Tensor:
+    """`linear` over the last dim of x [..., in] (a module's weight and bias)."""
+    y = linear(x.reshape(-1, x.shape[-1]), module.weight, module.bias)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class Layer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         h, d = cfg.hidden_size, cfg.head_dim
         self.attn_norm = nn.Parameter(torch.ones(h))
         self.qkv = nn.Linear(h, (cfg.num_heads + 2 * cfg.num_kv_heads) * d, bias=cfg.attention_bias)
@@ -105,6 +124,40 @@ class Layer(nn.Module):
         self.mlp_norm = nn.Parameter(torch.ones(h))
         self.gate_up = nn.Linear(h, 2 * cfg.intermediate_size, bias=False)
         self.down = nn.Linear(cfg.intermediate_size, h, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = nn.Parameter(torch.ones(d))
+            self.k_norm = nn.Parameter(torch.ones(d))
+        if cfg.sandwich_norms:
+            self.attn_out_norm = nn.Parameter(torch.ones(h))
+            self.mlp_out_norm = nn.Parameter(torch.ones(h))
+
+    def qkv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [..., n, hidden] -> q [..., H, n, D], k and v [..., Hkv, n, D]; RoPE applied (cos, sin
+        broadcast against [..., heads, n, D])."""
+        cfg = self.cfg
+        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        h = rms_norm(x, self.attn_norm, cfg.rms_norm_eps)
+        q, k, v = _linear(h, self.qkv).split((H * D, Hkv * D, Hkv * D), dim=-1)
+        q, k, v = (t.unflatten(-1, (heads, D)).transpose(-3, -2) for t, heads in ((q, H), (k, Hkv), (v, Hkv)))
+        if cfg.qk_norm:
+            q, k = rms_norm(q, self.q_norm, cfg.rms_norm_eps), rms_norm(k, self.k_norm, cfg.rms_norm_eps)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attn_residual(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """x plus the output projection of the attention values a [..., n, H * D]."""
+        y = _linear(a, self.o)
+        if self.cfg.sandwich_norms:
+            y = rms_norm(y, self.attn_out_norm, self.cfg.rms_norm_eps)
+        return x + y
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        gate, up = _linear(rms_norm(x, self.mlp_norm, cfg.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
+        act = F.silu(gate) if cfg.activation == "silu" else F.gelu(gate, approximate="tanh")
+        y = _linear(act * up, self.down)
+        if cfg.sandwich_norms:
+            y = rms_norm(y, self.mlp_out_norm, cfg.rms_norm_eps)
+        return x + y
 
 
 class Decoder(nn.Module):
@@ -116,6 +169,7 @@ class Decoder(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.register_buffer("inv_freq_local", rope_inv_freq(cfg, local=True), persistent=False)
         # The LM head's product when no `head` is given, if not the dense head: an int8 one
         # (runtime/quant.py) or a oneDNN-packed one (runtime/packed.py).
         self.fast_head = None
@@ -127,6 +181,24 @@ class Decoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    def init_rope(self) -> None:
+        """Rebuild the RoPE tables (buffers built on the "meta" device hold no values)."""
+        self.inv_freq = rope_inv_freq(self.cfg)
+        self.inv_freq_local = rope_inv_freq(self.cfg, local=True)
+
+    def rope(self, positions: torch.Tensor, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [..., D] of `positions` [...], in the model's dtype."""
+        inv = self.inv_freq_local if local else self.inv_freq
+        freqs = positions.to(self.device).float()[..., None] * inv
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens.to(self.device))
+        if self.cfg.embed_scale != 1.0:
+            x = x * torch.tensor(self.cfg.embed_scale).to(x.dtype)
+        return x
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
@@ -165,33 +237,34 @@ class Decoder(nn.Module):
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         G = H // Hkv
 
-        freqs = positions.to(self.device).float()[:, None] * self.inv_freq[None, :]  # [N, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        rope = {False: self.rope(positions)}
+        if any(cfg.is_sliding(i) for i in range(cfg.num_layers)):
+            rope[True] = self.rope(positions, local=True)
         mask = self.attention_mask(start, n, tree_mask) if mask is None else mask.to(self.device, torch.bool)
-        if mask is not None and G > 1:
+        masks = {False: mask, True: mask}
+        if cfg.sliding_window and end > cfg.sliding_window:
+            # Committed slot j holds position j; the new rows sit at their given positions.
+            key_pos = torch.cat((torch.arange(start, device=self.device), positions.to(self.device)))
+            near = positions.to(self.device)[:, None] - key_pos[None, :] < cfg.sliding_window
+            masks[True] = near if mask is None else mask & near
+        if G > 1:
             # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D]
             # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.
-            mask = mask.repeat(G, 1)
+            masks = {k: None if m is None else m.repeat(G, 1) for k, m in masks.items()}
 
-        x = self.embed(tokens.to(self.device))  # [N, hidden]
+        x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
             if skip is None or not skip.attn[i]:
-                h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-                q, k, v = linear(h, layer.qkv.weight, layer.qkv.bias).split((H * D, Hkv * D, Hkv * D), dim=-1)
-                q = apply_rope(q.view(n, H, D).transpose(0, 1), cos, sin)  # [H, N, D]
-                k = apply_rope(k.view(n, Hkv, D).transpose(0, 1), cos, sin)  # [Hkv, N, D]
+                local = cfg.is_sliding(i)
+                q, k, v = layer.qkv_heads(x, *rope[local])  # [H, N, D], [Hkv, N, D], [Hkv, N, D]
                 cache.k[i, :, start:end] = k
-                cache.v[i, :, start:end] = v.view(n, Hkv, D).transpose(0, 1)
-                q = q.reshape(Hkv, G * n, D)
-                a = F.scaled_dot_product_attention(q, cache.k[i, :, :end], cache.v[i, :, :end], attn_mask=mask)
-                a = a.view(H, n, D).transpose(0, 1).reshape(n, H * D)
-                x = x + linear(a, layer.o.weight)
+                cache.v[i, :, start:end] = v
+                a = F.scaled_dot_product_attention(q.reshape(Hkv, G * n, D), cache.k[i, :, :end], cache.v[i, :, :end],
+                                                   attn_mask=masks[local], scale=cfg.attn_scale)
+                x = layer.attn_residual(x, a.view(H, n, D).transpose(0, 1).reshape(n, H * D))
             if skip is None or not skip.mlp[i]:
-                h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-                gate, up = linear(h, layer.gate_up.weight).chunk(2, dim=-1)
-                x = x + linear(F.silu(gate) * up, layer.down.weight)
+                x = layer.mlp_residual(x)
             if i in hidden_layers:
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)

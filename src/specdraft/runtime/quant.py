@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecdraftError
-from .model import Decoder, rope_inv_freq
+from .model import Decoder
 from .packed import PRODUCTS, dense_weight
 
 
@@ -76,7 +76,7 @@ def quantize_int8(model: Decoder) -> Decoder:
     missing, unexpected = copy.load_state_dict(state, assign=True, strict=False)
     if set(missing) - products or unexpected:
         raise SpecdraftError(f"cannot copy this decoder for int8: missing {missing}, unexpected {unexpected}")
-    copy.inv_freq = rope_inv_freq(model.cfg)
+    copy.init_rope()
     for src, layer in zip(model.layers, copy.layers):
         for name in PRODUCTS:
             setattr(layer, name, Int8Linear(getattr(src, name).weight, getattr(layer, name).bias))

@@ -240,7 +240,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
             raise APIError(400, "messages must not be empty", param="messages")
         try:
             ids = llm.tokenizer.encode_prompt([{"role": m.role if m.role != "developer" else "system",
-                                                "content": m.text()} for m in req.messages])
+                                                "content": m.text()} for m in req.messages], chat=True)
         except SpecdraftError as e:
             raise APIError(400, str(e), param="messages") from None
         check_prompt(ids)

@@ -20,7 +20,10 @@ class StopMatcher:
         if self.stopped:
             return ""
         self.buffer += piece
-        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        # The stop completed first wins, wherever the piece boundaries fall (text "aca" with stops
+        # "c" and "aca": "c" completes first, so "a" is kept, as it would be one character at a time).
+        hits = [(i + len(s), i) for s, i in ((s, self.buffer.find(s)) for s in self.stops) if i >= 0]
+        cut = min(hits)[1] if hits else -1
         if cut >= 0:
             self.stopped = True
             out, self.buffer = self.buffer[:cut], ""

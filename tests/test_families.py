@@ -1,0 +1,160 @@
+"""Model families beyond the llama layout (Gemma 3), and what a zoo conversion decides about text:
+which tokens end a turn, and the BOS token of raw prompts."""
+
+import json
+
+import pytest
+import torch
+
+from specdraft import zoo
+from specdraft.errors import SpecdraftError
+from specdraft.runtime.config import ModelConfig
+from specdraft.runtime.model import rope_inv_freq
+
+GEMMA = {
+    "model_type": "gemma3_text", "vocab_size": 97, "hidden_size": 64, "intermediate_size": 96,
+    "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+    "query_pre_attn_scalar": 32, "sliding_window": 8, "hidden_activation": "gelu_pytorch_tanh",
+    "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+}
+
+
+def test_gemma3_config_names_its_layout():
+    cfg = ModelConfig.from_hf(GEMMA)
+    assert cfg.sliding_layers == (True, True, True, False) and cfg.sliding_window == 8
+    assert [cfg.is_sliding(i) for i in range(4)] == [True, True, True, False]
+    assert cfg.rope_theta == 1e6 and cfg.rope_local_theta == 1e4
+    assert cfg.attn_scale == pytest.approx(32 ** -0.5) and cfg.embed_scale == pytest.approx(8.0)
+    assert cfg.qk_norm and cfg.sandwich_norms and cfg.activation == "gelu_tanh" and cfg.tie_word_embeddings
+    # the sliding layers turn with their own base
+    assert not torch.equal(rope_inv_freq(cfg), rope_inv_freq(cfg, local=True))
+    assert torch.allclose(rope_inv_freq(cfg, local=True), 1 / 1e4 ** (torch.arange(0, 16, 2).float() / 16))
+    # older configs: one rope_theta, the local base beside it, the pattern instead of layer_types
+    old = {k: v for k, v in GEMMA.items() if k not in ("rope_parameters", "layer_types")}
+    cfg_old = ModelConfig.from_hf({**old, "rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 2})
+    assert cfg_old.sliding_layers == (True, False, True, False) and cfg_old.rope_local_theta == 1e4
+
+
+def test_linear_rope_scaling_divides_every_frequency():
+    scaled = {**GEMMA, "rope_parameters": {**GEMMA["rope_parameters"],
+                                           "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}}
+    plain, cfg = ModelConfig.from_hf(GEMMA), ModelConfig.from_hf(scaled)
+    assert torch.allclose(rope_inv_freq(cfg), rope_inv_freq(plain) / 8)
+    assert torch.equal(rope_inv_freq(cfg, local=True), rope_inv_freq(plain, local=True))  # local: unscaled
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"final_logit_softcapping": 30.0}, "softcapping"),
+    ({"attn_logit_softcapping": 50.0}, "softcapping"),
+    ({"hidden_activation": "relu"}, "activation"),
+    ({"use_bidirectional_attention": True}, "bidirectional"),
+    ({"layer_types": ["full_attention"]}, "layer_types"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 4.0}}}, "yarn"),
+])
+def test_gemma3_features_we_do_not_run_are_refused(change, needle):
+    with pytest.raises(SpecdraftError, match=needle):
+        ModelConfig.from_hf({**GEMMA, **change})
+
+
+def test_a_llama_config_with_another_activation_is_refused():
+    llama = {"model_type": "llama", "vocab_size": 97, "hidden_size": 64, "intermediate_size": 96,
+             "num_hidden_layers": 2, "num_attention_heads": 4}
+    assert ModelConfig.from_hf({**llama, "hidden_act": "silu"}).activation == "silu"
+    with pytest.raises(SpecdraftError, match="gelu"):
+        ModelConfig.from_hf({**llama, "hidden_act": "gelu"})
+
+
+def _tokenizer_dir(path, *, bos: bool, marker: bool, eos_ids: list[int]):
+    """A word-level tokenizer whose "</s>" is ordinary text and whose <end_of_turn> is special
+    (as in Gemma's vocabulary); with `bos`, raw text gets a <bos> in front."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<bos>", "<end_of_turn>", "hello", "world", "[UNK]"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<end_of_turn>"])
+    tok.add_tokens(["</s>"])  # id 7, not special
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", pad_token="<pad>")
+    hf.save_pretrained(str(path))
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}))
+    if marker:
+        (path / zoo.MARKER).write_text("{}")
+    return path, hf
+
+
+def test_only_special_tokens_end_a_zoo_models_turn(tmp_path):
+    from specdraft.text import Tokenizer
+
+    _, hf = _tokenizer_dir(tmp_path / "t", bos=False, marker=False, eos_ids=[1])
+    assert hf.convert_tokens_to_ids("</s>") == 7
+    assert zoo.stop_ids(hf, 1) == {1, 3}  # <eos>, <end_of_turn>; "</s>" is text here
+    assert zoo.stop_ids(hf, [1, 5]) == {1, 3, 5}  # what the config names is kept
+    # a conversion of an earlier version listed "</s>": a zoo directory drops it, any other keeps it
+    path, _ = _tokenizer_dir(tmp_path / "zoo", bos=False, marker=True, eos_ids=[1, 3, 7])
+    assert Tokenizer(path).eos_ids == {1, 3}
+    path, _ = _tokenizer_dir(tmp_path / "own", bos=False, marker=False, eos_ids=[1, 3, 7])
+    assert Tokenizer(path).eos_ids == {1, 3, 7}
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_raw_prompts_get_the_bos_a_tokenizer_adds(tmp_path, bos):
+    from specdraft.text import Tokenizer
+
+    path, _ = _tokenizer_dir(tmp_path / "t", bos=bos, marker=False, eos_ids=[1])
+    ids = Tokenizer(path).encode_prompt("hello world", chat=False)
+    assert ids == ([2] if bos else []) + [4, 5]
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir():
+    """The real Gemma 3 270M (base model), pulled into $SPECDRAFT_HOME once per machine."""
+    return zoo.resolve("gemma3-270m", progress=False)
+
+
+@pytest.mark.integration
+def test_gemma3_270m_parity_and_lossless_drafting(gemma3_dir):
+    """Our decoder against transformers' on the real model (prompt, steps and a token tree past
+    nothing but real weights), then every training-free drafter's greedy output against plain."""
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from specdraft import LLM
+    from specdraft.runtime.loader import load_decoder
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_runtime_parity import check_prefill_and_steps, check_tree
+
+    ours = load_decoder(gemma3_dir)
+    hf = AutoModelForCausalLM.from_pretrained(str(gemma3_dir), dtype=torch.float32).eval()
+    check_prefill_and_steps(ours, hf, n_prompt=30, n_steps=6)
+    check_tree(ours, hf, n_prompt=20)
+    del hf, ours
+    llm = LLM("gemma3-270m", dtype="float32")
+    prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    plain = llm.generate(prompt, chat=False, max_new_tokens=48, drafter="plain")
+    assert plain.new_tokens == 48 and "return" in plain.text  # a real model writes code here
+    for spec in ("lookup", "draft-model:self?quant=int8", "lookup?min_ngram=2+draft-model:self?quant=int8&vocab=32768"):
+        r = llm.generate(prompt, chat=False, max_new_tokens=48, drafter=spec)
+        assert r.token_ids == plain.token_ids, spec
+
+
+def test_a_model_without_a_chat_template_continues_the_text(tmp_path):
+    """Base models (Gemma 3 270M) have no chat template: by default a prompt is taken as text and
+    a conversation as its contents; asking for the template is an error."""
+    from specdraft.text import Tokenizer
+
+    path, _ = _tokenizer_dir(tmp_path / "t", bos=True, marker=False, eos_ids=[1])
+    tok = Tokenizer(path)
+    assert not tok.has_chat_template
+    assert tok.encode_prompt("hello world") == [2, 4, 5]
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]
+    assert tok.encode_prompt(turns) == tok.encode_prompt(turns, chat=False) == tok.hf("hello\n\nworld\n\n")["input_ids"]
+    with pytest.raises(SpecdraftError, match="no chat template"):
+        tok.encode_prompt("hello world", chat=True)
