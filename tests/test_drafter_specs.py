@@ -47,7 +47,7 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
         with pytest.raises(SpecdraftError):
             check_spec(bad)
     # the shipped models: what their drafter.json says for the device type, where it says anything
-    for model in ("smollm2-135m", "qwen2.5-coder-1.5b"):
+    for model in ("smollm2-135m", "qwen2.5-coder-1.5b", "gemma3-270m"):
         shipped = json.loads((artifacts.ROOT / model / "drafter.json").read_text())
         cpu = SimpleNamespace(name=model, device=torch.device("cpu"))
         assert recommended(cpu) == shipped["cpu"]["drafter"]

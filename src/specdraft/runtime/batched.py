@@ -29,12 +29,12 @@ def _forward(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, k_ca
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     G = H // Hkv
     end = start + n
-    sliding = any(cfg.is_sliding(i) for i in range(cfg.num_layers))
-    rope = {local: tuple(t[:, None] for t in model.rope(positions, local)) for local in {False, sliding}}  # [B, 1, n, D]
-    masks = {False: mask, True: mask}
-    if sliding and end > cfg.sliding_window:
+    kinds = (False, True) if cfg.has_sliding else (False,)  # full attention, sliding window (Gemma 3)
+    rope = {local: tuple(t[:, None] for t in model.rope(positions, local)) for local in kinds}  # [B, 1, n, D]
+    masks = {local: mask for local in kinds}
+    if cfg.has_sliding and end > cfg.sliding_window:
         # Row r's slot j holds position j - pad_r, and pad_r = slot - position of any of its new rows.
-        pad = (start - positions[:, :1])  # [B, 1]
+        pad = start - positions[:, :1]  # [B, 1]
         key_pos = torch.arange(end, device=mask.device)[None, :] - pad  # [B, T]
         masks[True] = mask & (positions[:, :, None] - key_pos[:, None, :] < cfg.sliding_window)
     # [B, 1, G*n, T]: query heads sharing a kv head are stacked

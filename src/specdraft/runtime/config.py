@@ -62,8 +62,12 @@ class ModelConfig:
     sliding_layers: tuple[bool, ...] = ()
     rope_local_theta: float | None = None  # RoPE base of the sliding layers, if not rope_theta (no scaling)
 
+    @property
+    def has_sliding(self) -> bool:
+        return self.sliding_window > 0 and any(self.sliding_layers)
+
     def is_sliding(self, layer: int) -> bool:
-        return self.sliding_window > 0 and bool(self.sliding_layers) and self.sliding_layers[layer]
+        return self.has_sliding and self.sliding_layers[layer]
 
     @classmethod
     def from_hf(cls, d: dict) -> "ModelConfig":

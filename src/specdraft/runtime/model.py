@@ -109,6 +109,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def _linear(x: torch.Tensor, module) -> torch.Tensor:
     """`linear` over the last dim of x [..., in] (a module's weight and bias)."""
+    if x.dim() == 2:  # the batch-1 decoder's rows: no reshapes (a one-row step is short)
+        return linear(x, module.weight, module.bias)
     y = linear(x.reshape(-1, x.shape[-1]), module.weight, module.bias)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
@@ -138,7 +140,9 @@ class Layer(nn.Module):
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         h = rms_norm(x, self.attn_norm, cfg.rms_norm_eps)
         q, k, v = _linear(h, self.qkv).split((H * D, Hkv * D, Hkv * D), dim=-1)
-        q, k, v = (t.unflatten(-1, (heads, D)).transpose(-3, -2) for t, heads in ((q, H), (k, Hkv), (v, Hkv)))
+        q = q.unflatten(-1, (H, D)).transpose(-3, -2)
+        k = k.unflatten(-1, (Hkv, D)).transpose(-3, -2)
+        v = v.unflatten(-1, (Hkv, D)).transpose(-3, -2)
         if cfg.qk_norm:
             q, k = rms_norm(q, self.q_norm, cfg.rms_norm_eps), rms_norm(k, self.k_norm, cfg.rms_norm_eps)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -237,16 +241,18 @@ class Decoder(nn.Module):
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         G = H // Hkv
 
+        # Tables and masks by layer kind: False = full attention, True = sliding window (Gemma 3).
         rope = {False: self.rope(positions)}
-        if any(cfg.is_sliding(i) for i in range(cfg.num_layers)):
-            rope[True] = self.rope(positions, local=True)
         mask = self.attention_mask(start, n, tree_mask) if mask is None else mask.to(self.device, torch.bool)
-        masks = {False: mask, True: mask}
-        if cfg.sliding_window and end > cfg.sliding_window:
-            # Committed slot j holds position j; the new rows sit at their given positions.
-            key_pos = torch.cat((torch.arange(start, device=self.device), positions.to(self.device)))
-            near = positions.to(self.device)[:, None] - key_pos[None, :] < cfg.sliding_window
-            masks[True] = near if mask is None else mask & near
+        masks = {False: mask}
+        if cfg.has_sliding:
+            rope[True] = self.rope(positions, local=True)
+            masks[True] = mask
+            if end > cfg.sliding_window:
+                # Committed slot j holds position j; the new rows sit at their given positions.
+                key_pos = torch.cat((torch.arange(start, device=self.device), positions.to(self.device)))
+                near = positions.to(self.device)[:, None] - key_pos[None, :] < cfg.sliding_window
+                masks[True] = near if mask is None else mask & near
         if G > 1:
             # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D]
             # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.
