@@ -127,15 +127,33 @@ def test_draft_vocab_rows_follow_the_head_and_the_context():
     from specdraft.drafters.draft_model import DraftVocab
 
     head = torch.randn(20, 4)
+    h = torch.randn(1, 4)
     v = DraftVocab(head, [5, 2, 2, 7, 99], spare=3)
     assert v.base == [2, 5, 7] and v.n == 3
     v.add([5, 11, 11, 0, 13, 14])  # 11, 0, 13 fill the 3 spare rows; 14 no longer fits
     assert v.n == 6 and v.ids[: v.n].tolist() == [2, 5, 7, 11, 0, 13]
-    assert torch.equal(v.rows[: v.n], head[v.ids[: v.n]])
+    assert torch.allclose(v.logits(h), h @ head[v.ids[: v.n]].T, atol=1e-6)
     v.reset()
     assert v.n == 3 and 11 not in v.members
     v.add([14])
-    assert v.ids[3] == 14 and torch.equal(v.rows[3], head[14])
+    assert v.ids[3] == 14 and torch.allclose(v.logits(h), h @ head[[2, 5, 7, 14]].T, atol=1e-6)
+
+
+def test_an_int8_draft_vocab_gives_the_int8_heads_logits():
+    """For an int8 copy the base rows are quantized per row as its full head is: the same logits
+    at those ids, far cheaper to read than float rows; the context's rows stay float."""
+    from specdraft.drafters.draft_model import DraftVocab
+    from specdraft.runtime.quant import Int8Weight
+
+    head = torch.randn(50, 16)
+    h = torch.randn(1, 16)
+    v = DraftVocab(head, list(range(0, 50, 2)), spare=4, int8=True)
+    full = Int8Weight(head).mm(h)
+    assert torch.allclose(v.logits(h), full[:, 0:50:2], atol=1e-5)
+    v.add([3, 4])  # 4 is a base token already; 3 joins as a float row
+    got = v.logits(h)
+    assert got.shape == (1, 26) and torch.allclose(got[:, -1], h @ head[3], atol=1e-5)
+    assert not torch.allclose(got[:, :25], h @ head[0:50:2].T, atol=1e-4)  # the base rows really are int8
 
 
 def test_lookup_greedy_lossless_on_repetitive_text(target):

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpecdraftError
-from ..runtime.model import Decoder
+from ..runtime.model import Decoder, linear
+from ..runtime.quant import Int8Weight
 from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
@@ -35,18 +36,27 @@ from .base import Drafter, Needs, StepContext
 
 class DraftVocab:
     """The head rows of a drafting vocabulary: the `base` tokens, plus the tokens of the current
-    request's context as they appear (up to `spare` of them; later ones are simply not drafted)."""
+    request's context as they appear (up to `spare` of them; later ones are simply not drafted).
 
-    def __init__(self, head: torch.Tensor, base: list[int], spare: int = 4096):
+    With `int8` (the draft model is an int8 copy) the base rows are quantized as the copy's own
+    head is, per row, so their logits are the full int8 head's at those ids; the few context rows
+    stay float. A dense float32 subset would cost as much to read as the whole int8 head once it
+    holds a quarter of the vocabulary."""
+
+    def __init__(self, head: torch.Tensor, base: list[int], spare: int = 4096, int8: bool = False):
         self.base = sorted({int(t) for t in base if 0 <= int(t) < head.shape[0]})
         self.head = head
-        cap = len(self.base) + spare
-        self.ids = torch.zeros(cap, dtype=torch.long, device=head.device)
-        self.ids[: len(self.base)] = torch.tensor(self.base, dtype=torch.long, device=head.device)
-        self.rows = torch.zeros(cap, head.shape[1], dtype=head.dtype, device=head.device)
-        self.rows[: len(self.base)] = head[self.ids[: len(self.base)]]
+        nb = len(self.base)
+        self.ids = torch.zeros(nb + spare, dtype=torch.long, device=head.device)
+        self.ids[:nb] = torch.tensor(self.base, dtype=torch.long, device=head.device)
+        self.base_rows = head[self.ids[:nb]]
+        if int8:
+            from ..runtime.quant import Int8Weight
+
+            self.base_rows = Int8Weight(self.base_rows)
+        self.spare_rows = torch.zeros(spare, head.shape[1], dtype=head.dtype, device=head.device)
         self.members = set(self.base)
-        self.n = len(self.base)
+        self.n = nb
 
     def reset(self) -> None:
         """Back to the base tokens (a new request)."""
@@ -54,12 +64,21 @@ class DraftVocab:
         self.n = len(self.base)
 
     def add(self, tokens: list[int]) -> None:
+        nb = len(self.base)
         for t in tokens:
             if t not in self.members and 0 <= t < self.head.shape[0] and self.n < self.ids.shape[0]:
                 self.members.add(t)
                 self.ids[self.n] = t
-                self.rows[self.n] = self.head[t]
+                self.spare_rows[self.n - nb] = self.head[t]
                 self.n += 1
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[rows, n] logits of the vocabulary's tokens (in `ids` order) from final hidden states."""
+        base = linear(h, self.base_rows)
+        extra = self.n - len(self.base)
+        if not extra:
+            return base.float()
+        return torch.cat((base, linear(h, self.spare_rows[:extra])), dim=-1).float()
 
 
 class DraftModelDrafter(Drafter):
@@ -81,7 +100,8 @@ class DraftModelDrafter(Drafter):
         self.target_vocab = target_vocab or model.cfg.vocab_size
         self.vocab = None
         if draft_vocab is not None:
-            self.vocab = DraftVocab(model.head_weight()[: min(self.target_vocab, model.cfg.vocab_size)], draft_vocab)
+            self.vocab = DraftVocab(model.head_weight()[: min(self.target_vocab, model.cfg.vocab_size)], draft_vocab,
+                                    int8=isinstance(model.fast_head, Int8Weight))
         self.cache = None
         self.length = length
         self.main: list[int] = []  # node indices of the drafted main chain, in order
@@ -110,10 +130,9 @@ class DraftModelDrafter(Drafter):
         pos = torch.arange(start, start + len(tokens), device=dev)
         if self.vocab is None:
             return self._fit_vocab(self.model(t, pos, cache, start=start, logits_at=slice(-1, None)).logits)
-        n = self.vocab.n
-        logits = self.model(t, pos, cache, start=start, logits_at=slice(-1, None), head=self.vocab.rows[:n]).logits
-        full = torch.full((1, self.target_vocab), float("-inf"), device=logits.device)
-        return full.index_copy_(1, self.vocab.ids[:n], logits)
+        h = self.model(t, pos, cache, start=start, logits_at=slice(0, 0), final_hidden=True).final_hidden[-1:]
+        full = torch.full((1, self.target_vocab), float("-inf"), device=h.device)
+        return full.index_copy_(1, self.vocab.ids[:self.vocab.n], self.vocab.logits(h))
 
     @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:
