@@ -158,3 +158,29 @@ def test_a_model_without_a_chat_template_continues_the_text(tmp_path):
     assert tok.encode_prompt(turns) == tok.encode_prompt(turns, chat=False) == tok.hf("hello\n\nworld\n\n")["input_ids"]
     with pytest.raises(SpecdraftError, match="no chat template"):
         tok.encode_prompt("hello world", chat=True)
+
+
+def test_gemma_norms_stay_float32_as_1_plus_w_in_a_bf16_model(tmp_path):
+    """Gemma multiplies by 1 + w in float32, then casts: in a bf16 model its norm weights are kept
+    as that float32 sum (w rounded to bf16 first, as HF's parameter is) and applied before the cast."""
+    from conftest import _save_tiny
+    from safetensors import safe_open
+
+    from specdraft.runtime.loader import load_decoder
+    from specdraft.runtime.model import rms_norm
+
+    path = _save_tiny(tmp_path / "g", "gemma3_text", seed=2)
+    model = load_decoder(path, torch.bfloat16)
+    with safe_open(str(next(path.glob("*.safetensors"))), "pt") as f:
+        w = f.get_tensor("model.layers.0.self_attn.q_norm.weight")
+    q_norm = model.layers[0].q_norm
+    assert q_norm.dtype == torch.float32 and model.layers[0].qkv.weight.dtype == torch.bfloat16
+    assert torch.equal(q_norm, w.to(torch.bfloat16).float() + 1)
+    x = torch.randn(3, q_norm.shape[0], dtype=torch.bfloat16)
+    xf = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert torch.equal(rms_norm(x, q_norm, 1e-6), (xf * q_norm).to(torch.bfloat16))
+    ids = torch.tensor([5, 9, 11, 3, 70])
+    out = model(ids, torch.arange(5), model.new_cache(5)).logits  # runs in bf16 with float32 norms
+    f32 = load_decoder(path)
+    ref = f32(ids, torch.arange(5), f32.new_cache(5)).logits
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()

@@ -66,14 +66,16 @@ class _Checkpoint:
 
 def hf_to_ours(ckpt: _Checkpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename HF tensors to ours, fusing q/k/v and gate/up into single matmuls. Gemma's norm
-    weights are offsets from 1 (it normalises with 1 + w): the 1 is added here."""
+    weights are offsets from 1 (it normalises with 1 + w): the 1 is added here, in float32."""
     gemma = cfg.family == "gemma3_text"
 
     take = ckpt.take
 
     def norm(name: str) -> torch.Tensor:
+        # Gemma's 1 + w stays float32 in any dtype (w itself rounded to the model's dtype first),
+        # exactly what its RMSNorm multiplies by.
         w = ckpt.take(name)
-        return (w.float() + 1.0).to(w.dtype) if gemma else w
+        return w.float() + 1.0 if gemma else w
 
     out = {"embed.weight": take("model.embed_tokens.weight"), "norm": norm("model.norm.weight")}
     if not cfg.tie_word_embeddings:

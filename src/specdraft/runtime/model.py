@@ -74,9 +74,13 @@ def linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Normalise in float32, as the reference implementations do, then cast back.
+    # Normalise in float32, as the reference implementations do, then cast back. Llama casts
+    # before the weight; a float32 weight in a lower-precision model (Gemma's 1 + w, see the
+    # loader) multiplies before the cast, as Gemma does.
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight.dtype == torch.float32 and x.dtype != torch.float32:
+        return (weight * xf).to(x.dtype)
     return weight * xf.to(x.dtype)
 
 
