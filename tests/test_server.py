@@ -219,3 +219,30 @@ def test_queue_limit_answers_429(tiny_llm_dir):
         with ThreadPoolExecutor(6) as pool:
             codes = list(pool.map(one, range(6)))
         assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+
+
+def test_a_base_model_serves_completions_and_refuses_chat(tiny_llm_dir, tmp_path):
+    """A model without a chat template (a base model): /v1/completions continues the text, a chat
+    request is a 400 that says where to go instead."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llm_dir, base)
+    for f in base.glob("*"):  # the template may sit in tokenizer_config.json or its own file
+        if f.name == "chat_template.jinja":
+            f.unlink()
+        elif f.name == "tokenizer_config.json":
+            cfg = json.loads(f.read_text())
+            cfg.pop("chat_template", None)
+            f.write_text(json.dumps(cfg))
+    llm = LLM(str(base), dtype="float32", progress=False)
+    assert not llm.tokenizer.has_chat_template
+    with Live(llm, ServerConfig(model_name="tiny")) as s:
+        out = s.client().completions.create(model="tiny", prompt="def add(a, b):", max_tokens=8, temperature=0)
+        want = llm.generate("def add(a, b):", chat=False, max_new_tokens=8)
+        # the same tokens (a random tiny model may end inside a UTF-8 sequence, which the server holds back)
+        assert out.usage.completion_tokens == want.new_tokens and want.text.startswith(out.choices[0].text)
+        assert out.choices[0].text
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert "no chat template" in e.value.body["message"] and "/v1/completions" in e.value.body["message"]

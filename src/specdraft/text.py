@@ -62,7 +62,8 @@ class Tokenizer:
         if not chat:
             return self.hf("".join(m["content"] + "\n\n" for m in prompt))["input_ids"]
         if not self.has_chat_template:
-            raise SpecdraftError("this model has no chat template: pass raw text with --no-chat")
+            raise SpecdraftError("this model has no chat template (a base model): give it text to continue "
+                                 "(generate --no-chat, chat=False in the API, /v1/completions on the server)")
         text = self.hf.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         return self.hf(text, add_special_tokens=False)["input_ids"]
 
