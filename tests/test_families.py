@@ -184,3 +184,19 @@ def test_gemma_norms_stay_float32_as_1_plus_w_in_a_bf16_model(tmp_path):
     f32 = load_decoder(path)
     ref = f32(ids, torch.arange(5), f32.new_cache(5)).logits
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_streamed_pieces_add_up_to_the_text_even_mid_character(tiny_llm_dir):
+    """The detokenizer holds back an incomplete UTF-8 sequence while generating; at the end it is
+    released (as U+FFFD), so the pieces always join to the result's text."""
+    from specdraft import LLM
+
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    ended_mid_character = False
+    for prompt in ("def add(a, b):", "The quick brown fox", "Natalia sold 48 clips"):
+        for n in (3, 8, 20):
+            pieces: list[str] = []
+            r = llm.generate(prompt, chat=False, max_new_tokens=n, on_text=pieces.append)
+            assert "".join(pieces) == r.text
+            ended_mid_character |= r.text.endswith("\ufffd")
+    assert ended_mid_character  # the case this is about did occur

@@ -177,6 +177,8 @@ class LLM:
             self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
             drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop,
         )
+        if detok is not None and (rest := detok.flush()):
+            on_text(rest)  # the streamed pieces then add up to the text, even if it ends mid-character
         return GenerationResult(
             text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
             model=self.name, drafter=d.name if d is not None else "plain", dtype=self.dtype_name,

@@ -92,3 +92,11 @@ class Detokenizer:
             return ""
         self.prefix, self.read = self.read, len(self.ids)
         return now[len(before):]
+
+    def flush(self) -> str:
+        """At the end of generation: whatever is still held back (an incomplete UTF-8 sequence
+        comes out as U+FFFD, as the whole text's decode has it)."""
+        before = self.tok.decode(self.ids[self.prefix:self.read])
+        now = self.tok.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):] if len(now) > len(before) else ""
