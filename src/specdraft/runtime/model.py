@@ -249,14 +249,20 @@ class Decoder(nn.Module):
         rope = {False: self.rope(positions)}
         mask = self.attention_mask(start, n, tree_mask) if mask is None else mask.to(self.device, torch.bool)
         masks = {False: mask}
+        first = {False: 0, True: 0}  # the first cache slot a layer of the kind attends to
         if cfg.has_sliding:
             rope[True] = self.rope(positions, local=True)
             masks[True] = mask
-            if end > cfg.sliding_window:
-                # Committed slot j holds position j; the new rows sit at their given positions.
-                key_pos = torch.cat((torch.arange(start, device=self.device), positions.to(self.device)))
-                near = positions.to(self.device)[:, None] - key_pos[None, :] < cfg.sliding_window
-                masks[True] = near if mask is None else mask & near
+            W = cfg.sliding_window
+            if end > W:
+                # Committed slot j holds position j; the new rows sit at their given positions (a
+                # slot never below its position). Slots before the lowest query position's window
+                # are seen by no row: the sliding layers skip them, a long context costs them W keys.
+                lo = max(0, int(positions.min()) - W + 1)
+                key_pos = torch.cat((torch.arange(start, device=self.device), positions.to(self.device)))[lo:]
+                near = positions.to(self.device)[:, None] - key_pos[None, :] < W
+                masks[True] = near if mask is None else mask[:, lo:] & near
+                first[True] = lo
         if G > 1:
             # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D]
             # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.
@@ -270,7 +276,8 @@ class Decoder(nn.Module):
                 q, k, v = layer.qkv_heads(x, *rope[local])  # [H, N, D], [Hkv, N, D], [Hkv, N, D]
                 cache.k[i, :, start:end] = k
                 cache.v[i, :, start:end] = v
-                a = F.scaled_dot_product_attention(q.reshape(Hkv, G * n, D), cache.k[i, :, :end], cache.v[i, :, :end],
+                lo = first[local]
+                a = F.scaled_dot_product_attention(q.reshape(Hkv, G * n, D), cache.k[i, :, lo:end], cache.v[i, :, lo:end],
                                                    attn_mask=masks[local], scale=cfg.attn_scale)
                 x = layer.attn_residual(x, a.view(H, n, D).transpose(0, 1).reshape(n, H * D))
             if skip is None or not skip.mlp[i]:
