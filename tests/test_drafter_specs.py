@@ -69,3 +69,17 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
     (tmp_path / "m" / "drafter.json").write_text('{"cpu": {"spec": "ctc"}}')
     with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
         recommended(SimpleNamespace(name="m", device=torch.device("cpu")))
+
+
+@pytest.mark.parametrize("spec", ["layerskip", "knn-ssd", "ctc", "medusa"])
+def test_a_missing_shipped_artifact_names_its_recipe_and_a_spec_that_parses(tiny_llm_dir, spec):
+    """A model with no shipped artifact: the error names the command that builds one and the
+    drafter spec that then takes its path -- a spec that really parses (layerskip, not skipset)."""
+    import re
+
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    with pytest.raises(SpecdraftError, match="no shipped") as e:
+        build_drafter(spec, llm)
+    suggested = re.search(r"--drafter (\S+):PATH", str(e.value)).group(1)
+    assert suggested == spec
+    check_spec(f"{suggested}:some/path")

@@ -12,11 +12,12 @@ from ..errors import SpecdraftError
 
 ROOT = Path(__file__).parent
 
+# artifact -> (the drafter that reads it, the command that makes it)
 HOW = {
-    "skipset.json": "specdraft search-skip --model {m} --domain conversation --out FILE",
-    "knn-ssd": "specdraft knn build --model {m} --out DIR",
-    "ctc": "specdraft train ctc --model {m} --data DIR --out DIR",
-    "medusa": "specdraft train medusa --model {m} --data DIR --out DIR",
+    "skipset.json": ("layerskip", "specdraft search-skip --model {m} --domain conversation --out FILE"),
+    "knn-ssd": ("knn-ssd", "specdraft knn build --model {m} --out DIR"),
+    "ctc": ("ctc", "specdraft train ctc --model {m} --data DIR --out DIR"),
+    "medusa": ("medusa", "specdraft train medusa --model {m} --data DIR --out DIR"),
 }
 
 
@@ -30,8 +31,9 @@ def find(llm, name: str) -> Path:
     model = getattr(llm, "name", str(llm))
     path = _model_dir(llm) / name
     if not path.exists():
-        raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{HOW[name].format(m=model)}` "
-                             f"and pass its path (e.g. --drafter {name.split('.')[0]}:PATH)")
+        kind, how = HOW[name]
+        raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{how.format(m=model)}` "
+                             f"and pass its path (--drafter {kind}:PATH)")
     return path
 
 
