@@ -11,6 +11,11 @@ from .errors import SpecdraftError
 Messages = list[dict[str, str]]
 
 
+def special_ids(hf) -> set[int]:
+    """The ids of an HF tokenizer's special tokens (added tokens marked special)."""
+    return {i for i, t in hf.added_tokens_decoder.items() if t.special}
+
+
 class Tokenizer:
     def __init__(self, path: Path):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,8 +39,7 @@ class Tokenizer:
         if (path / "specdraft.json").is_file():
             # A zoo conversion made before session 17 also listed "</s>" where it is ordinary text
             # (Qwen's vocabulary: an HTML tag); only special tokens end a zoo model's turn.
-            special = {i for i, t in self.hf.added_tokens_decoder.items() if t.special}
-            ids &= special | {self.hf.eos_token_id}
+            ids &= special_ids(self.hf) | {self.hf.eos_token_id}
         return ids
 
     @property

@@ -209,8 +209,11 @@ def stop_ids(tok, eos) -> set[int]:
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tok.eos_token_id is not None:
         ids.add(tok.eos_token_id)
-    special = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
-    ids.update(special[m] for m in STOP_MARKERS if m in special)
+    from .text import special_ids
+
+    vocab = tok.get_vocab()
+    special = special_ids(tok)
+    ids.update(vocab[m] for m in STOP_MARKERS if vocab.get(m) in special)
     return ids
 
 

@@ -51,8 +51,6 @@ class DraftVocab:
         self.ids[:nb] = torch.tensor(self.base, dtype=torch.long, device=head.device)
         self.base_rows = head[self.ids[:nb]]
         if int8:
-            from ..runtime.quant import Int8Weight
-
             self.base_rows = Int8Weight(self.base_rows)
         self.spare_rows = torch.zeros(spare, head.shape[1], dtype=head.dtype, device=head.device)
         self.members = set(self.base)
