@@ -28,6 +28,9 @@ def test_hand_made_records_give_known_metrics():
     assert o["greedy_match"] == 0.5 and o["questions"] == 2 and o["new_tokens"] == 30
     assert s["spec"]["categories"]["code"]["speedup"] == pytest.approx(2.0)
     assert s["spec"]["categories"]["math"]["tau"] == pytest.approx(4.0)
+    sampled = summarize(records, compare_outputs=False)
+    assert sampled["spec"]["overall"]["greedy_match"] is None
+    assert sampled["spec"]["overall"]["speedup"] == o["speedup"]
 
 
 def test_turns_and_repeats_are_summed_per_question():

@@ -58,6 +58,13 @@ def _min_gain_option(p: argparse.ArgumentParser) -> None:
                         "few prompts differ by about 0.1x between runs)")
 
 
+def _sampling_options(p: argparse.ArgumentParser, seed_help: str) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+
+
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bfloat16 on a GPU or a CPU with AVX512-BF16/AMX, else float32, "
@@ -74,10 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model), lookup[:N], draft-model:NAME, "
                    "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--seed", type=int, default=None)
+    _sampling_options(g, seed_help="default: a fresh random seed")
     _dtype_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template "
@@ -92,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
     b.add_argument("--per-category", type=_positive_int, default=None, help="first K questions of each category")
     b.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    _sampling_options(b, seed_help="with --temperature: each turn samples with a seed made from this one (default 0) "
+                      "and the turn, the same for every method")
     _dtype_option(b)
     b.add_argument("--device", default=None)
     b.add_argument("--repeats", type=_positive_int, default=1)
@@ -310,9 +316,11 @@ def cmd_bench(a) -> int:
     from .bench.runner import SpecdraftMethod, run_methods
     from .data.build import default_questions
     from .drafters import check_spec
+    from .runtime.sampling import SamplingParams
 
     resolve_dtype(a.dtype)
     resolve_device(a.device)
+    sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
     specs = list(dict.fromkeys(["plain", *[s.strip() for s in a.methods.split(",") if s.strip()]]))
     for s in specs:
         if not is_peer(s):
@@ -328,10 +336,14 @@ def cmd_bench(a) -> int:
     hf_cache: dict = {}
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
     failures: dict[str, str] = {}
-    records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, failures=failures)
+    records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, sampling=sampling,
+                          failures=failures)
     summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+               "sampling": None if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                                         "top_k": sampling.top_k, "seed": sampling.seed or 0},
                "mix": a.mix, "stream": [q.category for q in questions],
-               "date": datetime.date.today().isoformat(), "methods": summarize(records), "failures": failures}
+               "date": datetime.date.today().isoformat(),
+               "methods": summarize(records, compare_outputs=sampling.greedy), "failures": failures}
     out = Path(a.out)
     write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     print(markdown_table(summary))

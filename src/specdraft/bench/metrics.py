@@ -53,7 +53,7 @@ def _question_totals(records: list[TurnRecord]) -> dict[tuple[str, str], dict]:
     return out
 
 
-def _stats(rows: list[tuple[str, dict]], plain: dict[str, dict] | None) -> dict:
+def _stats(rows: list[tuple[str, dict]], plain: dict[str, dict] | None, compare_outputs: bool) -> dict:
     new = sum(t["new_tokens"] for _, t in rows)
     fwd = sum(t["target_forwards"] for _, t in rows)
     drafted = sum(t["drafted"] for _, t in rows)
@@ -72,14 +72,16 @@ def _stats(rows: list[tuple[str, dict]], plain: dict[str, dict] | None) -> dict:
         "speedup_median": statistics.median(ratios) if ratios else None,
         "new_tokens": new,
         "questions": len(rows),
-        "greedy_match": statistics.fmean(matches) if matches else None,
+        "greedy_match": statistics.fmean(matches) if matches and compare_outputs else None,
         **({"routing_accuracy": statistics.fmean(t["route"] == t["category"] for _, t in routed)}
            if (routed := [(q, t) for q, t in rows if t["route"] is not None]) else {}),
     }
 
 
-def summarize(records: list[TurnRecord], baseline: str = "plain") -> dict:
-    """{METHOD: {"overall": {...}, "categories": {CATEGORY: {...}}}} with the metrics above."""
+def summarize(records: list[TurnRecord], baseline: str = "plain", compare_outputs: bool = True) -> dict:
+    """{METHOD: {"overall": {...}, "categories": {CATEGORY: {...}}}} with the metrics above.
+
+    compare_outputs=False (sampled runs, where outputs differ by design) leaves greedy_match None."""
     totals = _question_totals(records)
     methods = list(dict.fromkeys(r.method for r in records))
     plain = {q: t for (m, q), t in totals.items() if m == baseline} or None
@@ -88,7 +90,8 @@ def summarize(records: list[TurnRecord], baseline: str = "plain") -> dict:
         rows = [(q, t) for (mm, q), t in totals.items() if mm == m]
         cats = sorted({t["category"] for _, t in rows})
         out[m] = {
-            "overall": _stats(rows, plain),
-            "categories": {c: _stats([(q, t) for q, t in rows if t["category"] == c], plain) for c in cats},
+            "overall": _stats(rows, plain, compare_outputs),
+            "categories": {c: _stats([(q, t) for q, t in rows if t["category"] == c], plain, compare_outputs)
+                           for c in cats},
         }
     return out

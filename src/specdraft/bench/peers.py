@@ -14,7 +14,8 @@ import torch
 
 from ..api import LLM
 from ..errors import SpecdraftError
-from .runner import TurnResult
+from ..runtime.sampling import SamplingParams
+from .runner import GREEDY, TurnResult
 
 PEER_KINDS = ("hf-plain", "hf-assisted", "hf-lookup", "hf-early-exit", "llamacpp-plain", "llamacpp-lookup")
 
@@ -62,14 +63,21 @@ class HFMethod:
             self.kwargs["assistant_early_exit"] = int(arg or max(1, llm.model.cfg.num_layers // 4))
 
     @torch.inference_mode()
-    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
+    def generate(self, messages: list[dict], max_new_tokens: int, sampling: SamplingParams = GREEDY) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
         x = torch.tensor([ids], device=self.model.device)
         eos = sorted(self.llm.tokenizer.eos_ids)
+        if sampling.greedy:
+            how: dict = {"do_sample": False}
+        else:  # every warper given explicitly: a model's generation_config.json must not add its own
+            how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                   "top_k": sampling.top_k, "min_p": None, "typical_p": 1.0, "repetition_penalty": 1.0}
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
         self.forwards.n = 0  # methods run one at a time, so the shared count is this call's
         t = time.perf_counter()
-        y = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=eos, pad_token_id=eos[0], **self.kwargs)
+        y = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                eos_token_id=eos, pad_token_id=eos[0], **how, **self.kwargs)
         dt = time.perf_counter() - t
         new = y[0, len(ids):].tolist()
         return TurnResult(tuple(new), self.llm.tokenizer.decode(new), dt, self.forwards.n)
@@ -102,13 +110,20 @@ class LlamaCppMethod:
                            n_threads=torch.get_num_threads(), draft_model=draft, logits_all=draft is not None,
                            verbose=False)
 
-    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
+    def generate(self, messages: list[dict], max_new_tokens: int, sampling: SamplingParams = GREEDY) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
         eos = self.llm.tokenizer.eos_ids
         out: list[int] = []
         self.model.reset()
+        if sampling.greedy:
+            how: dict = {"temp": 0.0, "top_k": 1}
+        else:  # llama-cpp-python's own defaults (min_p 0.05, top_k 40, ...) replaced by the request's
+            how = {"temp": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": 0.0,
+                   "typical_p": 1.0, "repeat_penalty": 1.0}
+            if sampling.seed is not None:
+                self.model.set_seed(sampling.seed)
         t = time.perf_counter()
-        for tok in self.model.generate(ids, temp=0.0, top_k=1, reset=True):
+        for tok in self.model.generate(ids, reset=True, **how):
             out.append(int(tok))
             if tok in eos or len(out) >= max_new_tokens:
                 break

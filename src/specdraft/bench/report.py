@@ -27,6 +27,16 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def decoding(summary: dict) -> str:
+    """How the run decoded: "greedy", or the sampling parameters (outputs then differ from plain's)."""
+    sp = summary.get("sampling")
+    if not sp:
+        return "greedy"
+    return (f"sampled (temperature {sp['temperature']:g}, top-p {sp['top_p']:g}, top-k {sp['top_k']}, seed {sp['seed']}; "
+            "outputs are not compared with plain's: a drafter draws random numbers of its own, only the "
+            "distribution is the same)")
+
+
 def write_answers(records: list[TurnRecord], out: Path) -> None:
     """answers/METHOD.jsonl in FastChat's answer format (repeat 0; one line per question)."""
     by: dict[tuple[str, str], list[TurnRecord]] = {}
@@ -72,7 +82,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_ylabel(label)
     axes[1].set_xticks(range(len(cats)), cats, rotation=20)
     axes[0].legend(fontsize=8)
-    axes[0].set_title(f"{summary['model']} ({summary['dtype']})")
+    sp = summary.get("sampling")
+    axes[0].set_title(f"{summary['model']} ({summary['dtype']}" + (f", temperature {sp['temperature']:g})" if sp else ")"))
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -88,7 +99,7 @@ def write_all(summary: dict, records: list[TurnRecord], out: Path, command: str)
     with atomic_file(out / "report.md", "w") as f:
         f.write(f"# specdraft bench: {summary['model']} ({summary['dtype']})\n\n`{command}`\n\n"
                 f"{summary['date']}, max {summary['max_new_tokens']} new tokens, {summary['repeats']} repeat(s), "
-                f"greedy. speedup = mean over questions of tokens/s ratio to plain (same run).\n\n"
+                f"{decoding(summary)}. speedup = mean over questions of tokens/s ratio to plain (same run).\n\n"
                 f"{markdown_table(summary)}\n")
         for method, why in summary.get("failures", {}).items():
             f.write(f"\n- **{method} failed** and was dropped from the run: {why}\n")

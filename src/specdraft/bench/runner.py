@@ -5,10 +5,12 @@ context of turn 2, each method continuing its own conversation)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..api import LLM
+from ..runtime.sampling import SamplingParams
 from .metrics import TurnRecord
 from .questions import Question
 
@@ -24,21 +26,32 @@ class TurnResult:
     route: str | None = None  # knn-ssd: the domain the prompt was routed to ("fallback" if none)
 
 
+GREEDY = SamplingParams()
+
+
 class Method(Protocol):
     name: str
 
-    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult: ...
+    def generate(self, messages: list[dict], max_new_tokens: int, sampling: SamplingParams = GREEDY) -> TurnResult:
+        """One turn; `sampling` carries the turn's seed when it samples."""
+
+
+def turn_seed(seed: int, question_id: str, turn: int, repeat: int) -> int:
+    """The seed of one turn: the same for every method (and every run), different per turn."""
+    return zlib.crc32(f"{seed}/{question_id}/{turn}/{repeat}".encode())
 
 
 class SpecdraftMethod:
-    """Our engine with one drafter spec (plain decoding for "plain"), greedy."""
+    """Our engine with one drafter spec (plain decoding for "plain")."""
 
     def __init__(self, llm: LLM, spec: str):
         self.llm, self.name = llm, spec
         llm.drafter(spec)  # build (and load any draft model) before timing starts
 
-    def generate(self, messages: list[dict], max_new_tokens: int) -> TurnResult:
-        r = self.llm.generate(messages, max_new_tokens=max_new_tokens, drafter=self.name)
+    def generate(self, messages: list[dict], max_new_tokens: int, sampling: SamplingParams = GREEDY) -> TurnResult:
+        r = self.llm.generate(messages, max_new_tokens=max_new_tokens, drafter=self.name,
+                              temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                              seed=sampling.seed)
         s = r.stats
         route = s.extra.get("route")
         return TurnResult(tuple(r.token_ids), r.text, s.wall_s, s.target_forwards, s.drafted, s.accepted,
@@ -46,16 +59,27 @@ class SpecdraftMethod:
 
 
 def run_methods(methods: list[Method], questions: list[Question], *, max_new_tokens: int, repeats: int = 1,
-                warmup: bool = True, progress: bool = True, failures: dict[str, str] | None = None) -> list[TurnRecord]:
+                sampling: SamplingParams = GREEDY, warmup: bool = True, progress: bool = True,
+                failures: dict[str, str] | None = None) -> list[TurnRecord]:
     """Records of every turn. A method that raises is dropped from the rest of the run and its
-    error kept in `failures` (method -> message): one broken peer must not sink a long run."""
+    error kept in `failures` (method -> message): one broken peer must not sink a long run.
+
+    With sampling (temperature > 0), every method samples each turn with the same seed
+    (`turn_seed` of sampling.seed, default 0): runs are reproducible. The methods' outputs still
+    differ, since a drafter consumes random numbers of its own; only their distribution is the same."""
     from tqdm.auto import tqdm
 
     failures = {} if failures is None else failures
+    base_seed = 0 if sampling.seed is None else sampling.seed
+
+    def params(qid: str, turn: int, rep: int) -> SamplingParams:
+        return sampling if sampling.greedy else replace(sampling, seed=turn_seed(base_seed, qid, turn, rep))
+
     if warmup:
         for m in methods:
             try:
-                m.generate([{"role": "user", "content": questions[0].turns[0]}], min(16, max_new_tokens))
+                m.generate([{"role": "user", "content": questions[0].turns[0]}], min(16, max_new_tokens),
+                           params("warm-up", 0, 0))
             except Exception as e:  # noqa: BLE001 -- reported, not hidden
                 failures[m.name] = f"warm-up: {type(e).__name__}: {e}"
     records: list[TurnRecord] = []
@@ -73,7 +97,7 @@ def run_methods(methods: list[Method], questions: list[Question], *, max_new_tok
                     for turn, text in enumerate(q.turns):
                         messages.append({"role": "user", "content": text})
                         try:
-                            r = m.generate(messages, max_new_tokens)
+                            r = m.generate(messages, max_new_tokens, params(q.question_id, turn, rep))
                         except Exception as e:  # noqa: BLE001 -- reported, not hidden
                             failures[m.name] = f"question {q.question_id} turn {turn}: {type(e).__name__}: {e}"
                             print(f"\n{m.name} failed and is dropped: {failures[m.name]}", file=sys.stderr)
