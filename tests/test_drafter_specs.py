@@ -71,6 +71,48 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
         recommended(SimpleNamespace(name="m", device=torch.device("cpu")))
 
 
+def test_auto_samples_with_the_drafter_measured_for_its_temperature(tiny_llm_dir, tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from specdraft import artifacts
+    from specdraft.drafters import recommended
+    from specdraft.server.app import drafter_name
+
+    # the shipped models: a "sampled" entry from its temperature on, where one was measured
+    for model in ("smollm2-135m", "qwen2.5-coder-1.5b", "gemma3-270m"):
+        entry = json.loads((artifacts.ROOT / model / "drafter.json").read_text())["cpu"]
+        cpu = SimpleNamespace(name=model, device=torch.device("cpu"))
+        hot = entry.get("sampled")
+        for t in (0.0, 0.5, 0.7, 1.0, 1.5):
+            want = hot["drafter"] if hot and t > 0 and t >= hot["min_temperature"] else entry["drafter"]
+            assert recommended(cpu, t) == want
+            check_spec(recommended(cpu, t))
+    monkeypatch.setattr(artifacts, "ROOT", tmp_path)
+    (tmp_path / tiny_llm_dir.name).mkdir()
+    (tmp_path / tiny_llm_dir.name / "drafter.json").write_text(json.dumps(
+        {"cpu": {"drafter": "lookup?min_ngram=2",
+                 "sampled": {"drafter": "draft-model:self?quant=int8", "min_temperature": 0.9}}}))
+    llm = LLM(str(tiny_llm_dir), drafter="auto", dtype="float32", progress=False)
+    prompt = "hello there hello there"
+    greedy = llm.generate(prompt, max_new_tokens=10)
+    warm = llm.generate(prompt, max_new_tokens=10, temperature=0.7, seed=3)
+    hot = llm.generate(prompt, max_new_tokens=10, temperature=1.0, seed=3)
+    int8 = build_drafter("draft-model:self?quant=int8", llm).name
+    assert (greedy.drafter, warm.drafter, hot.drafter) == ("lookup?min_ngram=2", "lookup?min_ngram=2", int8)
+    assert greedy.token_ids == llm.generate(prompt, max_new_tokens=10, drafter="plain").token_ids
+    assert drafter_name(llm, "auto") == greedy.drafter and drafter_name(llm, "auto", temperature=1.0) == int8
+    assert drafter_name(llm, "lookup", temperature=1.0) == "lookup"  # only auto depends on the temperature
+    # without a "sampled" entry, sampling takes greedy's drafter; a broken one is an error
+    (tmp_path / tiny_llm_dir.name / "drafter.json").write_text('{"cpu": {"drafter": "lookup?min_ngram=2"}}')
+    assert recommended(llm, 1.0) == "lookup?min_ngram=2"
+    (tmp_path / tiny_llm_dir.name / "drafter.json").write_text('{"cpu": {"drafter": "lookup", "sampled": {"drafter": "ctc"}}}')
+    with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
+        recommended(llm, 1.0)
+
+
 @pytest.mark.parametrize("spec", ["layerskip", "knn-ssd", "ctc", "medusa"])
 def test_a_missing_shipped_artifact_names_its_recipe_and_a_spec_that_parses(tiny_llm_dir, spec):
     """A model with no shipped artifact: the error names the command that builds one and the

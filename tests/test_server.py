@@ -88,7 +88,7 @@ def test_chat_streamed_equals_not_streamed_and_equals_generate(live, smol_llm, s
     extra = full.model_extra["specdraft"]
     assert extra["drafter"] == "lookup" and extra["tau"] >= 1.0
     health = httpx.get(live.url + "/health").json()  # the drafter the responses name, also for `auto`
-    assert health["drafts_with"] == extra["drafter"] and health["drafter"] == "lookup"
+    assert health["drafts_with"] == extra["drafter"] == health["drafts_with_at_temperature_1"] and health["drafter"] == "lookup"
     chunks = list(c.chat.completions.create(model="smollm2-135m", messages=msgs, max_tokens=40, temperature=0,
                                             stream=True, stream_options={"include_usage": True}))
     streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)

@@ -28,6 +28,7 @@ from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+HOT = float("inf")  # a temperature above every recommendation's threshold (`auto` when sampling hot)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -126,11 +127,18 @@ class LLM:
         self._drafters: dict[str, Drafter | None] = {}
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
+        if drafter == "auto":
+            self.drafter(drafter, temperature=HOT)  # and the one `auto` samples with, where it differs
 
-    def drafter(self, spec: str | Drafter | None) -> Drafter | None:
-        """The drafter for a spec (built once and kept), a Drafter as is, or None for plain."""
+    def drafter(self, spec: str | Drafter | None, temperature: float = 0.0) -> Drafter | None:
+        """The drafter for a spec (built once and kept), a Drafter as is, or None for plain.
+        `auto` is the model's recommendation (`drafters.recommended`) at this sampling temperature."""
         if spec is None or isinstance(spec, Drafter):
             return spec
+        if spec == "auto":
+            from .drafters import recommended
+
+            spec = recommended(self, temperature)
         if spec not in self._drafters:
             self._drafters[spec] = build_drafter(spec, self)
         return self._drafters[spec]
@@ -156,12 +164,12 @@ class LLM:
         """Generate a completion. A list of ints is taken as already-encoded prompt ids.
 
         drafter: a spec ("plain", "lookup", "draft-model:NAME"), a Drafter, or "default" for the
-        one this LLM was loaded with. chat: apply the chat template (True), take the text as it is
+        one this LLM was loaded with; `auto` takes the model's recommendation for this temperature. chat: apply the chat template (True), take the text as it is
         (False), or the template when the model has one (None; a base model continues the text).
         """
         spec = self.default_drafter if drafter == "default" else drafter
-        d = self.drafter(spec)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        d = self.drafter(spec, temperature=params.temperature)
         if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
             ids = list(prompt)
         else:

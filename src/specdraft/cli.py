@@ -367,8 +367,10 @@ def cmd_serve(a) -> int:
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
                        max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue)
-    name = drafter_name(llm, cfg.drafter)
+    name, hot = drafter_name(llm, cfg.drafter), drafter_name(llm, cfg.drafter, temperature=1.0)
     shown = cfg.drafter if name == cfg.drafter else f"{cfg.drafter}: {name}"
+    if hot != name:
+        shown += f"; {hot} at temperature 1"
     print(f"serving {cfg.model_name} (drafter {shown}) on http://{a.host}:{a.port}/v1", file=sys.stderr)
     uvicorn.run(create_app(llm, cfg), host=a.host, port=a.port, log_level="warning")
     return 0

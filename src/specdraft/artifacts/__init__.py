@@ -37,9 +37,12 @@ def find(llm, name: str) -> Path:
     return path
 
 
-def recommendation(llm, device_type: str) -> str | None:
-    """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu"), or None
-    when nothing was measured there. The file: {"cpu": {"drafter": SPEC, "measured": WHERE}, ...}."""
+def recommendation(llm, device_type: str, temperature: float = 0.0) -> str | None:
+    """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu") at a
+    sampling temperature (0 = greedy), or None when nothing was measured there. The file:
+    {"cpu": {"drafter": SPEC, "measured": WHERE, "sampled": {"drafter": SPEC, "min_temperature": T,
+    "measured": WHERE}}, ...}; the optional "sampled" entry is the drafter measured fastest when
+    sampling at temperature T and above, where it differs from greedy's."""
     import json
 
     path = _model_dir(llm) / "drafter.json"
@@ -47,6 +50,11 @@ def recommendation(llm, device_type: str) -> str | None:
         return None
     try:
         entry = json.loads(path.read_text()).get(device_type)
-        return None if entry is None else str(entry["drafter"])
+        if entry is None:
+            return None
+        hot = entry.get("sampled")
+        if hot is not None and temperature > 0 and temperature >= float(hot["min_temperature"]):
+            return str(hot["drafter"])
+        return str(entry["drafter"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SpecdraftError(f"corrupt drafter recommendation {path}: {e}") from None

@@ -30,13 +30,14 @@ AUTO_CPU = "lookup?min_ngram=2+draft-model:self?quant=int8"
 AUTO_OTHER = "lookup?min_ngram=2"
 
 
-def recommended(llm: "LLM") -> str:
-    """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type
-    (the drafter measured fastest there, see specdraft.artifacts), else AUTO_CPU / AUTO_OTHER."""
+def recommended(llm: "LLM", temperature: float = 0.0) -> str:
+    """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type and
+    sampling temperature (the drafter measured fastest there, see specdraft.artifacts), else
+    AUTO_CPU / AUTO_OTHER."""
     from .. import artifacts
 
     kind = llm.device.type
-    entry = artifacts.recommendation(llm, kind)
+    entry = artifacts.recommendation(llm, kind, temperature)
     if entry is not None:
         return entry
     return AUTO_CPU if kind == "cpu" else AUTO_OTHER
@@ -115,7 +116,8 @@ def check_spec(spec: str) -> None:
 
 def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
     """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
-    given here override those of the spec."""
+    given here override those of the spec. `auto` is greedy decoding's recommendation (LLM.drafter
+    picks the sampling one for sampled requests)."""
     check_spec(spec)
     if spec == "auto":
         spec = recommended(llm)

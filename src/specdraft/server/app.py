@@ -51,16 +51,20 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
 
 
-def drafter_name(llm: LLM, spec: str) -> str:
-    """The name of the drafter `spec` builds for `llm` (as responses report it), "plain" for none."""
-    d = llm.drafter(spec)
+def drafter_name(llm: LLM, spec: str, temperature: float = 0.0) -> str:
+    """The name of the drafter `spec` builds for `llm` (as responses report it), "plain" for none;
+    `temperature`: the one requests sampling at it get (it matters only for `auto`)."""
+    d = llm.drafter(spec, temperature=temperature)
     return "plain" if d is None else d.name
 
 
 def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     metrics = Metrics()
     scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics)
-    drafts_with = drafter_name(llm, cfg.drafter)  # what the spec became (`auto` names its choice)
+    # What the spec became (`auto` names its choices): for greedy requests, and for requests at
+    # temperature 1 (the API's default).
+    drafts_with = {"drafts_with": drafter_name(llm, cfg.drafter),
+                   "drafts_with_at_temperature_1": drafter_name(llm, cfg.drafter, temperature=1.0)}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -217,7 +221,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": cfg.model_name, "drafter": cfg.drafter, "drafts_with": drafts_with,
+        return {"status": "ok", "model": cfg.model_name, "drafter": cfg.drafter, **drafts_with,
                 "queue_depth": scheduler.depth}
 
     @app.get("/metrics")
@@ -229,7 +233,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
         check_auth(request)
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
                                              "owned_by": "specdraft",
-                                             "specdraft": {"drafter": cfg.drafter, "drafts_with": drafts_with}}]}
+                                             "specdraft": {"drafter": cfg.drafter, **drafts_with}}]}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
