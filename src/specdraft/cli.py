@@ -58,11 +58,11 @@ def _min_gain_option(p: argparse.ArgumentParser) -> None:
                         "few prompts differ by about 0.1x between runs)")
 
 
-def _sampling_options(p: argparse.ArgumentParser, seed_help: str) -> None:
+def _sampling_options(p: argparse.ArgumentParser, seed_help: str, seed: int | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1 = off)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
-    p.add_argument("--seed", type=int, default=None, help=seed_help)
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
 
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
     b.add_argument("--per-category", type=_positive_int, default=None, help="first K questions of each category")
     b.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    _sampling_options(b, seed_help="with --temperature: each turn samples with a seed made from this one (default 0) "
+    _sampling_options(b, seed=0, seed_help="with --temperature: each turn samples with a seed made from this one (default 0) "
                       "and the turn, the same for every method")
     _dtype_option(b)
     b.add_argument("--device", default=None)
@@ -304,6 +304,7 @@ def cmd_data(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    import dataclasses
     import datetime
     import shlex
     from pathlib import Path
@@ -339,8 +340,7 @@ def cmd_bench(a) -> int:
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, sampling=sampling,
                           failures=failures)
     summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
-               "sampling": None if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                                                         "top_k": sampling.top_k, "seed": sampling.seed or 0},
+               "sampling": None if sampling.greedy else dataclasses.asdict(sampling),
                "mix": a.mix, "stream": [q.category for q in questions],
                "date": datetime.date.today().isoformat(),
                "methods": summarize(records, compare_outputs=sampling.greedy), "failures": failures}
