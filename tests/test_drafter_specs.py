@@ -81,15 +81,18 @@ def test_auto_samples_with_the_drafter_measured_for_its_temperature(tiny_llm_dir
     from specdraft.drafters import recommended
     from specdraft.server.app import drafter_name
 
-    # the shipped models: a "sampled" entry from its temperature on, where one was measured
+    # the shipped models: per dtype its own entry where one was measured, else the device's; a
+    # "sampled" entry from its temperature on, where one was measured
     for model in ("smollm2-135m", "qwen2.5-coder-1.5b", "gemma3-270m"):
-        entry = json.loads((artifacts.ROOT / model / "drafter.json").read_text())["cpu"]
-        cpu = SimpleNamespace(name=model, device=torch.device("cpu"))
-        hot = entry.get("sampled")
-        for t in (0.0, 0.5, 0.7, 1.0, 1.5):
-            want = hot["drafter"] if hot and t > 0 and t >= hot["min_temperature"] else entry["drafter"]
-            assert recommended(cpu, t) == want
-            check_spec(recommended(cpu, t))
+        table = json.loads((artifacts.ROOT / model / "drafter.json").read_text())
+        for dtype in ("float32", "bfloat16"):
+            entry = table.get(f"cpu/{dtype}", table["cpu"])
+            cpu = SimpleNamespace(name=model, device=torch.device("cpu"), dtype_name=dtype)
+            hot = entry.get("sampled")
+            for t in (0.0, 0.5, 0.7, 1.0, 1.5):
+                want = hot["drafter"] if hot and t > 0 and t >= hot["min_temperature"] else entry["drafter"]
+                assert recommended(cpu, t) == want
+                check_spec(recommended(cpu, t))
     monkeypatch.setattr(artifacts, "ROOT", tmp_path)
     (tmp_path / tiny_llm_dir.name).mkdir()
     (tmp_path / tiny_llm_dir.name / "drafter.json").write_text(json.dumps(
@@ -125,3 +128,31 @@ def test_a_missing_shipped_artifact_names_its_recipe_and_a_spec_that_parses(tiny
     suggested = re.search(r"--drafter (\S+):PATH", str(e.value)).group(1)
     assert suggested == spec
     check_spec(f"{suggested}:some/path")
+
+
+def test_auto_takes_the_entry_measured_in_the_dtype_it_runs_in(tiny_llm_dir, tmp_path, monkeypatch):
+    """A `cpu/bfloat16` entry wins over `cpu` for a model loaded in bfloat16 (a CPU with bf16 units),
+    and only there (in float32 the output is plain decoding's: lossless is checked in float32)."""
+    import json
+
+    from specdraft import artifacts
+    from specdraft.drafters import recommended
+
+    monkeypatch.setattr(artifacts, "ROOT", tmp_path)
+    (tmp_path / tiny_llm_dir.name).mkdir()
+    (tmp_path / tiny_llm_dir.name / "drafter.json").write_text(json.dumps(
+        {"cpu": {"drafter": "lookup?min_ngram=2"},
+         "cpu/bfloat16": {"drafter": "draft-model:self?quant=int8",
+                          "sampled": {"drafter": "lookup", "min_temperature": 0.8}}}))
+    prompt = "hello there hello there"
+    for dtype, greedy_pick, hot_pick in (("float32", "lookup?min_ngram=2", "lookup?min_ngram=2"),
+                                         ("bfloat16", "draft-model:self?quant=int8", "lookup")):
+        llm = LLM(str(tiny_llm_dir), dtype=dtype, progress=False)
+        assert (recommended(llm), recommended(llm, 1.0)) == (greedy_pick, hot_pick)
+        out = llm.generate(prompt, max_new_tokens=10, drafter="auto")
+        assert out.drafter == build_drafter(greedy_pick, llm).name
+        if dtype == "float32":
+            assert out.token_ids == llm.generate(prompt, max_new_tokens=10).token_ids
+    (tmp_path / tiny_llm_dir.name / "drafter.json").write_text('{"cpu": {"drafter": "lookup"}, "cpu/bfloat16": {"x": 1}}')
+    with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
+        recommended(llm)

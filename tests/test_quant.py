@@ -50,12 +50,22 @@ def test_the_copy_leaves_the_original_untouched_and_shares_its_embedding(family)
     assert (ql.argmax(-1) == before.argmax(-1)).float().mean() >= 0.5
 
 
-def test_a_bf16_model_gets_a_float32_copy():
+def test_a_bf16_model_gets_a_bf16_copy_that_drafts_on_its_cache():
+    """The copy computes in its model's dtype (each product in int8 from float32 rows, cast back), so
+    that, shared, it attends over and writes the bfloat16 KV of the target's own cache."""
     model = tiny_decoder(vocab=97, seed=2).to(torch.bfloat16)
     q = quantize_int8(model)
-    assert q.dtype == torch.float32 and model.dtype == torch.bfloat16
+    assert q.dtype == torch.bfloat16 and model.dtype == torch.bfloat16
+    assert linear(torch.randn(3, model.cfg.hidden_size, dtype=torch.bfloat16), q.layers[0].qkv.weight).dtype == torch.bfloat16
     out = q(torch.tensor([3, 4, 5]), torch.arange(3), q.new_cache(8)).logits
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.isfinite(out).all()
+    ref = model(torch.tensor([3, 4, 5]), torch.arange(3), model.new_cache(8)).logits
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
+    prompt = random.Random(2).choices(range(97), k=6)
+    for shared in (True, False):
+        d = DraftModelDrafter(q, "self?quant=int8", shared=shared)
+        toks, stats = generate_ids(model, prompt, max_new_tokens=24, drafter=d)
+        assert len(toks) == 24 and stats.drafted > 0 and stats.accepted > 0
 
 
 def test_only_the_cpu_is_supported():

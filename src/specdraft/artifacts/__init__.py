@@ -1,6 +1,6 @@
 """Small drafter artifacts shipped with the package, one folder per zoo model:
 `artifacts/<model>/skipset.json` (layerskip), `knn-ssd/` (router), `ctc/`, `medusa/` (trained heads),
-`drafter.json` (what `--drafter auto` picks: per device type, the drafter measured fastest);
+`drafter.json` (what `--drafter auto` picks: per device type and dtype, the drafter measured fastest);
 `artifacts/vocab/` holds token rankings per tokenizer (draft-model `?vocab=N`, data/vocab.py).
 Each is produced by a documented command (see README, "Shipped drafters")."""
 
@@ -37,19 +37,25 @@ def find(llm, name: str) -> Path:
     return path
 
 
-def recommendation(llm, device_type: str, temperature: float = 0.0) -> str | None:
-    """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu") at a
-    sampling temperature (0 = greedy), or None when nothing was measured there. The file:
-    {"cpu": {"drafter": SPEC, "measured": WHERE, "sampled": {"drafter": SPEC, "min_temperature": T,
-    "measured": WHERE}}, ...}; the optional "sampled" entry is the drafter measured fastest when
-    sampling at temperature T and above, where it differs from greedy's."""
+def recommendation(llm, device_type: str, temperature: float = 0.0, dtype: str | None = None) -> str | None:
+    """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu") in
+    `dtype` at a sampling temperature (0 = greedy), or None when nothing was measured there. The
+    file: {"cpu": {"drafter": SPEC, "measured": WHERE, "sampled": {"drafter": SPEC,
+    "min_temperature": T, "measured": WHERE}}, "cpu/bfloat16": {...}, ...}. An entry keyed
+    "DEVICE/DTYPE" was measured in that dtype and wins over the plain "DEVICE" entry there (a CPU
+    with bf16 units runs `auto`'s bfloat16, where the drafters' costs differ from float32's); the
+    optional "sampled" entry is the drafter measured fastest when sampling at temperature T and
+    above, where it differs from greedy's."""
     import json
 
     path = _model_dir(llm) / "drafter.json"
     if not path.is_file():
         return None
     try:
-        entry = json.loads(path.read_text()).get(device_type)
+        table = json.loads(path.read_text())
+        entry = table.get(f"{device_type}/{dtype}") if dtype else None
+        if entry is None:
+            entry = table.get(device_type)
         if entry is None:
             return None
         hot = entry.get("sampled")

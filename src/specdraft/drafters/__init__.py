@@ -31,13 +31,13 @@ AUTO_OTHER = "lookup?min_ngram=2"
 
 
 def recommended(llm: "LLM", temperature: float = 0.0) -> str:
-    """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type and
-    sampling temperature (the drafter measured fastest there, see specdraft.artifacts), else
-    AUTO_CPU / AUTO_OTHER."""
+    """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type,
+    dtype and sampling temperature (the drafter measured fastest there, see specdraft.artifacts),
+    else AUTO_CPU / AUTO_OTHER."""
     from .. import artifacts
 
     kind = llm.device.type
-    entry = artifacts.recommendation(llm, kind, temperature)
+    entry = artifacts.recommendation(llm, kind, temperature, getattr(llm, "dtype_name", None))
     if entry is not None:
         return entry
     return AUTO_CPU if kind == "cpu" else AUTO_OTHER

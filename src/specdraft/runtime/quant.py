@@ -46,8 +46,11 @@ class Int8Weight:
         self.shape = tuple(w.shape)
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
-        # reduce_range keeps FBGEMM's u8 x s8 pair sums from saturating on AVX2.
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+        # reduce_range keeps FBGEMM's u8 x s8 pair sums from saturating on AVX2. The product takes
+        # and gives float32; its result goes back to the rows' dtype (a bfloat16 model's copy keeps
+        # bfloat16 activations, and so writes the bfloat16 KV its target's cache holds).
+        y = torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class Int8Linear(nn.Module):
@@ -61,18 +64,19 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8(model: Decoder) -> Decoder:
-    """An int8 drafting copy of `model` (on the CPU; its activations in float32); `model` itself is
-    not changed."""
+    """An int8 drafting copy of `model` (on the CPU; its activations in the model's dtype, each
+    product computed in int8 from float32 rows); `model` itself is not changed."""
     if model.device.type != "cpu":
         raise SpecdraftError(f"quant=int8 runs on the CPU only (torch's dynamic int8 linear); the model is on "
                              f"{model.device.type}")
     with torch.device("meta"):
         copy = Decoder(model.cfg)
-    # Embedding, norms, biases: the same tensors as a float32 original (nothing copied); a bf16
-    # original's are converted (the embedding then costs one float32 copy). The products' weights
-    # are quantized one at a time from the original's (dense or packed), never all copied at once.
+    # Embedding, norms, biases: the original's tensors, in its dtype (nothing copied), so that the
+    # copy computes attention in the dtype of the KV cache it shares with the target (drafters/
+    # draft_model.py, shared=True). The products' weights are quantized one at a time from the
+    # original's (dense or packed), never all copied at once.
     products = {f"layers.{i}.{name}.weight" for i in range(model.cfg.num_layers) for name in PRODUCTS}
-    state = {k: v.float() for k, v in model.named_parameters() if k not in products}
+    state = {k: v for k, v in model.named_parameters() if k not in products}
     missing, unexpected = copy.load_state_dict(state, assign=True, strict=False)
     if set(missing) - products or unexpected:
         raise SpecdraftError(f"cannot copy this decoder for int8: missing {missing}, unexpected {unexpected}")
