@@ -1,4 +1,5 @@
-"""`--dtype auto`: bf16 only where bf16 matrix products run natively, else fp32."""
+"""`--dtype auto`: float32 where bf16 products are emulated and for small models on a CPU with
+AVX512-BF16 but no AMX; bfloat16 elsewhere. Training's dtype: bf16 wherever it runs natively."""
 
 import pytest
 import torch
@@ -8,21 +9,54 @@ from specdraft.errors import SpecdraftError
 from specdraft.runtime import loader
 
 
+def _cpu(monkeypatch, amx, avx512_bf16):
+    for probe, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda value=value: value)
+
+
 @pytest.mark.parametrize("amx,avx512_bf16,want", [
     (False, False, torch.float32),  # an AVX2-only CPU: bf16 products are emulated, fp32 is faster
     (False, True, torch.bfloat16),
     (True, False, torch.bfloat16),
     (None, None, torch.float32),  # a torch without the probes: assume nothing
 ])
-def test_auto_is_bf16_only_with_native_bf16_units(monkeypatch, amx, avx512_bf16, want):
-    for probe, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
-        if value is None:
-            monkeypatch.delattr(torch.cpu, probe, raising=False)
-        else:
-            monkeypatch.setattr(torch.cpu, probe, lambda value=value: value)
+def test_training_runs_in_bf16_only_with_native_bf16_units(monkeypatch, amx, avx512_bf16, want):
+    _cpu(monkeypatch, amx, avx512_bf16)
     assert loader.fast_dtype("cpu") == want
-    assert resolve_dtype("auto", "cpu") == want
-    assert resolve_dtype("auto", torch.device("cpu")) == want
+
+
+SMALL, LARGE = loader.FLOAT32_MAX_PARAMS, loader.FLOAT32_MAX_PARAMS + 1
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,params,want", [
+    (False, False, LARGE, torch.float32),  # AVX2-only: float32 whatever the size
+    (False, True, SMALL, torch.float32),  # AVX512-BF16 without AMX: a small model decodes as fast in float32
+    (False, True, LARGE, torch.bfloat16),  # ... a large one faster in bf16
+    (False, True, None, torch.bfloat16),  # size unknown: as before
+    (True, True, SMALL, torch.bfloat16),  # AMX
+    (None, None, SMALL, torch.float32),
+])
+def test_auto_decodes_in_float32_unless_bf16_pays(monkeypatch, amx, avx512_bf16, params, want):
+    _cpu(monkeypatch, amx, avx512_bf16)
+    assert loader.decode_dtype("cpu", params) == want
+    assert loader.decode_dtype(torch.device("cpu"), params) == want
+    monkeypatch.setattr(loader, "count_params", lambda path, params=params: params)
+    monkeypatch.setattr("specdraft.api.count_params", lambda path, params=params: params)
+    assert resolve_dtype("auto", "cpu", path="some/model") == want
+
+
+def test_count_params_reads_the_safetensors_headers(tiny_llm_dir, tmp_path):
+    from specdraft.runtime.loader import load_decoder
+
+    dec = load_decoder(tiny_llm_dir, torch.float32)
+    n = loader.count_params(tiny_llm_dir)
+    # the checkpoint's tensors: every weight of the decoder (ours fuses q/k/v and gate/up, same count;
+    # a tied head is one tensor)
+    assert n == sum(p.numel() for p in dec.parameters())
+    assert loader.count_params(tmp_path) is None  # no weights: unknown
 
 
 def test_named_dtypes_are_kept_and_unknown_ones_refused():
@@ -38,7 +72,7 @@ def test_llm_default_dtype_is_auto(tiny_llm_dir, monkeypatch):
     from specdraft.api import LLM
 
     for want in (torch.float32, torch.bfloat16):
-        monkeypatch.setattr("specdraft.api.fast_dtype", lambda device, want=want: want)
+        monkeypatch.setattr("specdraft.api.decode_dtype", lambda device, params, want=want: want)
         llm = LLM(str(tiny_llm_dir), progress=False)
         assert llm.dtype == want and llm.model.embed.weight.dtype == want
 
@@ -57,3 +91,13 @@ def test_weight_major_products_equal_f_linear(rows, bias):
     # the split and view the attention applies to the qkv product work on the result
     q, k = got.split((32, 8), dim=-1)
     assert torch.equal(q.reshape(rows, 4, 8), q.view(rows, 4, 8)) and k.shape == (rows, 8)
+
+
+def test_llm_auto_counts_the_model_it_loads(tiny_llm_dir, monkeypatch):
+    """On a CPU with AVX512-BF16 but no AMX, the loaded model's own size decides."""
+    from specdraft.api import LLM
+
+    _cpu(monkeypatch, False, True)
+    assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.float32  # a tiny model
+    monkeypatch.setattr(loader, "FLOAT32_MAX_PARAMS", loader.count_params(tiny_llm_dir) - 1)
+    assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.bfloat16

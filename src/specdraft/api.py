@@ -23,7 +23,7 @@ from .drafters import Drafter, build_drafter
 from .engine import GenerationStats, generate_ids
 from .errors import SpecdraftError
 from .runtime import packed
-from .runtime.loader import fast_dtype, load_decoder
+from .runtime.loader import count_params, decode_dtype, load_decoder
 from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
 
@@ -52,15 +52,18 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
-    """A dtype name or torch dtype; `auto` is bfloat16 where bf16 runs natively on `device` (a GPU, a
-    CPU with AVX512-BF16 or AMX), else float32 (`runtime.loader.fast_dtype`)."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu",
+                  path: Path | None = None) -> torch.dtype:
+    """A dtype name or torch dtype; `auto` is the dtype a model (the one at `path`, if given)
+    decodes fastest in on `device` (`runtime.loader.decode_dtype`): bfloat16 on a GPU or a CPU with
+    AMX, float32 on a CPU without bf16 units, and on a CPU with AVX512-BF16 float32 for models up
+    to 1B parameters, bfloat16 above."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
         raise SpecdraftError(f"unsupported dtype {dtype}: use {' or '.join(DTYPES)}")
     if dtype == "auto":
-        return fast_dtype(device)
+        return decode_dtype(device, count_params(path) if path is not None else None)
     try:
         return DTYPES[dtype]
     except KeyError:
@@ -118,8 +121,9 @@ class LLM:
         """pack: reorder the float32 weights for oneDNN's product on a CPU (runtime/packed.py);
         None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing."""
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype or "auto", self.device)
+        resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
         self.path: Path = zoo.resolve(model, progress=progress)
+        self.dtype = resolve_dtype(dtype or "auto", self.device, self.path)
         self.name = model if model in zoo.ZOO else str(self.path)
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)

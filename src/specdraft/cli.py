@@ -67,8 +67,9 @@ def _sampling_options(p: argparse.ArgumentParser, seed_help: str, seed: int | No
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
-                   help="auto (default: bfloat16 on a GPU or a CPU with AVX512-BF16/AMX, else float32, "
-                        "which is faster for speculative decoding on AVX2-only CPUs), bfloat16 or float32")
+                   help="auto (default: bfloat16 on a GPU, on a CPU with AMX, and for models above 1B "
+                        "parameters on a CPU with AVX512-BF16; else float32, which decodes as fast there, "
+                        "exactly), bfloat16 or float32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,7 +431,8 @@ def cmd_knn(a) -> int:
         from .api import dtype_name, resolve_device, resolve_dtype
         from .train.knn_build import rechoose
 
-        dtype = dtype_name(resolve_dtype(a.dtype, resolve_device(a.device)))
+        path = zoo.resolve(a.model, pull_missing=False) if a.dtype == "auto" else None  # auto depends on its size
+        dtype = dtype_name(resolve_dtype(a.dtype, resolve_device(a.device), path))
         meta = rechoose(Path(a.artifact), dtype, a.min_gain)
         a.out = a.artifact
     else:
