@@ -263,6 +263,7 @@ def test_pick_routes_leaves_the_fallback_only_for_a_clear_win():
 def test_routes_are_chosen_again_from_stored_timings(tiny_llm, tmp_path):
     """`knn routes --reuse-timings` re-picks a dtype's routes with another --min-gain, times
     nothing and keeps the timing settings; a dtype with no timings is a clear error."""
+    from specdraft.train import knn_build
     from specdraft.train.knn_build import pick_routes, set_routes
 
     ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
@@ -283,6 +284,8 @@ def test_routes_are_chosen_again_from_stored_timings(tiny_llm, tmp_path):
     assert {d: v["route"] for d, v in f32["domains"].items()} == {"code": "lookup", "translation": "lookup"}
     assert f32["timed_on"] == "cpu TEST" and f32["measure_prompts"] == 2 and f32["min_gain"] == 0.1
     assert stored["domains"]["code"]["route"] == "skipset:code"  # the bf16 build's routes untouched
+    r = _cli(["knn", "routes", str(art), "--reuse-timings", "--dtype", "float32", "--model", "no-such-model"])
+    assert r.returncode == 0 and f"min gain {knn_build.MIN_GAIN}x" in r.stdout  # the default is the library's
     r = _cli(["knn", "routes", str(art), "--reuse-timings", "--dtype", "bfloat16"])
     assert r.returncode == 2 and "cannot read its stored timings" in r.stderr
     r = _cli(["knn", "routes", str(art), "--reuse-timings", "--min-gain", "-1"])

@@ -52,10 +52,10 @@ def _nonnegative_float(s: str) -> float:
 
 
 def _min_gain_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-gain", type=_nonnegative_float, default=0.1,
+    p.add_argument("--min-gain", type=_nonnegative_float, default=None,
                    help="a domain leaves the fallback route (the best drafter over all domains) only for a drafter "
-                        "that beats it there by more than this, in x of plain (default: %(default)s; timings on a "
-                        "few prompts differ by about 0.1x between runs)")
+                        "that beats it there by more than this, in x of plain (default: knn_build.MIN_GAIN, 0.1; "
+                        "timings on a few prompts differ by about 0.1x between runs)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, seed_help: str, seed: int | None = None) -> None:
@@ -423,9 +423,10 @@ def cmd_knn(a) -> int:
 
     from .api import LLM
     from .drafters import check_spec
-    from .train.knn_build import build_knn
-
     from .drafters.knn import route_table
+    from .train.knn_build import MIN_GAIN, build_knn
+
+    min_gain = MIN_GAIN if a.min_gain is None else a.min_gain
 
     if a.knn_command == "routes" and a.reuse_timings:
         from .api import dtype_name, resolve_device, resolve_dtype
@@ -433,7 +434,7 @@ def cmd_knn(a) -> int:
 
         path = zoo.resolve(a.model, pull_missing=False) if a.dtype == "auto" else None  # auto depends on its size
         dtype = dtype_name(resolve_dtype(a.dtype, resolve_device(a.device), path))
-        meta = rechoose(Path(a.artifact), dtype, a.min_gain)
+        meta = rechoose(Path(a.artifact), dtype, min_gain)
         a.out = a.artifact
     else:
         cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
@@ -444,14 +445,14 @@ def cmd_knn(a) -> int:
         if a.knn_command == "routes":
             from .train.knn_build import remeasure
 
-            meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens, min_gain=a.min_gain)
+            meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens, min_gain=min_gain)
             a.out = a.artifact
         else:
             meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
                              anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
                              search_prompts=a.search_prompts, search_evals=a.search_evals,
                              unseen_prompts=a.unseen_prompts, measure_prompts=a.measure_prompts,
-                             measure_tokens=a.measure_tokens, candidates=cands, min_gain=a.min_gain)
+                             measure_tokens=a.measure_tokens, candidates=cands, min_gain=min_gain)
     routes = route_table(meta, dtype)
     print(f"routes timed in {dtype}" + (f" on {routes['timed_on']}" if "timed_on" in routes else "")
           + (f", min gain {routes['min_gain']}x" if "min_gain" in routes else ""))
