@@ -68,8 +68,8 @@ def _sampling_options(p: argparse.ArgumentParser, seed_help: str, seed: int | No
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bfloat16 on a GPU, on a CPU with AMX, and for models above 1B "
-                        "parameters on a CPU with AVX512-BF16; else float32, which decodes as fast there, "
-                        "exactly), bfloat16 or float32")
+                        "parameters on a CPU with AVX512-BF16; else float32, as fast there for such models "
+                        "and exact), bfloat16 or float32")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,12 +55,12 @@ def decode_dtype(device: torch.device | str = "cpu", params: int | None = None) 
     - A CPU without bf16 units (AVX2-only): float32. torch emulates bf16 products there, and their
       cost grows with the rows (docs/BENCHMARKS.md, session 10).
     - A CPU with AVX512-BF16 but no AMX: float32 up to FLOAT32_MAX_PARAMS, else bfloat16 (also when
-      `params` is unknown). The float32 weights are prepacked for oneDNN, and a small model's step
-      costs no more than in bf16. On an AMD EPYC with AVX512-BF16 (session 19), SmolLM2-135M ran
-      plain decoding 4% faster in float32 and `make run`'s drafter 12% faster, and gemma3-270m and
-      qwen2.5-coder-0.5b had cheaper one-row steps. qwen2.5-coder-1.5b ran 10% slower in float32.
-      float32 outputs are also exactly plain decoding's; bf16 verification rounds differently
-      from one-row steps, and there 17-62% of answers drift from plain bf16 decoding.
+      `params` is unknown). The float32 weights are prepacked for oneDNN. On an AMD EPYC with
+      AVX512-BF16 (docs/BENCHMARKS.md, session 19), models up to 0.5B parameters decoded as fast in
+      float32 as in bf16 (SmolLM2-135M 12 % faster with `make run`'s drafter; gemma3-270m and
+      qwen2.5-coder-0.5b the same within noise), and qwen2.5-coder-1.5b 10-18 % slower. float32
+      outputs are exactly plain decoding's. In bf16, verification rounds differently from one-row
+      steps, and there 17-62 % of answers drift from plain bf16 decoding.
     """
     device = torch.device(device)
     if device.type != "cpu" or not native_bf16(device):
