@@ -54,10 +54,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu",
                   path: Path | None = None) -> torch.dtype:
-    """A dtype name or torch dtype; `auto` is the dtype a model (the one at `path`, if given)
-    decodes fastest in on `device` (`runtime.loader.decode_dtype`): bfloat16 on a GPU or a CPU with
-    AMX, float32 on a CPU without bf16 units, and on a CPU with AVX512-BF16 float32 for models up
-    to 1B parameters, bfloat16 above."""
+    """A dtype name or torch dtype; `auto` is the dtype `runtime.loader.decode_dtype` picks on
+    `device` for the model at `path` (its size matters on some CPUs; unknown without a path)."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,27 +22,26 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # private but long-standing
-        try:
-            if getattr(torch.cpu, probe)():
-                return True
-        except (AttributeError, RuntimeError):
-            continue
-    return False
+    return has_amx() or _cpu_has("_is_avx512_bf16_supported")
+
+
+def _cpu_has(probe: str) -> bool:
+    """One of torch.cpu's feature probes (private but long-standing); False where torch lacks it."""
+    try:
+        return bool(getattr(torch.cpu, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units, Intel Sapphire Rapids and later)."""
+    return _cpu_has("_is_amx_tile_supported")
 
 
 def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     """The dtype training and data building run in: bf16 where it runs natively (their products have
     many rows, where bf16 units pay), else fp32. Decoding decides by `decode_dtype`."""
     return torch.bfloat16 if native_bf16(device) else torch.float32
-
-
-def has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix units, Intel Sapphire Rapids and later)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())  # private but long-standing
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # Up to this many parameters, a CPU with AVX512-BF16 but no AMX decodes `auto` in float32.
@@ -77,12 +77,7 @@ def count_params(path: Path) -> int | None:
         n = 0
         for f in sorted(Path(path).glob("*.safetensors")):
             with safe_open(str(f), framework="pt") as h:
-                for k in h.keys():
-                    shape = h.get_slice(k).get_shape()
-                    size = 1
-                    for d in shape:
-                        size *= d
-                    n += size
+                n += sum(math.prod(h.get_slice(k).get_shape()) for k in h.keys())
         return n or None
     except (SafetensorError, OSError):
         return None
