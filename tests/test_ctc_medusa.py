@@ -1,5 +1,6 @@
 """CTC decoding (pure), CTC / Medusa drafters on tiny models (lossless), checkpoints, training resume."""
 
+import copy
 import json
 import math
 
@@ -14,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specdraft.drafters.ctc import CTCDrafter, candidates_to_draft, ctc_candidates, ctc_tree
-from specdraft.drafters.heads import HeadConfig, load_module, make_module, save_module
+from specdraft.drafters.heads import HeadConfig, head_product, load_module, make_module, save_module
 from specdraft.drafters.medusa import MedusaDrafter, medusa_candidates, medusa_tree
 from specdraft.engine import generate_ids
 from specdraft.errors import SpecdraftError
+from specdraft.runtime import packed
 from specdraft.runtime.sampling import SamplingParams
 
 PROMPT = [5, 17, 3, 60, 2, 9, 41]
@@ -150,16 +152,13 @@ def tiny_heads(kind, model, seed=0, frames=5, feature_layers=()):
 
 
 @pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "medusa"])
-@pytest.mark.parametrize("tree", ["prefix", "beam"])
+@pytest.mark.parametrize("tree,pack", [("prefix", False), ("beam", False), ("prefix", True)])
 @pytest.mark.parametrize("seed", range(3))
-def test_trained_head_drafters_are_lossless(kind, tree, seed):
+def test_trained_head_drafters_are_lossless(kind, tree, pack, seed):
     """Random heads draft garbage, duplicates and empty drafts; output must equal plain."""
     model = tiny_decoder(layers=2, scale=0.2)
     heads = tiny_heads(kind.split("+")[0], model, seed, feature_layers=(1, 0) if "+" in kind else ())
-    if kind.startswith("ctc"):
-        d = CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
-    else:
-        d = MedusaDrafter(heads, model.head_weight(), "t", topk=3, beams=6, max_nodes=12, tree=tree)
+    d = head_drafter(kind, heads, model, topk=3, beams=6, max_nodes=12, tree=tree, pack=pack)
     plain, _ = generate_ids(model, PROMPT, max_new_tokens=40)
     out, stats = generate_ids(model, PROMPT, max_new_tokens=40, drafter=d)
     assert out == plain
@@ -168,6 +167,47 @@ def test_trained_head_drafters_are_lossless(kind, tree, seed):
     a, _ = generate_ids(model, PROMPT, max_new_tokens=20, params=p, drafter=d)
     b, _ = generate_ids(model, PROMPT, max_new_tokens=20, params=p, drafter=d)
     assert a == b
+
+
+def head_drafter(kind, heads, model, **options):
+    if kind.startswith("ctc"):
+        return CTCDrafter(heads, model.embed.weight, model.head_weight(), "t", **options)
+    return MedusaDrafter(heads, model.head_weight(), "t", **options)
+
+
+@pytest.mark.skipif(not packed.packable(torch.zeros(1, 1)), reason="torch built without oneDNN")
+@pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "medusa"])
+def test_packed_head_drafters_draft_what_dense_ones_draft(kind):
+    """float32 on a CPU, `pack` puts the drafter's products and head rows in oneDNN's layout (as
+    LLM packs the target): the same frames to rounding, so the same drafts; other dtypes are left
+    dense."""
+    model = tiny_decoder(layers=2, scale=0.2)
+    heads = tiny_heads(kind.split("+")[0], model, 1, feature_layers=(1, 0) if "+" in kind else ())
+    dense = head_drafter(kind, copy.deepcopy(heads), model, max_nodes=8)
+    fast = head_drafter(kind, heads, model, max_nodes=8, pack=True)
+    assert not isinstance(fast.head, torch.Tensor) and isinstance(dense.head, torch.Tensor)
+    assert not any(isinstance(m, torch.nn.Linear) for m in fast.module.modules())
+    assert fast.describe()["drafter_options"]["pack"] and not dense.describe()["drafter_options"]["pack"]
+    drafts = {}
+    for name, d in (("dense", dense), ("fast", fast)):
+        seen = []
+
+        class Spy(type(d)):
+            def propose(self, ctx):
+                draft = super().propose(ctx)
+                seen.append((draft.tokens, draft.parents))
+                return draft
+
+        d.__class__ = Spy
+        out, _ = generate_ids(model, PROMPT, max_new_tokens=24, drafter=d)
+        drafts[name] = (out, seen)
+    assert drafts["fast"] == drafts["dense"]
+    assert sum(len(t) for t, _ in drafts["fast"][1]) > 0
+    x = torch.randn(3, model.cfg.hidden_size)
+    assert torch.allclose(head_product(x, fast.head), head_product(x, dense.head), atol=1e-5)
+    half = tiny_heads(kind.split("+")[0], model, 1).to(torch.bfloat16)
+    d = head_drafter(kind, half, model, pack=True)  # bf16: nothing to pack, left dense
+    assert isinstance(d.head, torch.Tensor) and any(isinstance(m, torch.nn.Linear) for m in d.module.modules())
 
 
 def test_ctc_drafter_window_matches_committed_rows():

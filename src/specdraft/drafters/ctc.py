@@ -148,11 +148,13 @@ class CTCDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
     def __init__(self, module, embed: torch.Tensor, head: torch.Tensor, name: str, *, topk: int = 4,
-                 beams: int = 12, max_nodes: int | None = None, tree: str = "prefix"):
+                 beams: int = 12, max_nodes: int | None = None, tree: str = "prefix", pack: bool = False):
         self.module = module
-        from .heads import sub_head
+        from .heads import pack as pack_module, sub_head
 
         self.embed, self.head = embed, sub_head(module, head)
+        if pack:  # float32 on a CPU: oneDNN's layout for the few-row products (heads.pack)
+            self.head = pack_module(module, self.head)
         self.vocab = module.vocab.tolist()  # draft-vocabulary index -> token id
         self.name = f"ctc:{name}"
         self.topk, self.beams, self.tree = topk, beams, tree
@@ -196,7 +198,7 @@ class CTCDrafter(Drafter):
 
     def describe(self) -> dict:
         return {"drafter_options": {"tree": self.tree, "topk": self.topk, "beams": self.beams,
-                                    "max_nodes": self.max_nodes}}
+                                    "max_nodes": self.max_nodes, "pack": not isinstance(self.head, torch.Tensor)}}
 
 
 def ctc_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = None, *, tree: str = "prefix",
@@ -219,4 +221,5 @@ def load(arg: str, llm, **options) -> CTCDrafter:
     module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "ctc")
     if bad := [i for i in module.cfg.feature_layers if not 0 <= i < llm.model.cfg.num_layers]:
         raise SpecdraftError(f"{path} reads layers {bad} of its base, and this model has {llm.model.cfg.num_layers}")
+    options.setdefault("pack", llm.packed)  # packed as the target is
     return CTCDrafter(module, llm.model.embed.weight, llm.model.head_weight(), path.name, **options)

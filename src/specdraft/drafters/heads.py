@@ -126,7 +126,7 @@ class CTCDraftLayer(torch.nn.Module):
     def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         """[..., Vd + 1] logits: the LM head's rows of the draft vocabulary (`head` is already
         head[vocab], see `sub_head`), then the blank's (last)."""
-        lm = F.linear(feats, head.to(feats.dtype))
+        lm = head_product(feats, head)
         blank = (feats @ self.blank.to(feats.dtype) + self.blank_bias.to(feats.dtype))[..., None]
         return torch.cat((lm, blank), -1)
 
@@ -147,12 +147,35 @@ class MedusaHeads(torch.nn.Module):
         return torch.stack([hidden + F.silu(lin(hidden)) for lin in self.res], 1)
 
     def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        return head_product(feats, head)
+
+
+def head_product(feats: torch.Tensor, head) -> torch.Tensor:
+    """feats [..., d] @ head^T: `head` is the draft vocabulary's LM-head rows, dense or packed
+    for oneDNN (`pack`)."""
+    if isinstance(head, torch.Tensor):
         return F.linear(feats, head.to(feats.dtype))
+    return head.mm(feats.reshape(-1, feats.shape[-1])).view(*feats.shape[:-1], head.shape[0])
 
 
 def sub_head(module: torch.nn.Module, head: torch.Tensor) -> torch.Tensor:
     """The base LM head's rows for the module's draft vocabulary (computed once, not per step)."""
     return head[module.vocab.to(head.device)].contiguous()
+
+
+def pack(module: torch.nn.Module, head: torch.Tensor):
+    """Pack a loaded drafter's products and its draft-vocabulary head rows for oneDNN, in place,
+    as `LLM` packs a float32 target on a CPU (runtime/packed.py). A drafter runs a few rows per
+    step (the CTC layer 6 frames over a 48-position window), where MKL's product is far from its
+    speed: on SmolLM2's CTC layer the 6-row head product takes 2.2 ms dense and 0.3 ms packed
+    (docs/BENCHMARKS.md, session 20). Returns the head to give `logits`: packed, or `head` itself
+    where packing is not available (other dtypes and devices), the module then left as it is."""
+    from ..runtime.packed import PackedWeight, pack_linears, packable
+
+    if not (packable(head) and all(packable(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))):
+        return head
+    pack_linears(module)
+    return PackedWeight(head)
 
 
 def make_module(cfg: HeadConfig) -> torch.nn.Module:

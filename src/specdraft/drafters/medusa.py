@@ -62,10 +62,13 @@ class MedusaDrafter(Drafter):
     needs = Needs(final_hidden=True)
 
     def __init__(self, module, head: torch.Tensor, name: str, *, topk: int = 4, beams: int = 12, max_nodes: int | None = None,
-                 tree: str = "prefix"):
-        from .heads import sub_head
+                 tree: str = "prefix", pack: bool = False):
+        from .heads import pack as pack_module, sub_head
 
         self.module, self.head = module, sub_head(module, head)
+        self.dtype = module.res[0].weight.dtype
+        if pack:  # float32 on a CPU: oneDNN's layout for the few-row products (heads.pack)
+            self.head = pack_module(module, self.head)
         self.vocab = module.vocab.tolist()
         self.name = f"medusa:{name}"
         self.topk, self.beams, self.tree = topk, beams, tree
@@ -73,14 +76,14 @@ class MedusaDrafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, ctx: StepContext) -> Draft:
-        feats = self.module.features(ctx.hidden[None].to(self.module.res[0].weight.dtype))[0]
+        feats = self.module.features(ctx.hidden[None].to(self.dtype))[0]
         logp = torch.log_softmax(self.module.logits(feats, self.head).float(), -1)
         return medusa_draft(logp, min(self.max_nodes, ctx.budget), self.vocab, tree=self.tree, topk=self.topk,
                             beams=self.beams)
 
     def describe(self) -> dict:
         return {"drafter_options": {"tree": self.tree, "topk": self.topk, "beams": self.beams,
-                                    "max_nodes": self.max_nodes}}
+                                    "max_nodes": self.max_nodes, "pack": not isinstance(self.head, torch.Tensor)}}
 
 
 def load(arg: str, llm, **options) -> MedusaDrafter:
@@ -90,4 +93,5 @@ def load(arg: str, llm, **options) -> MedusaDrafter:
 
     path = Path(arg) if arg else artifacts.find(llm, "medusa")
     module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "medusa")
+    options.setdefault("pack", llm.packed)  # packed as the target is
     return MedusaDrafter(module, llm.model.head_weight(), path.name, **options)

@@ -32,8 +32,16 @@ PACK_ROWS = 8
 
 def available(model) -> bool:
     """Whether `model` (a Decoder) can be packed here."""
-    return (model.device.type == "cpu" and model.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return model.device.type == "cpu" and model.dtype == torch.float32 and _onednn()
+
+
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def packable(w: torch.Tensor) -> bool:
+    """Whether this weight can be packed here (2-d float32 on a CPU, a torch with oneDNN)."""
+    return w.dim() == 2 and w.dtype == torch.float32 and w.device.type == "cpu" and _onednn()
 
 
 def wanted() -> bool:
@@ -87,6 +95,19 @@ def dense_weight(w) -> torch.Tensor:
 
 
 PRODUCTS = ("qkv", "o", "gate_up", "down")
+
+
+def pack_linears(module: nn.Module) -> bool:
+    """Replace, in place, every float32 CPU `nn.Linear` inside `module` by a `PackedLinear` (a
+    trained drafter's layers: a few rows per step, where MKL's product is slow). Returns whether it
+    packed anything; modules of other dtypes or devices are left as they are."""
+    done = False
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and packable(child.weight):
+                setattr(parent, name, PackedLinear(child))
+                done = True
+    return done
 
 
 def pack_decoder(model) -> bool:
