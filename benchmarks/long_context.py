@@ -36,11 +36,7 @@ def main() -> None:
     for ctx in map(int, a.contexts.split(",")):
         cache = dec.new_cache(ctx + max(map(int, a.rows.split(","))))
         with torch.inference_mode():
-            for s in range(0, ctx, 500):
-                n = min(500, ctx - s)
-                dec(torch.randint(0, vocab, (n,), generator=g), torch.arange(s, s + n), cache, start=s,
-                    logits_at=slice(0, 0))
-                cache.length = s + n
+            dec.prefill(torch.randint(0, vocab, (ctx,), generator=g).tolist(), cache, chunk=500)
             for rows in map(int, a.rows.split(",")):
                 times = []
                 for _ in range(a.repeats):

@@ -70,3 +70,59 @@ def test_prompt_longer_than_context_is_refused(pair):
     ours, _ = pair
     with pytest.raises(SpecdraftError, match="context window"):
         generate_ids(ours, [5] * 200, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 40])
+def test_chunked_prefill_is_one_forward_over_the_prompt(family, chunk):
+    """`Decoder.prefill` runs a long prompt chunk by chunk (each chunk attending to the cache so
+    far, and on Gemma's sliding layers to its window only): the cache, last logits and hidden states
+    are those of one forward over the whole prompt."""
+    from conftest import tiny_decoder
+
+    model = tiny_decoder(layers=3, family=family)
+    ids = torch.randint(0, model.cfg.vocab_size, (23,), generator=torch.Generator().manual_seed(chunk)).tolist()
+    whole = model.new_cache(40)
+    one = model(torch.tensor(ids), torch.arange(23), whole, logits_at=slice(-1, None), final_hidden=True,
+                hidden_layers=(0, 2))
+    whole.commit(23)
+    cache = model.new_cache(40)
+    got = model.prefill(ids, cache, chunk=chunk, final_hidden=True, hidden_layers=(0, 2))
+    assert cache.length == 23
+    assert torch.allclose(got.logits, one.logits, atol=1e-4)
+    assert torch.allclose(got.final_hidden, one.final_hidden, atol=1e-4)
+    assert all(torch.allclose(got.layer_hidden[i], one.layer_hidden[i], atol=1e-4) for i in (0, 2))
+    assert torch.allclose(cache.k[:, :, :23], whole.k[:, :, :23], atol=1e-4)
+    assert torch.allclose(cache.v[:, :, :23], whole.v[:, :, :23], atol=1e-4)
+    # a wrong chunk would show: the last chunk attending to nothing before it changes the logits
+    cut = model.new_cache(40)
+    alone = model(torch.tensor(ids[-3:]), torch.arange(20, 23), cut, logits_at=slice(-1, None))
+    assert not torch.allclose(alone.logits, one.logits, atol=1e-3)
+
+
+def test_generation_with_a_chunked_prompt_equals_plain(monkeypatch):
+    """The engine (and a draft model with a cache of its own) prefill in chunks: with a tiny chunk,
+    plain and speculative decoding give the same tokens as with the whole prompt at once."""
+    from conftest import tiny_decoder
+    from specdraft.drafters.draft_model import DraftModelDrafter
+    from specdraft.runtime import model as model_module
+
+    from specdraft.drafters import draft_model as draft_module
+
+    model = tiny_decoder(layers=2)
+    prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(3)).tolist()
+    plain, _ = generate_ids(model, prompt, max_new_tokens=24)
+    drafted, _ = generate_ids(model, prompt, max_new_tokens=24, drafter=DraftModelDrafter(tiny_decoder(layers=1), "d"))
+    calls = []
+    real = model_module.Decoder.prefill
+
+    def spy(self, tokens, cache, **kw):
+        calls.append(len(tokens))
+        return real(self, tokens, cache, **{**kw, "chunk": 4})
+
+    monkeypatch.setattr(model_module.Decoder, "prefill", spy)
+    monkeypatch.setattr(draft_module, "PREFILL_CHUNK", 4)
+    assert generate_ids(model, prompt, max_new_tokens=24)[0] == plain
+    assert generate_ids(model, prompt, max_new_tokens=24,
+                        drafter=DraftModelDrafter(tiny_decoder(layers=1), "d"))[0] == drafted == plain
+    assert calls == [30, 30, 30]  # target, target, then the draft model's own cache: the prompt, not the root

@@ -100,10 +100,7 @@ def generate_ids(
 
     # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
-    prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
-    fwd = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_at=slice(-1, None),
-                final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
-    cache.commit(len(prompt_ids))
+    fwd = model.prefill(prompt_ids, cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
     stats.target_forwards += 1
     tok = int(next_token(fwd.logits, params, gen)[0])
     out: list[int] = [tok]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpecdraftError
-from ..runtime.model import Decoder, linear
+from ..runtime.model import PREFILL_CHUNK, Decoder, linear
 from ..runtime.quant import Int8Weight
 from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
@@ -142,6 +142,9 @@ class DraftModelDrafter(Drafter):
         else:
             cache = self.cache
             feed = ctx.ids[cache.length:]  # committed tokens we have not read yet (at least the root)
+            if len(feed) > PREFILL_CHUNK:  # the prompt, on the first step: in chunks, as the target's
+                self.model.prefill(feed[:-1], cache)
+                feed = feed[-1:]
         logits = self._forward(feed, cache, cache.length)
         base = cache.length + len(feed)  # the slot of the first drafted token
         if not self.shared:

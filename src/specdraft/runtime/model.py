@@ -51,6 +51,11 @@ class ForwardOutput:
     layer_hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer i -> [N, hidden] residual after it
 
 
+# Prompt tokens per forward of `Decoder.prefill`: the mask and the activations of a chunk grow with
+# chunk x context instead of context^2, and causal chunks skip the scores above the diagonal. On
+# SmolLM2 an 8000-token prompt takes 30 s in chunks of 256-1024 instead of 47 s whole (docs/BENCHMARKS.md, session 21).
+PREFILL_CHUNK = 512
+
 # Rows up to which an fp32 product on a CPU is computed weight-major (see `linear`).
 WEIGHT_MAJOR_ROWS = 12
 
@@ -214,6 +219,36 @@ class Decoder(nn.Module):
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.cfg, capacity, self.dtype, self.device)
 
+    def prefill(self, tokens: list[int], cache: KVCache, *, chunk: int = PREFILL_CHUNK, final_hidden: bool = False,
+                hidden_layers: tuple[int, ...] = ()) -> ForwardOutput:
+        """Run `tokens` into `cache` from its current length, `chunk` tokens per forward, and commit
+        them. Each chunk attends to the cache so far, so the result is that of one forward over all
+        tokens (up to the order of summation); but a 30k-token prompt never builds a 30k x 30k mask.
+        Returns the logits of the last token, and final / layer hidden states of every token if asked."""
+        if chunk <= 0:
+            raise ValueError(f"prefill chunk must be positive, got {chunk}")
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        n = ids.shape[0]
+        finals, layers = [], {i: [] for i in hidden_layers}
+        fwd = None
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            start = cache.length
+            fwd = self(ids[lo:hi], torch.arange(start, start + hi - lo, device=self.device), cache,
+                       logits_at=slice(-1, None) if hi == n else slice(0, 0), final_hidden=final_hidden,
+                       hidden_layers=hidden_layers)
+            cache.commit(hi - lo)
+            if final_hidden:
+                finals.append(fwd.final_hidden)
+            for i in hidden_layers:
+                layers[i].append(fwd.layer_hidden[i])
+        if fwd is None:
+            raise ValueError("prefill needs at least one token")
+        if n <= chunk:
+            return fwd
+        return ForwardOutput(logits=fwd.logits, final_hidden=torch.cat(finals) if final_hidden else None,
+                             layer_hidden={i: torch.cat(v) for i, v in layers.items()})
+
     def attention_mask(self, start: int, n: int, tree_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Bool [N, start + N] mask (True = may attend), or None when every slot is visible."""
         if n == 1 and tree_mask is None:
@@ -268,6 +303,9 @@ class Decoder(nn.Module):
             # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.
             masks = {k: None if m is None else m.repeat(G, 1) for k, m in masks.items()}
 
+        # An additive float mask, built once: the flash kernel would convert a bool one per layer.
+        masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device).masked_fill_(~m, float("-inf"))
+                 for k, m in masks.items()}
         x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
@@ -277,8 +315,10 @@ class Decoder(nn.Module):
                 cache.k[i, :, start:end] = k
                 cache.v[i, :, start:end] = v
                 lo = first[local]
-                a = F.scaled_dot_product_attention(q.reshape(Hkv, G * n, D), cache.k[i, :, lo:end], cache.v[i, :, lo:end],
-                                                   attn_mask=masks[local], scale=cfg.attn_scale)
+                # With a batch axis, torch (2.13) picks its CPU flash kernel for long prompts, not the
+                # math path that builds every score (2000 tokens: 105 ms a layer, not 265).
+                a = F.scaled_dot_product_attention(q.reshape(1, Hkv, G * n, D), cache.k[None, i, :, lo:end],
+                                                   cache.v[None, i, :, lo:end], attn_mask=masks[local], scale=cfg.attn_scale)
                 x = layer.attn_residual(x, a.view(H, n, D).transpose(0, 1).reshape(n, H * D))
             if skip is None or not skip.mlp[i]:
                 x = layer.mlp_residual(x)
