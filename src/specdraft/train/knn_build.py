@@ -36,12 +36,11 @@ def pool_prompts(domain: str) -> list[str]:
 
 @torch.inference_mode()
 def prompt_vectors(model, ids_list: list[list[int]], progress: bool = True, desc: str = "anchors") -> torch.Tensor:
-    """Mean-pooled final hidden states of one full-model prefill per prompt: [n, d] float32."""
+    """Mean-pooled final hidden states of the full model's prefill of each prompt: [n, d] float32."""
     out = []
     for ids in tqdm(ids_list, desc=desc, unit="prompt", disable=not progress, leave=False):
         cache = model.new_cache(len(ids))
-        fwd = model(torch.tensor(ids, device=model.device), torch.arange(len(ids), device=model.device), cache,
-                    logits_at=slice(0, 0), final_hidden=True)
+        fwd = model.prefill(ids, cache, final_hidden=True)  # as the engine prefills, where the router reads it
         out.append(fwd.final_hidden.float().mean(0).cpu())
     return torch.stack(out)
 
