@@ -104,10 +104,9 @@ def test_generation_with_a_chunked_prompt_equals_plain(monkeypatch):
     """The engine (and a draft model with a cache of its own) prefill in chunks: with a tiny chunk,
     plain and speculative decoding give the same tokens as with the whole prompt at once."""
     from conftest import tiny_decoder
+    from specdraft.drafters import draft_model as draft_module
     from specdraft.drafters.draft_model import DraftModelDrafter
     from specdraft.runtime import model as model_module
-
-    from specdraft.drafters import draft_model as draft_module
 
     model = tiny_decoder(layers=2)
     prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(3)).tolist()
@@ -126,3 +125,35 @@ def test_generation_with_a_chunked_prompt_equals_plain(monkeypatch):
     assert generate_ids(model, prompt, max_new_tokens=24,
                         drafter=DraftModelDrafter(tiny_decoder(layers=1), "d"))[0] == drafted == plain
     assert calls == [30, 30, 30]  # target, target, then the draft model's own cache: the prompt, not the root
+
+
+def test_a_client_gone_during_a_long_prefill_stops_it_between_chunks(monkeypatch):
+    """should_stop is polled between the prefill's chunks: a cancelled prompt stops there, with no
+    token and only the chunks before it run; one that is never cancelled runs them all."""
+    from conftest import tiny_decoder
+    from specdraft.runtime import model as model_module
+
+    model = tiny_decoder(layers=2)
+    prompt = torch.randint(0, 97, (20,), generator=torch.Generator().manual_seed(5)).tolist()
+    polls = []
+
+    def stop_at_second_poll():
+        polls.append(0)
+        return len(polls) >= 2
+
+    cache = model.new_cache(len(prompt))
+    assert model.prefill(prompt, cache, chunk=6, should_stop=stop_at_second_poll) is None
+    assert cache.length == 12 and len(polls) == 2  # chunks [0, 6) and [6, 12) ran, then it stopped
+    polls.clear()
+    fwd = model.prefill(prompt, model.new_cache(len(prompt)), chunk=6, should_stop=lambda: polls.append(0) or False)
+    assert fwd is not None and len(polls) == 3  # polled before chunks 2, 3 and 4
+
+    out, stats = generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: True)
+    assert (len(out), stats.stop_reason) == (1, "cancelled")  # a prompt of one chunk: its token, then cancelled
+    plain = generate_ids(model, prompt, max_new_tokens=8)[0]
+    real = model_module.Decoder.prefill
+    monkeypatch.setattr(model_module.Decoder, "prefill", lambda self, tokens, cache, **kw: real(self, tokens, cache,
+                                                                                              **{**kw, "chunk": 4}))
+    out, stats = generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: True)
+    assert (out, stats.stop_reason, stats.target_forwards) == ([], "cancelled", 0)  # stopped after the first chunk
+    assert generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: False)[0] == plain

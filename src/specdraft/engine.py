@@ -88,7 +88,8 @@ def generate_ids(
     the last committed token, run the target once over [that token] + tree (tree mask, per-node
     positions), verify, then compact the accepted path into contiguous cache slots and commit.
     on_tokens is called with each batch of newly committed ids (streaming); should_stop is polled
-    between steps (a disconnected client) and ends generation early.
+    between steps, and between the prefill's chunks of a long prompt (a disconnected client), and
+    ends generation early (after a cancelled prefill with no token).
     """
     ctx_window = model.cfg.max_position_embeddings
     max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, ctx_window)
@@ -100,7 +101,12 @@ def generate_ids(
 
     # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
-    fwd = model.prefill(prompt_ids, cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers)
+    fwd = model.prefill(prompt_ids, cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers,
+                        should_stop=should_stop)
+    if fwd is None:  # cancelled between two chunks of a long prompt
+        stats.stop_reason = "cancelled"
+        stats.wall_s = stats.prefill_s = time.perf_counter() - t0
+        return [], stats
     stats.target_forwards += 1
     tok = int(next_token(fwd.logits, params, gen)[0])
     out: list[int] = [tok]

@@ -20,6 +20,7 @@ layers of six. Gemma's norm weights are stored as offsets from 1; the loader add
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -220,11 +221,14 @@ class Decoder(nn.Module):
         return KVCache(self.cfg, capacity, self.dtype, self.device)
 
     def prefill(self, tokens: list[int], cache: KVCache, *, chunk: int = PREFILL_CHUNK, final_hidden: bool = False,
-                hidden_layers: tuple[int, ...] = ()) -> ForwardOutput:
+                hidden_layers: tuple[int, ...] = (),
+                should_stop: Callable[[], bool] | None = None) -> ForwardOutput | None:
         """Run `tokens` into `cache` from its current length, `chunk` tokens per forward, and commit
         them. Each chunk attends to the cache so far, so the result is that of one forward over all
         tokens (up to the order of summation); but a 30k-token prompt never builds a 30k x 30k mask.
-        Returns the logits of the last token, and final / layer hidden states of every token if asked."""
+        Returns the logits of the last token, and final / layer hidden states of every token if asked.
+        `should_stop` is polled before every chunk but the first (a client gone during a long
+        prompt); when it says so, the prefill ends there and returns None."""
         if chunk <= 0:
             raise ValueError(f"prefill chunk must be positive, got {chunk}")
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
@@ -232,6 +236,8 @@ class Decoder(nn.Module):
         finals, layers = [], {i: [] for i in hidden_layers}
         fwd = None
         for lo in range(0, n, chunk):
+            if lo and should_stop is not None and should_stop():
+                return None
             hi = min(n, lo + chunk)
             start = cache.length
             fwd = self(ids[lo:hi], torch.arange(start, start + hi - lo, device=self.device), cache,

@@ -1,6 +1,7 @@
 """One worker thread runs generations one at a time, first come first served (batch size 1 is the
 engine's design). Jobs talk to the async side through an asyncio queue; a job whose client went
-away is cancelled between two decoding steps, and its KV cache is freed with it."""
+away is cancelled between two decoding steps (or two prefill chunks of a long prompt), and its KV
+cache is freed with it."""
 
 from __future__ import annotations
 
