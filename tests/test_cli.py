@@ -38,3 +38,18 @@ def test_console_script_exit_code(tmp_path):
     exe = [sys.executable, "-m", "specdraft", "generate", "hi", "--dtype", "nope"]
     r = subprocess.run(exe, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "dtype" in r.stderr
+
+
+def test_prefill_bar_shows_only_for_prompts_of_several_chunks(capsys, monkeypatch):
+    from specdraft import cli
+    from specdraft.runtime import model as model_module
+
+    monkeypatch.setattr(model_module, "PREFILL_CHUNK", 4)
+    short = cli._PrefillBar()
+    short(4, 4)
+    assert short.bar is None
+    bar = cli._PrefillBar()
+    for done in (4, 8, 10):
+        bar(done, 10)
+        assert bar.bar.n == done
+    assert "prompt" in capsys.readouterr().err  # on stderr, the text untouched

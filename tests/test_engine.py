@@ -157,3 +157,18 @@ def test_a_client_gone_during_a_long_prefill_stops_it_between_chunks(monkeypatch
     out, stats = generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: True)
     assert (out, stats.stop_reason, stats.target_forwards) == ([], "cancelled", 0)  # stopped after the first chunk
     assert generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: False)[0] == plain
+
+
+def test_prefill_progress_reports_each_chunk(monkeypatch):
+    """on_prefill(done, total) follows the prompt chunk by chunk, up to the whole prompt."""
+    from conftest import tiny_decoder
+    from specdraft.runtime import model as model_module
+
+    model = tiny_decoder(layers=2)
+    prompt = torch.randint(0, 97, (10,), generator=torch.Generator().manual_seed(6)).tolist()
+    real = model_module.Decoder.prefill
+    monkeypatch.setattr(model_module.Decoder, "prefill", lambda self, tokens, cache, **kw: real(self, tokens, cache,
+                                                                                              **{**kw, "chunk": 4}))
+    seen = []
+    generate_ids(model, prompt, max_new_tokens=3, on_prefill=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 10), (8, 10), (10, 10)]

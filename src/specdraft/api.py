@@ -162,12 +162,16 @@ class LLM:
         drafter: str | Drafter | None = "default",
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_prefill: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
         """Generate a completion. A list of ints is taken as already-encoded prompt ids.
 
         drafter: a spec ("plain", "lookup", "draft-model:NAME"), a Drafter, or "default" for the
-        one this LLM was loaded with; `auto` takes the model's recommendation for this temperature. chat: apply the chat template (True), take the text as it is
-        (False), or the template when the model has one (None; a base model continues the text).
+        one this LLM was loaded with; `auto` takes the model's recommendation for this temperature.
+        chat: apply the chat template (True), take the text as it is (False), or the template when
+        the model has one (None; a base model continues the text). on_text receives the text as it
+        is committed; should_stop ends the generation early; on_prefill(done, total) follows the
+        prompt's prefill, chunk by chunk.
         """
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -185,7 +189,7 @@ class LLM:
 
         out, stats = generate_ids(
             self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
-            drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop,
+            drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop, on_prefill=on_prefill,
         )
         if detok is not None and (rest := detok.flush()):
             on_text(rest)  # the streamed pieces then add up to the text, even if it ends mid-character

@@ -257,6 +257,27 @@ def cmd_models(a) -> int:
     return 0
 
 
+class _PrefillBar:
+    """A progress bar on stderr for the prefill of a prompt of several chunks (a long document
+    can take a minute before the first token)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from .runtime.model import PREFILL_CHUNK
+
+        if total <= PREFILL_CHUNK:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="prompt", unit="tok", leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+
+
 def cmd_generate(a) -> int:
     from .api import LLM, resolve_device, resolve_dtype
     from .drafters import check_spec
@@ -283,7 +304,8 @@ def cmd_generate(a) -> int:
         r = llm.generate(prompt, **kwargs)
         print(json.dumps(r.to_json(), ensure_ascii=False))
         return 0
-    r = llm.generate(prompt, on_text=lambda s: print(s, end="", flush=True), **kwargs)
+    r = llm.generate(prompt, on_text=lambda s: print(s, end="", flush=True),
+                     on_prefill=_PrefillBar() if sys.stderr.isatty() else None, **kwargs)
     s = r.stats
     tau = f", tau {s.tau:.2f}, acceptance {s.acceptance_rate:.2f}" if s.acceptance_rate is not None else ""
     print(f"\n[{s.new_tokens} new tokens in {s.wall_s:.2f} s, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "

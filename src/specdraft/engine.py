@@ -81,6 +81,7 @@ def generate_ids(
     drafter: Drafter | None = None,
     on_tokens: Callable[[list[int]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_prefill: Callable[[int, int], None] | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to max_new_tokens ids after prompt_ids; returns (new ids, stats).
 
@@ -89,7 +90,8 @@ def generate_ids(
     positions), verify, then compact the accepted path into contiguous cache slots and commit.
     on_tokens is called with each batch of newly committed ids (streaming); should_stop is polled
     between steps, and between the prefill's chunks of a long prompt (a disconnected client), and
-    ends generation early (after a cancelled prefill with no token).
+    ends generation early (after a cancelled prefill with no token). on_prefill(done, total) is
+    called after each chunk of the prompt's prefill (`Decoder.prefill`).
     """
     ctx_window = model.cfg.max_position_embeddings
     max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, ctx_window)
@@ -102,7 +104,8 @@ def generate_ids(
     # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
     fwd = model.prefill(prompt_ids, cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers,
-                        should_stop=should_stop)
+                        should_stop=should_stop,
+                        on_progress=None if on_prefill is None else lambda done: on_prefill(done, len(prompt_ids)))
     if fwd is None:  # cancelled between two chunks of a long prompt
         stats.stop_reason = "cancelled"
         stats.wall_s = stats.prefill_s = time.perf_counter() - t0

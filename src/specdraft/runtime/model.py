@@ -221,14 +221,15 @@ class Decoder(nn.Module):
         return KVCache(self.cfg, capacity, self.dtype, self.device)
 
     def prefill(self, tokens: list[int], cache: KVCache, *, chunk: int = PREFILL_CHUNK, final_hidden: bool = False,
-                hidden_layers: tuple[int, ...] = (),
-                should_stop: Callable[[], bool] | None = None) -> ForwardOutput | None:
+                hidden_layers: tuple[int, ...] = (), should_stop: Callable[[], bool] | None = None,
+                on_progress: Callable[[int], None] | None = None) -> ForwardOutput | None:
         """Run `tokens` into `cache` from its current length, `chunk` tokens per forward, and commit
         them. Each chunk attends to the cache so far, so the result is that of one forward over all
         tokens (up to the order of summation); but a 30k-token prompt never builds a 30k x 30k mask.
         Returns the logits of the last token, and final / layer hidden states of every token if asked.
         `should_stop` is polled before every chunk but the first (a client gone during a long
-        prompt); when it says so, the prefill ends there and returns None."""
+        prompt); when it says so, the prefill ends there and returns None. `on_progress` is called
+        after every chunk with the number of tokens done (a progress bar)."""
         if chunk <= 0:
             raise ValueError(f"prefill chunk must be positive, got {chunk}")
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
@@ -244,6 +245,8 @@ class Decoder(nn.Module):
                        logits_at=slice(-1, None) if hi == n else slice(0, 0), final_hidden=final_hidden,
                        hidden_layers=hidden_layers)
             cache.commit(hi - lo)
+            if on_progress is not None:
+                on_progress(hi)
             if final_hidden:
                 finals.append(fwd.final_hidden)
             for i in hidden_layers:
