@@ -307,13 +307,11 @@ class Decoder(nn.Module):
                 near = positions.to(self.device)[:, None] - key_pos[None, :] < W
                 masks[True] = near if mask is None else mask[:, lo:] & near
                 first[True] = lo
-        if G > 1:
-            # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D]
-            # against [Hkv, S, D], so the cache is never expanded; the mask repeats per head.
-            masks = {k: None if m is None else m.repeat(G, 1) for k, m in masks.items()}
-
-        # An additive float mask, built once: the flash kernel would convert a bool one per layer.
-        masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device).masked_fill_(~m, float("-inf"))
+        # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D] against
+        # [Hkv, S, D], so the cache is never expanded; the mask repeats per head. It is made additive
+        # once here, where the flash kernel would convert a bool mask in every layer.
+        masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device)
+                 .masked_fill_(~m, float("-inf")).expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
                  for k, m in masks.items()}
         x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}

@@ -97,17 +97,14 @@ def dense_weight(w) -> torch.Tensor:
 PRODUCTS = ("qkv", "o", "gate_up", "down")
 
 
-def pack_linears(module: nn.Module) -> bool:
+def pack_linears(module: nn.Module) -> None:
     """Replace, in place, every float32 CPU `nn.Linear` inside `module` by a `PackedLinear` (a
-    trained drafter's layers: a few rows per step, where MKL's product is slow). Returns whether it
-    packed anything; modules of other dtypes or devices are left as they are."""
-    done = False
+    trained drafter's layers: a few rows per step, where MKL's product is slow); modules of other
+    dtypes or devices are left as they are."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and packable(child.weight):
                 setattr(parent, name, PackedLinear(child))
-                done = True
-    return done
 
 
 def pack_decoder(model) -> bool:
