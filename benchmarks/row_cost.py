@@ -1,6 +1,6 @@
 """Cost of one target forward by number of new rows (what verifying a draft of that size costs), per dtype.
 
-    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32,packed,int8]
+    python benchmarks/row_cost.py [--model smollm2-135m] [--rows 1,2,3,5,9,17,25] [--context 300] [--dtypes bfloat16,float32,packed,packed-bfloat16,int8]
 
 Each forward appends `rows` tokens to a KV cache already holding `context` tokens, with a causal mask
 over the new rows, as the engine's verification forward does; logits for every row. Prints the
@@ -8,7 +8,9 @@ median over `--repeats` forwards and the cost relative to one row of the same co
 float32 also with every product through F.linear (`runtime.model.linear` off), for comparison. Also prints
 whether this CPU has native bf16 units (what `--dtype auto` decides by). `int8` is the drafting
 copy of `draft-model:self?quant=int8` (runtime/quant.py), made from the float32 weights; `packed` the
-float32 weights prepacked for oneDNN (runtime/packed.py), as `LLM` loads a float32 model on a CPU.
+float32 weights prepacked for oneDNN (runtime/packed.py), as `LLM` loads a float32 model on a CPU;
+`packed-bfloat16` the bf16 weights prepacked (only on a CPU with bf16 units), as `LLM` loads a
+bf16 model there. `bfloat16` is the dense bf16 model, as it decoded before session 22.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ def main() -> None:
     for name in a.dtypes.split(","):
         if name == "int8":
             dec = quantize_int8(load_decoder(path))
-        elif name == "packed":
-            dec = load_decoder(path)
+        elif name in ("packed", "packed-bfloat16"):
+            dec = load_decoder(path, torch.bfloat16 if name == "packed-bfloat16" else torch.float32)
             if not pack_decoder(dec):
-                raise SystemExit("this torch cannot pack float32 weights for oneDNN")
+                raise SystemExit(f"this torch or CPU cannot pack {dec.dtype} weights for oneDNN")
         else:
             dec = load_decoder(path, getattr(torch, name))
         ctx = torch.randint(0, dec.cfg.vocab_size, (a.context,), generator=g)

@@ -177,10 +177,11 @@ def head_drafter(kind, heads, model, **options):
 
 @pytest.mark.skipif(not packed.packable(torch.zeros(1, 1)), reason="torch built without oneDNN")
 @pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "medusa"])
-def test_packed_head_drafters_draft_what_dense_ones_draft(kind):
-    """float32 on a CPU, `pack` puts the drafter's products and head rows in oneDNN's layout (as
-    LLM packs the target): the same frames to rounding, so the same drafts; other dtypes are left
-    dense."""
+def test_packed_head_drafters_draft_what_dense_ones_draft(kind, monkeypatch):
+    """On a CPU, `pack` puts the drafter's products and head rows in oneDNN's layout (as LLM packs
+    the target): in float32 the same frames to rounding, so the same drafts; bf16 modules on a bf16
+    model are packed where the CPU has bf16 units; a module not of the head's dtype, or a torch
+    without oneDNN, is left dense."""
     model = tiny_decoder(layers=2, scale=0.2)
     heads = tiny_heads(kind.split("+")[0], model, 1, feature_layers=(1, 0) if "+" in kind else ())
     dense = head_drafter(kind, copy.deepcopy(heads), model, max_nodes=8)
@@ -206,7 +207,17 @@ def test_packed_head_drafters_draft_what_dense_ones_draft(kind):
     x = torch.randn(3, model.cfg.hidden_size)
     assert torch.allclose(head_product(x, fast.head), head_product(x, dense.head), atol=1e-5)
     half = tiny_heads(kind.split("+")[0], model, 1).to(torch.bfloat16)
-    d = head_drafter(kind, half, model, pack=True)  # bf16: nothing to pack, left dense
+    d = head_drafter(kind, half, model, pack=True)  # a bf16 module for a float32 head: left dense
+    assert isinstance(d.head, torch.Tensor) and any(isinstance(m, torch.nn.Linear) for m in d.module.modules())
+    if torch.bfloat16 in packed.dtypes():  # a bf16 module on a bf16 model: packed too (a CPU with bf16 units)
+        model16 = copy.deepcopy(model).to(torch.bfloat16)
+        d16 = head_drafter(kind, copy.deepcopy(half), model16, pack=True)
+        dense16 = head_drafter(kind, half, model16)
+        assert not isinstance(d16.head, torch.Tensor) and isinstance(dense16.head, torch.Tensor)
+        x16 = x.bfloat16()
+        assert torch.allclose(head_product(x16, d16.head).float(), head_product(x16, dense16.head).float(), atol=3e-2)
+    monkeypatch.setattr(packed, "dtypes", lambda: ())  # a torch without oneDNN: nothing to pack
+    d = head_drafter(kind, tiny_heads(kind.split("+")[0], model, 1), model, pack=True)
     assert isinstance(d.head, torch.Tensor) and any(isinstance(m, torch.nn.Linear) for m in d.module.modules())
 
 

@@ -1,6 +1,7 @@
-"""float32 weights prepacked for oneDNN (runtime/packed.py): the values are kept bit for bit, the
-products match the dense ones to rounding, a packed model decodes the same tokens, and what reads
-dense weights (state_dict, the int8 copy, the batched decoder) still gets them."""
+"""Weights prepacked for oneDNN (runtime/packed.py): the values are kept bit for bit, the products
+match the dense ones to rounding, a packed model decodes the same tokens, and what reads dense
+weights (state_dict, the int8 copy, the batched decoder) still gets them. bfloat16 weights are
+packed only on a CPU with bf16 units."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from conftest import product_case, tiny_decoder
 
 from specdraft.engine import generate_ids
 from specdraft.runtime import packed
+from specdraft.runtime.loader import native_bf16
 from specdraft.runtime.model import linear
 from specdraft.runtime.packed import PackedLinear, PackedWeight, pack_decoder
 from specdraft.runtime.quant import quantize_int8
@@ -32,9 +34,50 @@ def test_the_packed_product_is_the_dense_one(rows, bias):
     assert not torch.allclose(linear(x, PackedWeight(w.flip(0)), b), exact, atol=1e-2)
 
 
-def test_only_float32_cpu_weights_are_packed():
-    with pytest.raises(ValueError, match="float32"):
+def test_bf16_is_packed_only_where_the_cpu_has_bf16_units(monkeypatch):
+    assert (torch.bfloat16 in packed.dtypes()) == native_bf16("cpu")
+    monkeypatch.setattr(packed, "dtypes", lambda: (torch.float32,))  # a CPU without bf16 units
+    with pytest.raises(ValueError, match="bfloat16"):
         PackedWeight(torch.randn(4, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="float16"):
+        PackedWeight(torch.randn(4, 4, dtype=torch.float16))
+    model = tiny_decoder(vocab=97, seed=1).to(torch.bfloat16)
+    assert not packed.available(model) and not pack_decoder(model) and model.fast_head is None
+    assert isinstance(model.layers[0].qkv, torch.nn.Linear)
+
+
+bf16_units = pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no bf16 units")
+
+
+@bf16_units
+@pytest.mark.parametrize("rows", [1, 5, 9, 40])
+def test_a_packed_bf16_product_is_the_dense_bf16_one(rows):
+    w, x, b = product_case(rows, True)
+    w, x, b = w.bfloat16(), x.bfloat16(), b.bfloat16()
+    p = PackedWeight(w)
+    assert torch.equal(p.dense(), w)
+    y, exact = linear(x, p, b), F.linear(x, w, b)
+    assert y.dtype == torch.bfloat16 and y.shape == exact.shape
+    assert torch.allclose(y.float(), exact.float(), rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(linear(x, PackedWeight(w.flip(0)), b).float(), exact.float(), atol=5e-2)
+
+
+@bf16_units
+@pytest.mark.parametrize("family,tie", [("qwen2", False), ("llama", True), ("gemma3_text", True)])
+def test_a_packed_bf16_decoder_computes_the_dense_bf16_logits(family, tie):
+    dense = tiny_decoder(vocab=97, seed=3, family=family, tie=tie).to(torch.bfloat16)
+    model = tiny_decoder(vocab=97, seed=3, family=family, tie=tie).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert pack_decoder(model)
+    assert isinstance(model.layers[0].qkv, PackedLinear) and isinstance(model.fast_head, PackedWeight)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    tokens, pos = torch.tensor([1, 5, 9, 20, 33, 7, 2, 64, 11]), torch.arange(9)
+    for n in (9, 1, 4):
+        ref = dense(tokens[:n], pos[:n], dense.new_cache(16)).logits
+        out = model(tokens[:n], pos[:n], model.new_cache(16)).logits
+        assert out.dtype == torch.float32
+        assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
 def test_packed_linear_takes_any_leading_shape_and_saves_dense():
@@ -62,12 +105,6 @@ def test_a_packed_decoder_computes_the_same_logits_and_keeps_its_state(family, t
         out = model(tokens[:n], pos[:n], model.new_cache(16)).logits
         assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
         assert torch.equal(out.argmax(-1), ref.argmax(-1))
-
-
-def test_bf16_models_are_left_dense():
-    model = tiny_decoder(vocab=97, seed=1).to(torch.bfloat16)
-    assert not pack_decoder(model) and model.fast_head is None
-    assert isinstance(model.layers[0].qkv, torch.nn.Linear)
 
 
 def test_the_int8_copy_of_a_packed_model_is_the_copy_of_the_dense_one():

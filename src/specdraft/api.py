@@ -77,7 +77,7 @@ class GenerationResult:
     model: str
     drafter: str
     dtype: str
-    packed_weights: bool = False  # float32 weights prepacked for oneDNN (runtime/packed.py)
+    packed_weights: bool = False  # weights prepacked for oneDNN (runtime/packed.py)
 
     @property
     def new_tokens(self) -> int:
@@ -116,7 +116,8 @@ class LLM:
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
                  dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True,
                  pack: bool | None = None):
-        """pack: reorder the float32 weights for oneDNN's product on a CPU (runtime/packed.py);
+        """pack: reorder the weights for oneDNN's product on a CPU (runtime/packed.py: float32, and
+        bfloat16 on a CPU with bf16 units);
         None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing."""
         self.device = resolve_device(device)
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled

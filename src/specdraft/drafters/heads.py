@@ -165,14 +165,16 @@ def sub_head(module: torch.nn.Module, head: torch.Tensor) -> torch.Tensor:
 
 def pack(module: torch.nn.Module, head: torch.Tensor):
     """Pack a loaded drafter's products and its draft-vocabulary head rows for oneDNN, in place,
-    as `LLM` packs a float32 target on a CPU (runtime/packed.py). A drafter runs a few rows per
+    as `LLM` packs its target on a CPU (runtime/packed.py). A drafter runs a few rows per
     step (the CTC layer 6 frames over a 48-position window), where MKL's product is far from its
     speed: on SmolLM2's CTC layer the 6-row head product takes 2.2 ms dense and 0.3 ms packed
     (docs/BENCHMARKS.md, session 20). Returns the head to give `logits`: packed, or `head` itself
-    where packing is not available (other dtypes and devices), the module then left as it is."""
+    where packing is not available (other dtypes and devices, or a module not of the head's dtype),
+    the module then left as it is."""
     from ..runtime.packed import PackedWeight, pack_linears, packable
 
-    if not (packable(head) and all(packable(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))):
+    weights = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not (packable(head) and all(packable(w) and w.dtype == head.dtype for w in weights)):
         return head
     pack_linears(module)
     return PackedWeight(head)

@@ -1,15 +1,19 @@
-"""float32 weights prepacked for oneDNN, for the target's products on a CPU.
+"""Weights prepacked for oneDNN, for the target's products on a CPU: float32, and bfloat16 where the
+CPU has bf16 units.
 
-`pack_decoder(model)` replaces, in place, the weights of a float32 CPU decoder's products (q/k/v,
-o, gate/up, down and the LM head) by `PackedWeight`s: the same values reordered once, at load, into
-oneDNN's blocked layout for its fp32 inner product. The values are not changed (`dense()` gives
-the original tensor back, bit for bit); only the order of the summation inside a product differs,
-as it does between any two BLAS kernels.
+`pack_decoder(model)` replaces, in place, the weights of a CPU decoder's products (q/k/v, o,
+gate/up, down and the LM head) by `PackedWeight`s: the same values reordered once, at load, into
+oneDNN's blocked layout for its inner product. The values are not changed (`dense()` gives the
+original tensor back, bit for bit); only the order of the summation inside a product differs, as it
+does between any two BLAS kernels.
 
 Why: a verification forward is a few rows, and on an AVX2 CPU MKL's product of a few rows runs
 far from the one-row (memory-bound) speed, even weight-major (runtime.model.linear). The
 prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs 1.5
 one-row forwards instead of 3.0 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
+In bfloat16, on a CPU with AVX512-BF16 or AMX, oneDNN's packed product also reads the weights far
+faster than torch's dense bf16 one: a one-row qwen2.5-coder-1.5b forward takes 111 ms instead of
+212 (docs/BENCHMARKS.md, session 22). Without bf16 units (AVX2) bf16 weights stay dense.
 
 The packed weights replace the dense ones (no second copy is kept). The LM head is packed beside
 the dense head, which the embedding (tied heads) and the trained drafters read. Anything that
@@ -30,9 +34,18 @@ from torch import nn
 PACK_ROWS = 8
 
 
+def dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes packed here: float32, and bfloat16 on a CPU with bf16 units; none without oneDNN."""
+    if not _onednn():
+        return ()
+    from .loader import native_bf16
+
+    return (torch.float32, torch.bfloat16) if native_bf16("cpu") else (torch.float32,)
+
+
 def available(model) -> bool:
     """Whether `model` (a Decoder) can be packed here."""
-    return model.device.type == "cpu" and model.dtype == torch.float32 and _onednn()
+    return model.device.type == "cpu" and model.dtype in dtypes()
 
 
 def _onednn() -> bool:
@@ -40,8 +53,8 @@ def _onednn() -> bool:
 
 
 def packable(w: torch.Tensor) -> bool:
-    """Whether this weight can be packed here (2-d float32 on a CPU, a torch with oneDNN)."""
-    return w.dim() == 2 and w.dtype == torch.float32 and w.device.type == "cpu" and _onednn()
+    """Whether this weight can be packed here (2-d, on a CPU, of a dtype in `dtypes()`)."""
+    return w.dim() == 2 and w.device.type == "cpu" and w.dtype in dtypes()
 
 
 def wanted() -> bool:
@@ -50,12 +63,13 @@ def wanted() -> bool:
 
 
 class PackedWeight:
-    """A [out, in] float32 weight in oneDNN's layout; `mm(x)` is x @ W^T for [N, in] rows."""
+    """A [out, in] weight in oneDNN's layout; `mm(x)` is x @ W^T for [N, in] rows of its dtype."""
 
     def __init__(self, w: torch.Tensor, rows: int = PACK_ROWS):
         w = w.detach()
-        if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
-            raise ValueError(f"PackedWeight packs 2-d float32 CPU weights, not {w.dtype} {w.device.type} {w.dim()}-d")
+        if not packable(w):
+            raise ValueError(f"PackedWeight packs 2-d CPU weights of {[str(d) for d in dtypes()]} here, "
+                             f"not {w.dtype} {w.device.type} {w.dim()}-d")
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
         self.shape = tuple(w.shape)
 
@@ -98,7 +112,7 @@ PRODUCTS = ("qkv", "o", "gate_up", "down")
 
 
 def pack_linears(module: nn.Module) -> None:
-    """Replace, in place, every float32 CPU `nn.Linear` inside `module` by a `PackedLinear` (a
+    """Replace, in place, every packable `nn.Linear` inside `module` by a `PackedLinear` (a
     trained drafter's layers: a few rows per step, where MKL's product is slow); modules of other
     dtypes or devices are left as they are."""
     for parent in list(module.modules()):

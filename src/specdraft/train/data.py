@@ -122,7 +122,7 @@ def _decoder_settings(dec, layers: tuple[int, ...]) -> dict:
 
 
 def _pack(dec) -> bool:
-    """Pack a float32 CPU base for oneDNN as `LLM` does (unless SPECDRAFT_PACK=0): the batched
+    """Pack a CPU base for oneDNN as `LLM` does (unless SPECDRAFT_PACK=0): the batched
     generation's few-row products run faster packed (docs/BENCHMARKS.md, session 16)."""
     from ..runtime import packed
 
