@@ -1,5 +1,6 @@
-"""`--dtype auto`: float32 where bf16 products are emulated and for small models on a CPU with
-AVX512-BF16 but no AMX; bfloat16 elsewhere. Training's dtype: bf16 wherever it runs natively."""
+"""`--dtype auto`: float32 where bf16 products are emulated, and for small models on a CPU with
+AVX512-BF16 but no AMX where bf16 weights cannot be packed for oneDNN; bfloat16 elsewhere.
+Training's dtype: bf16 wherever it runs natively."""
 
 import pytest
 import torch
@@ -40,12 +41,32 @@ SMALL, LARGE = loader.FLOAT32_MAX_PARAMS, loader.FLOAT32_MAX_PARAMS + 1
     (None, None, SMALL, torch.float32),
 ])
 def test_auto_decodes_in_float32_unless_bf16_pays(monkeypatch, amx, avx512_bf16, params, want):
+    """Without packed bf16 (a torch without oneDNN, or SPECDRAFT_PACK=0)."""
     _cpu(monkeypatch, amx, avx512_bf16)
+    monkeypatch.setenv("SPECDRAFT_PACK", "0")
     assert loader.decode_dtype("cpu", params) == want
     assert loader.decode_dtype(torch.device("cpu"), params) == want
     monkeypatch.setattr(loader, "count_params", lambda path, params=params: params)
     monkeypatch.setattr("specdraft.api.count_params", lambda path, params=params: params)
     assert resolve_dtype("auto", "cpu", path="some/model") == want
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,want", [
+    (False, False, torch.float32),  # AVX2-only: bf16 is not packed there, float32
+    (False, True, torch.bfloat16),  # AVX512-BF16: packed bf16 is the faster dtype, whatever the size
+    (True, True, torch.bfloat16),
+])
+def test_auto_decodes_in_bf16_where_bf16_weights_are_packed(monkeypatch, amx, avx512_bf16, want):
+    from specdraft.runtime import packed
+
+    _cpu(monkeypatch, amx, avx512_bf16)
+    monkeypatch.delenv("SPECDRAFT_PACK", raising=False)
+    monkeypatch.setattr(packed, "_onednn", lambda: True)
+    assert (torch.bfloat16 in packed.dtypes()) == (amx or avx512_bf16)
+    for params in (SMALL, LARGE, None):
+        assert loader.decode_dtype("cpu", params) == want
+    monkeypatch.setattr(packed, "_onednn", lambda: False)  # a torch without oneDNN: the size decides
+    assert loader.decode_dtype("cpu", SMALL) == (torch.bfloat16 if amx else want if not avx512_bf16 else torch.float32)
 
 
 def test_count_params_reads_the_safetensors_headers(tiny_llm_dir, tmp_path):
@@ -94,10 +115,11 @@ def test_weight_major_products_equal_f_linear(rows, bias):
 
 
 def test_llm_auto_counts_the_model_it_loads(tiny_llm_dir, monkeypatch):
-    """On a CPU with AVX512-BF16 but no AMX, the loaded model's own size decides."""
+    """On a CPU with AVX512-BF16 but no AMX, where bf16 is not packed, the loaded model's own size decides."""
     from specdraft.api import LLM
 
     _cpu(monkeypatch, False, True)
+    monkeypatch.setenv("SPECDRAFT_PACK", "0")
     assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.float32  # a tiny model
     monkeypatch.setattr(loader, "FLOAT32_MAX_PARAMS", loader.count_params(tiny_llm_dir) - 1)
     assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.bfloat16

@@ -44,7 +44,8 @@ def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
-# Up to this many parameters, a CPU with AVX512-BF16 but no AMX decodes `auto` in float32.
+# Up to this many parameters, a CPU with AVX512-BF16 but no AMX decodes `auto` in float32 when its
+# bf16 weights cannot be packed for oneDNN (a torch without oneDNN, or SPECDRAFT_PACK=0).
 FLOAT32_MAX_PARAMS = 1_000_000_000
 
 
@@ -54,18 +55,24 @@ def decode_dtype(device: torch.device | str = "cpu", params: int | None = None) 
     - A GPU with bf16, or a CPU with AMX: bfloat16.
     - A CPU without bf16 units (AVX2-only): float32. torch emulates bf16 products there, and their
       cost grows with the rows (docs/BENCHMARKS.md, session 10).
-    - A CPU with AVX512-BF16 but no AMX: float32 up to FLOAT32_MAX_PARAMS, else bfloat16 (also when
-      `params` is unknown). The float32 weights are prepacked for oneDNN. On an AMD EPYC with
-      AVX512-BF16 (docs/BENCHMARKS.md, session 19), models up to 0.5B parameters decoded as fast in
-      float32 as in bf16 (SmolLM2-135M 12 % faster with `make run`'s drafter; gemma3-270m and
-      qwen2.5-coder-0.5b the same within noise), and qwen2.5-coder-1.5b 10-18 % slower. float32
-      outputs are exactly plain decoding's. In bf16, verification rounds differently from one-row
-      steps, and there 17-62 % of answers drift from plain bf16 decoding.
+    - A CPU with AVX512-BF16 but no AMX: bfloat16, with its weights packed for oneDNN
+      (runtime/packed.py). Packed bf16 forwards took 0.54-0.68 of packed float32 ones on all four
+      zoo models, and every drafter ran faster in absolute terms (docs/BENCHMARKS.md, session 22).
+      Where bf16 cannot be packed, the dense bf16 product is no faster than packed float32 on small
+      models (session 19): float32 up to FLOAT32_MAX_PARAMS, else bfloat16 (also when `params` is
+      unknown).
+    float32 outputs are exactly plain decoding's. In bf16, verification rounds differently from
+    one-row steps, and part of the answers drift from plain bf16 decoding (`--dtype float32` when
+    the exact output matters more than the speed).
     """
     device = torch.device(device)
     if device.type != "cpu" or not native_bf16(device):
         return fast_dtype(device)
-    if has_amx() or params is None or params > FLOAT32_MAX_PARAMS:
+    from . import packed
+
+    if has_amx() or (packed.wanted() and torch.bfloat16 in packed.dtypes()):
+        return torch.bfloat16
+    if params is None or params > FLOAT32_MAX_PARAMS:
         return torch.bfloat16
     return torch.float32
 
