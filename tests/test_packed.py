@@ -142,3 +142,16 @@ def test_llm_packs_float32_unless_told_not_to(tiny_llm_dir, monkeypatch):
     b = dense_llm.generate("hello there", max_new_tokens=16, drafter=None)
     assert a.token_ids == b.token_ids
     assert a.to_json()["packed_weights"] is True and b.to_json()["packed_weights"] is False
+
+
+def test_llm_packs_bf16_where_the_cpu_has_bf16_units(tiny_llm_dir, monkeypatch):
+    from specdraft import LLM
+
+    llm = LLM(str(tiny_llm_dir), dtype="bfloat16", progress=False)
+    want = torch.bfloat16 in packed.dtypes()
+    assert llm.packed == want and isinstance(llm.model.layers[0].down, PackedLinear) == want
+    out = llm.generate("hello there", max_new_tokens=8, drafter="lookup")
+    assert len(out.token_ids) > 0 and out.to_json()["packed_weights"] is want and out.to_json()["dtype"] == "bfloat16"
+    monkeypatch.setattr(packed, "dtypes", lambda: (torch.float32,))  # a CPU without bf16 units
+    dense = LLM(str(tiny_llm_dir), dtype="bfloat16", progress=False)
+    assert not dense.packed and isinstance(dense.model.layers[0].down, torch.nn.Linear)
