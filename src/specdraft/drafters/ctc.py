@@ -153,7 +153,7 @@ class CTCDrafter(Drafter):
         from .heads import pack as pack_module, sub_head
 
         self.embed, self.head = embed, sub_head(module, head)
-        if pack:  # float32 on a CPU: oneDNN's layout for the few-row products (heads.pack)
+        if pack:  # on a CPU, as the target is packed: oneDNN's layout for the few-row products (heads.pack)
             self.head = pack_module(module, self.head)
         self.vocab = module.vocab.tolist()  # draft-vocabulary index -> token id
         self.name = f"ctc:{name}"

@@ -67,7 +67,7 @@ class MedusaDrafter(Drafter):
 
         self.module, self.head = module, sub_head(module, head)
         self.dtype = module.res[0].weight.dtype
-        if pack:  # float32 on a CPU: oneDNN's layout for the few-row products (heads.pack)
+        if pack:  # on a CPU, as the target is packed: oneDNN's layout for the few-row products (heads.pack)
             self.head = pack_module(module, self.head)
         self.vocab = module.vocab.tolist()
         self.name = f"medusa:{name}"

@@ -115,7 +115,7 @@ def measure_routes(llm, domains, measure_sets: dict, skips: dict, candidates, to
 
 def timed_on(llm) -> str:
     """The hardware a route table was timed on: the GPU's name, or torch's CPU capability
-    (AVX2, AVX512, ...), and whether the float32 weights were packed for oneDNN (runtime/packed.py,
+    (AVX2, AVX512, ...), and whether the weights were packed for oneDNN (runtime/packed.py,
     which makes verification cheaper)."""
     if llm.device.type == "cuda":
         return torch.cuda.get_device_name(llm.device)
