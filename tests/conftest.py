@@ -32,6 +32,21 @@ def _save_tiny(path, family: str, seed: int):
             for p in model.parameters():
                 if p.dim() == 1:  # norm weights (offsets from 1 in Gemma): not all zero
                     p.normal_(0, 0.3)
+    elif family == "qwen3":  # q/k norms, no biases; a 6-position window on the last layer only
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        cfg = Qwen3Config(**TINY, head_dim=24, rope_theta=1e6, tie_word_embeddings=False, eos_token_id=3,
+                          use_sliding_window=True, sliding_window=6, max_window_layers=2)
+        model = Qwen3ForCausalLM(cfg)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("q_norm.weight", "k_norm.weight")):  # not all ones
+                    p.normal_(1, 0.3)
+    elif family == "mistral":  # a 6-position window on every layer
+        from transformers import MistralConfig, MistralForCausalLM
+
+        cfg = MistralConfig(**TINY, sliding_window=6, tie_word_embeddings=False, eos_token_id=3)
+        model = MistralForCausalLM(cfg)
     else:
         cfg = LlamaConfig(**TINY, rope_theta=1e5, tie_word_embeddings=True, eos_token_id=3)
         model = LlamaForCausalLM(cfg)
@@ -46,10 +61,11 @@ def _save_tiny(path, family: str, seed: int):
     return path
 
 
-@pytest.fixture(scope="session", params=["qwen2", "llama", "gemma3_text"])
+@pytest.fixture(scope="session", params=["qwen2", "llama", "gemma3_text", "qwen3", "mistral"])
 def tiny_dir(request, tmp_path_factory):
-    """A random-weight model in HF format: Qwen2-style (q/k/v bias, untied), Llama-style (tied) or
-    Gemma-3-style (sliding-window layers, q/k and sandwich norms)."""
+    """A random-weight model in HF format: Qwen2-style (q/k/v bias, untied), Llama-style (tied),
+    Gemma-3-style (sliding-window layers, q/k and sandwich norms), Qwen3-style (q/k norms, a
+    sliding last layer) or Mistral-style (every layer sliding)."""
     return _save_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param, seed=0)
 
 

@@ -66,6 +66,31 @@ def test_a_llama_config_with_another_activation_is_refused():
         ModelConfig.from_hf({**llama, "hidden_act": "gelu"})
 
 
+LLAMA_LAYOUT = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "sliding_window": 8}
+
+
+@pytest.mark.parametrize("family,extra,expect", [
+    ("mistral", {}, (True,) * 4),  # Mistral's window covers every layer
+    ("mistral", {"sliding_window": None}, ()),
+    ("llama", {}, ()),  # llama has no window whatever the config says
+    ("qwen2", {}, ()),  # Qwen: only with use_sliding_window
+    ("qwen2", {"use_sliding_window": True, "max_window_layers": 3}, (False, False, False, True)),
+    ("qwen3", {"use_sliding_window": True, "max_window_layers": 1}, (False, True, True, True)),
+    ("qwen3", {"use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"] * 2},
+     (True, False, True, False)),  # transformers 5 configs list the layer types
+    ("qwen3", {"use_sliding_window": False, "layer_types": ["sliding_attention"] * 4}, ()),
+])
+def test_sliding_windows_of_llama_layout_configs(family, extra, expect):
+    cfg = ModelConfig.from_hf({"model_type": family, **LLAMA_LAYOUT, **extra})
+    assert cfg.sliding_layers == expect and cfg.has_sliding == bool(expect)
+    assert cfg.sliding_window == (8 if expect else 0)
+    assert cfg.qk_norm == (family == "qwen3") and not cfg.sandwich_norms
+    with pytest.raises(SpecdraftError, match="layer_types"):
+        ModelConfig.from_hf({"model_type": "qwen3", **LLAMA_LAYOUT, "use_sliding_window": True,
+                             "layer_types": ["full_attention"]})
+
+
 def _tokenizer_dir(path, *, bos: bool, marker: bool, eos_ids: list[int]):
     """A word-level tokenizer whose "</s>" is ordinary text and whose <end_of_turn> is special
     (as in Gemma's vocabulary); with `bos`, raw text gets a <bos> in front."""

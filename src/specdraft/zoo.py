@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import SpecdraftError
 from .paths import atomic_dir, atomic_file, home
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gemma3_text")
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 MARKER = "specdraft.json"
 DEFAULT_MODEL = "smollm2-135m"
 

@@ -36,6 +36,22 @@ def _rope(params: dict, where: str) -> tuple[float, RopeScaling | None]:
     raise SpecdraftError(f"{where}: rope scaling {kind!r} is not supported")
 
 
+def _sliding_layers(d: dict, family: str, layers: int) -> tuple[int, tuple[bool, ...]]:
+    """(window, which layers slide) of a llama-layout config, as transformers reads it: Mistral's
+    `sliding_window` covers every layer; Qwen2 / Qwen3 slide only with `use_sliding_window`, on the
+    layers `layer_types` marks (older configs: the layers from `max_window_layers` on)."""
+    window = d.get("sliding_window")
+    if family == "mistral" and window:
+        return int(window), (True,) * layers
+    if family in ("qwen2", "qwen3") and d.get("use_sliding_window") and window:
+        types = d.get("layer_types") or ["sliding_attention" if i >= d.get("max_window_layers", layers) else
+                                         "full_attention" for i in range(layers)]
+        if len(types) != layers:
+            raise SpecdraftError(f"config.json: {len(types)} layer_types for {layers} layers")
+        return int(window), tuple(t == "sliding_attention" for t in types)
+    return 0, ()
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     family: str
@@ -52,7 +68,8 @@ class ModelConfig:
     tie_word_embeddings: bool
     attention_bias: bool  # bias on q, k, v projections (qwen2: yes)
     rope_scaling: RopeScaling | None = None
-    # Gemma 3 (gemma3_text); the defaults are the llama / qwen2 / mistral layout.
+    # Gemma 3 (gemma3_text; Qwen3 has its q/k norms, Mistral and Qwen2 / Qwen3 may have sliding
+    # windows); the defaults are the llama / qwen2 / mistral layout.
     activation: str = "silu"  # of the gated MLP: "silu" or "gelu_tanh"
     embed_scale: float = 1.0  # the token embeddings are multiplied by this (Gemma: sqrt(hidden))
     attn_scale: float | None = None  # softmax scale of attention; None = 1/sqrt(head_dim)
@@ -108,8 +125,11 @@ class ModelConfig:
                          attn_scale=float(d.get("query_pre_attn_scalar", d.get("head_dim", 256))) ** -0.5,
                          qk_norm=True, sandwich_norms=True, sliding_window=int(d.get("sliding_window") or 0),
                          sliding_layers=tuple(t == "sliding_attention" for t in types), rope_local_theta=local_theta)
-        elif d.get("hidden_act", "silu") != "silu":
-            raise SpecdraftError(f"config.json: activation {d.get('hidden_act')!r} is not supported")
+        else:
+            if d.get("hidden_act", "silu") != "silu":
+                raise SpecdraftError(f"config.json: activation {d.get('hidden_act')!r} is not supported")
+            window, sliding = _sliding_layers(d, family, layers)
+            extra = dict(qk_norm=family == "qwen3", sliding_window=window, sliding_layers=sliding)
         return cls(
             family=family,
             vocab_size=d["vocab_size"],

@@ -143,10 +143,11 @@ def hf_to_ours(ckpt: _Checkpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
             out[f"layers.{i}.attn_out_norm"] = norm(p + "post_attention_layernorm.weight")
             out[f"layers.{i}.mlp_norm"] = norm(p + "pre_feedforward_layernorm.weight")
             out[f"layers.{i}.mlp_out_norm"] = norm(p + "post_feedforward_layernorm.weight")
-            out[f"layers.{i}.q_norm"] = norm(a + "q_norm.weight")
-            out[f"layers.{i}.k_norm"] = norm(a + "k_norm.weight")
         else:
             out[f"layers.{i}.mlp_norm"] = take(p + "post_attention_layernorm.weight")
+        if cfg.qk_norm:  # Gemma 3, Qwen3
+            out[f"layers.{i}.q_norm"] = norm(a + "q_norm.weight")
+            out[f"layers.{i}.k_norm"] = norm(a + "k_norm.weight")
         out[f"layers.{i}.qkv.weight"] = torch.cat([take(a + f"{x}_proj.weight") for x in "qkv"])
         if cfg.attention_bias:
             out[f"layers.{i}.qkv.bias"] = torch.cat([take(a + f"{x}_proj.bias") for x in "qkv"])

@@ -1,4 +1,4 @@
-"""One compact decoder for the llama / qwen2 / mistral / gemma3_text families.
+"""One compact decoder for the llama / mistral / qwen2 / qwen3 / gemma3_text families.
 
 What speculative decoding needs, and HF modeling code makes awkward:
 - a forward over N new tokens with explicit positions, written into a preallocated `KVCache` at
@@ -14,7 +14,9 @@ Gemma 3 differs from the llama layout in ways the config names (config.py): embe
 sqrt(hidden), RMSNorm over each head's queries and keys, a norm on each block's output before the
 residual add, a tanh-GELU MLP, and sliding-window attention (with its own RoPE base) on five
 layers of six. Gemma's norm weights are stored as offsets from 1; the loader adds the 1, so one
-`rms_norm` serves every family (the same float32 product Gemma computes).
+`rms_norm` serves every family (the same float32 product Gemma computes). Qwen3 is the Qwen2
+layout without q/k/v biases and with Gemma's per-head query and key norms; Mistral, Qwen2 and
+Qwen3 configs may slide a window on some or all layers, which the same masks serve.
 """
 
 from __future__ import annotations
