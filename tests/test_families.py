@@ -58,12 +58,18 @@ def test_gemma3_features_we_do_not_run_are_refused(change, needle):
         ModelConfig.from_hf({**GEMMA, **change})
 
 
-def test_a_llama_config_with_another_activation_is_refused():
+def test_llama_layout_configs_with_layers_we_do_not_run_are_refused():
     llama = {"model_type": "llama", "vocab_size": 97, "hidden_size": 64, "intermediate_size": 96,
              "num_hidden_layers": 2, "num_attention_heads": 4}
     assert ModelConfig.from_hf({**llama, "hidden_act": "silu"}).activation == "silu"
     with pytest.raises(SpecdraftError, match="gelu"):
         ModelConfig.from_hf({**llama, "hidden_act": "gelu"})
+    with pytest.raises(SpecdraftError, match="mlp_bias"):
+        ModelConfig.from_hf({**llama, "mlp_bias": True})
+    for family in ("llama", "qwen3"):  # their output projection would carry a bias we do not load
+        with pytest.raises(SpecdraftError, match="attention_bias"):
+            ModelConfig.from_hf({**llama, "model_type": family, "attention_bias": True})
+    assert ModelConfig.from_hf({**llama, "model_type": "qwen2", "attention_bias": True}).attention_bias
 
 
 LLAMA_LAYOUT = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,

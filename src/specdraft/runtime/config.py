@@ -128,6 +128,11 @@ class ModelConfig:
         else:
             if d.get("hidden_act", "silu") != "silu":
                 raise SpecdraftError(f"config.json: activation {d.get('hidden_act')!r} is not supported")
+            if d.get("mlp_bias"):
+                raise SpecdraftError("config.json: biases on the MLP (mlp_bias) are not supported")
+            if d.get("attention_bias") and family in ("llama", "qwen3"):  # there o_proj has one too
+                raise SpecdraftError(f"config.json: attention_bias on a {family} model (a biased output "
+                                     "projection) is not supported")
             window, sliding = _sliding_layers(d, family, layers)
             extra = dict(qk_norm=family == "qwen3", sliding_window=window, sliding_layers=sliding)
         return cls(
