@@ -101,6 +101,51 @@ def test_bad_artifacts_are_clear_errors(tiny_llm, tmp_path):
         read_artifact(art, L, H)
 
 
+def test_domain_separation_is_the_median_distance_to_another_domains_nearest_anchor():
+    from specdraft.drafters.knn import domain_separation
+    from specdraft.train.knn_build import fallback_radius
+
+    def unit(deg):  # a unit vector at `deg` degrees in the plane: cosine distance 1 - cos(angle)
+        r = torch.deg2rad(torch.tensor(float(deg)))
+        return torch.stack((torch.cos(r), torch.sin(r)))
+
+    # domain 0 at 0 and 10 degrees, domain 1 at 30 and 90: nearest other-domain anchors are 30, 20, 20, 80 degrees away
+    anchors = torch.stack([unit(0), unit(10), unit(30), unit(90)])
+    gaps = sorted((1 - torch.cos(torch.deg2rad(torch.tensor([30.0, 20.0, 20.0, 80.0])))).tolist())
+    sep = domain_separation(anchors, [0, 0, 1, 1])
+    assert sep == pytest.approx((gaps[1] + gaps[2]) / 2, rel=1e-5)
+    assert domain_separation(anchors, [0, 0, 0, 0]) == 0.0  # one domain: nothing to be unlike
+    assert fallback_radius(0.001, anchors, [0, 0, 1, 1]) == pytest.approx(sep)  # a tight build widens
+    assert fallback_radius(0.5, anchors, [0, 0, 1, 1]) == pytest.approx(0.75)  # a loose one stays 1.5x
+
+
+def test_knn_radius_widens_an_older_artifact_once(tiny_llm, tmp_path):
+    """`knn radius` shows; `--update` writes max(stored, separation) and changes nothing the second
+    time; a prompt between the two radii routes to its domain afterwards, not to the fallback."""
+    from specdraft.drafters.knn import domain_separation
+
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
+    vecs = prompt_vectors(tiny_llm.model, ids, progress=False)
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["code", "translation"], vecs, max_distance=1e-6)
+    sep = domain_separation(vecs, [0, 1])
+    prompt = "def sub(a, b): return a - b"
+    before = tiny_llm.generate(prompt, max_new_tokens=4, drafter=f"knn-ssd:{art}").to_json()["route"]
+    assert before["fallback"] and 1e-6 < before["distance"] < sep  # inside the domains' separation
+    r = _cli(["knn", "radius", str(art)])
+    shown = json.loads(r.stdout.splitlines()[0])
+    assert r.returncode == 0 and not shown["updated"] and shown["radius"] == pytest.approx(sep, abs=1e-4)
+    assert json.loads((art / "knn.json").read_text())["max_distance"] == 1e-6  # showing writes nothing
+    for updated in (True, False):
+        r = _cli(["knn", "radius", str(art), "--update"])
+        assert r.returncode == 0 and json.loads(r.stdout)["updated"] is updated
+        assert json.loads((art / "knn.json").read_text())["max_distance"] == pytest.approx(sep)
+    shutil.copytree(art, tmp_path / "knn2")  # a fresh spec: the LLM keeps the drafter it built for `art`
+    after = tiny_llm.generate(prompt, max_new_tokens=4, drafter=f"knn-ssd:{tmp_path / 'knn2'}").to_json()["route"]
+    assert not after["fallback"] and after["domain"] == before["nearest"]
+    r = _cli(["knn", "radius", str(tmp_path / "nothing")])
+    assert r.returncode == 2 and "not a readable knn-ssd artifact" in r.stderr
+
+
 def test_mixed_stream_orders_by_switch_probability():
     from specdraft.bench.questions import Question
     from specdraft.bench.runner import mixed_stream

@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     _dtype_option(kr)
     kr.add_argument("--device", default=None)
 
+    kw = knsub.add_parser("radius", help="show an artifact's fallback radius; --update widens an older "
+                          "artifact's to the current rule")
+    kw.add_argument("artifact")
+    kw.add_argument("--update", action="store_true",
+                    help="write max(stored radius, domain separation) into knn.json (running it again changes nothing)")
+
     tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa)")
     trsub = tr.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
     td = trsub.add_parser("data", help="base-model answers teacher-forced: hidden states + greedy tokens (resumable)")
@@ -448,6 +454,8 @@ def cmd_knn(a) -> int:
     from .drafters.knn import route_table
     from .train.knn_build import MIN_GAIN, build_knn
 
+    if a.knn_command == "radius":
+        return knn_radius(Path(a.artifact), a.update)
     min_gain = MIN_GAIN if a.min_gain is None else a.min_gain
 
     if a.knn_command == "routes" and a.reuse_timings:
@@ -484,6 +492,21 @@ def cmd_knn(a) -> int:
     print((f"routing accuracy on unseen prompts: {acc:.3f}; " if acc is not None else "")
           + f"fallback route {routes['fallback']['route']}")
     print(a.out)
+    return 0
+
+
+def knn_radius(path, update: bool) -> int:
+    """`knn radius`: the stored fallback radius beside the domains' separation (and the change)."""
+    import json
+
+    from .train.knn_build import radius_facts, widen_radius
+
+    _, old, sep = radius_facts(path)
+    new = widen_radius(path)[1] if update else max(old, sep)
+    print(json.dumps({"artifact": str(path), "stored_radius": round(old, 4), "domain_separation": round(sep, 4),
+                      "radius": round(new, 4), "updated": bool(update and new > old)}))
+    if not update and sep > old:
+        print(f"the current rule gives {sep:.4f}: `specdraft knn radius {path} --update` writes it")
     return 0
 
 

@@ -5,7 +5,9 @@ The prompt's vector is the mean of the final hidden states of the prefill the en
 K = 1) names a domain, and the domain's route -- a searched skip set (the seed system) or any
 other drafter spec measured fastest on that domain (the generalisation) -- drafts for the whole
 generation. A prompt farther than the artifact's `max_distance` from every anchor takes the
-fallback route. The route taken is reported in the generation's JSON (`route`).
+fallback route; that radius is the larger of 1.5x the farthest build prompt's distance and the
+domains' separation (`domain_separation`, train.knn_build.fallback_radius). The route taken is
+reported in the generation's JSON (`route`).
 
 Artifact directory: `knn.json` (domains, routes, skip sets, fallback, build facts) and
 `anchors.safetensors` (`anchors` [A, d] float32, `labels` [A] domain index).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -47,6 +50,20 @@ class Router:
     def route_many(self, vecs: torch.Tensor) -> tuple[list[str], list[float]]:
         dist, idx = self.nn.kneighbors(vecs.float().cpu().numpy())
         return [self.domains[self.labels[int(i)]] for i in idx[:, 0]], dist[:, 0].tolist()
+
+
+def domain_separation(anchors: torch.Tensor, labels: list[int]) -> float:
+    """How far apart the domains sit: the median, over anchors, of the cosine distance to the
+    nearest anchor of another domain (0 with a single domain). A prompt farther than this from
+    every anchor is unlike every domain: its nearest anchor says little about it."""
+    from sklearn.metrics.pairwise import cosine_distances
+
+    lab = np.asarray(labels)
+    if len(set(lab.tolist())) < 2:
+        return 0.0
+    d = cosine_distances(anchors.float().cpu().numpy())
+    d[lab[:, None] == lab[None, :]] = np.inf
+    return float(np.median(d.min(1)))
 
 
 def read_artifact(path: Path, num_layers: int, hidden_size: int) -> tuple[dict, torch.Tensor, list[int]]:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save
 from tqdm import tqdm
 
-from ..drafters.knn import FORMAT, Router
+from ..drafters.knn import FORMAT, Router, domain_separation
 from ..drafters.layerskip import LayerSkipDrafter, skipset_to_json
 from ..errors import SpecdraftError
 from ..paths import atomic_dir, atomic_file, home
@@ -138,6 +138,41 @@ def set_routes(meta: dict, table: dict, dtype: str, **settings) -> bool:
     return True
 
 
+def fallback_radius(farthest_build: float, anchors: torch.Tensor, labels: list[int]) -> float:
+    """The distance beyond which a prompt takes the fallback route: 1.5x the farthest anchor-building
+    prompt's distance to its nearest anchor, widened to the domains' separation
+    (`domain_separation`). The build prompts alone give too tight a radius: prompts of the same
+    domains worded otherwise (the bench's MT-bench, HumanEval and man-page prompts against the
+    pools' ShareGPT, stdlib and README ones) sit up to 2.5x farther, still nearest their own
+    domain (docs/BENCHMARKS.md, session 23)."""
+    return max(1.5 * farthest_build, domain_separation(anchors, labels))
+
+
+def radius_facts(path: Path) -> tuple[dict, float, float]:
+    """(knn.json, its stored fallback radius, the domains' separation) of an artifact."""
+    from ..drafters.knn import read_artifact
+
+    knn = Path(path) / "knn.json"
+    try:
+        stored = json.loads(knn.read_text())
+        meta, anchors, labels = read_artifact(Path(path), stored["num_layers"], stored["hidden_size"])
+        return meta, float(meta["max_distance"]), domain_separation(anchors, labels)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecdraftError(f"{knn}: not a readable knn-ssd artifact ({type(e).__name__}: {e})") from None
+
+
+def widen_radius(path: Path) -> tuple[float, float]:
+    """Give an artifact built before `fallback_radius` took the domains' separation into account
+    the current radius, max(stored, separation): running it again changes nothing. knn.json is
+    rewritten only when the radius grows. Returns (old, new) radius."""
+    meta, old, sep = radius_facts(path)
+    if sep > old:
+        meta["max_distance"] = sep
+        with atomic_file(Path(path) / "knn.json", "w") as f:
+            json.dump(meta, f, indent=2)
+    return old, max(old, sep)
+
+
 def rechoose(path: Path, dtype: str, min_gain: float) -> dict:
     """Choose an artifact's routes for `dtype` again from the speedups stored with them, with
     another `min_gain` (`pick_routes`), without timing anything; the timing settings are kept."""
@@ -230,7 +265,7 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
     for d in domains:  # how far build prompts sit from their nearest anchor: the fallback radius
         _, dist = router.route_many(build_vecs[d])
         anchor_dists += dist
-    max_distance = 1.5 * max(anchor_dists)
+    max_distance = fallback_radius(max(anchor_dists), anchors_t, labels)
 
     # Skip sets: one per domain, one for the mixture (the Self-SD(Mix) baseline).
     searches = {}
