@@ -117,6 +117,68 @@ def test_local_directory_is_accepted(tiny_dir):
     assert zoo.resolve(str(tiny_dir)) == tiny_dir
 
 
+def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp_path, tiny_dir, monkeypatch):
+    """`--model file.gguf`: converted into the cache on first use (as `pull` converts), found there
+    afterwards, converted again when the file changes; an unsupported or unreadable file is a clear
+    error that leaves nothing behind."""
+    import os
+    import shutil
+
+    calls = []
+
+    def fake_convert(gguf, out, family="from tiny"):  # stands in for transformers' GGUF loading
+        calls.append(gguf)
+        for f in tiny_dir.iterdir():
+            shutil.copy(f, out / f.name)
+        if family != "from tiny":
+            (out / "config.json").write_text(json.dumps({**json.loads((tiny_dir / "config.json").read_text()),
+                                                         "model_type": family}))
+
+    monkeypatch.setattr(zoo, "convert_gguf", fake_convert)
+    gguf = tmp_path / "My-Model.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF fake bytes")
+    first = zoo.resolve(str(gguf), progress=False)
+    assert first.parent == home / "models" / "local" and first.name.startswith("My-Model.Q4_K_M-")
+    marker = json.loads((first / zoo.MARKER).read_text())
+    assert marker["sha256"] == hashlib.sha256(b"GGUF fake bytes").hexdigest() and marker["gguf"] == str(gguf.resolve())
+    assert zoo.resolve(str(gguf), progress=False) == first and len(calls) == 1  # cached
+    gguf.write_bytes(b"GGUF other bytes")
+    os.utime(gguf, ns=(1, 10**18))
+    second = zoo.resolve(str(gguf), progress=False)
+    assert second != first and len(calls) == 2 and (second / "config.json").is_file()
+
+    monkeypatch.setattr(zoo, "convert_gguf", lambda g, out: fake_convert(g, out, family="mamba"))
+    other = tmp_path / "mamba.gguf"
+    other.write_bytes(b"GGUF mamba")
+    with pytest.raises(SpecdraftError, match="mamba"):
+        zoo.resolve(str(other), progress=False)
+
+    def unreadable(g, out):
+        raise ValueError("GGUF model with architecture rwkv is not supported yet")
+
+    monkeypatch.setattr(zoo, "convert_gguf", unreadable)
+    with pytest.raises(SpecdraftError, match="cannot convert this GGUF file.*rwkv"):
+        zoo.resolve(str(other), progress=False)
+    assert sorted(p.name for p in (home / "models" / "local").iterdir()) == sorted([first.name, second.name])
+
+
+@pytest.mark.integration
+def test_the_zoo_gguf_as_a_local_file_decodes_like_the_zoo_model(tmp_path, monkeypatch):
+    """The real SmolLM2 GGUF (kept by `pull`), given as a file path: converted by transformers into
+    a separate cache entry, it generates exactly the zoo model's tokens."""
+    from specdraft import LLM
+
+    src = zoo.home() / "gguf" / zoo.ZOO["smollm2-135m"].gguf_name
+    if not src.is_file():
+        pytest.skip(f"{src} is not cached (`specdraft models pull` keeps the GGUF file it converts)")
+    prompt = "Name three primary colors."
+    want = LLM("smollm2-135m", dtype="float32", progress=False).generate(prompt, max_new_tokens=16).token_ids
+    monkeypatch.setenv("SPECDRAFT_HOME", str(tmp_path / "home"))
+    local = LLM(str(src), dtype="float32", progress=False)
+    assert local.path.parent == tmp_path / "home" / "models" / "local"
+    assert local.generate(prompt, max_new_tokens=16).token_ids == want
+
+
 def test_listing_reports_installation(home, monkeypatch):
     monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry())
     rows = {r["name"]: r for r in zoo.listing()}

@@ -1,7 +1,7 @@
 """The Python API: load a model once, generate many times.
 
     from specdraft import LLM
-    llm = LLM("smollm2-135m")              # a zoo name or a local HF-format directory
+    llm = LLM("smollm2-135m")              # a zoo name, a local HF-format directory or a .gguf file
     r = llm.generate("Write a haiku about the sea.", max_new_tokens=64)
     print(r.text, r.tokens_per_s)
     for piece in llm.stream("Tell me a joke."):

