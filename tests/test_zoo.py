@@ -142,6 +142,9 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
     marker = json.loads((first / zoo.MARKER).read_text())
     assert marker["sha256"] == hashlib.sha256(b"GGUF fake bytes").hexdigest() and marker["gguf"] == str(gguf.resolve())
     assert zoo.resolve(str(gguf), progress=False) == first and len(calls) == 1  # cached
+    (row,) = zoo.local_listing()  # `models list` shows it, with its family from the converted config
+    assert row["name"] == gguf.name and row["path"] == str(first) and row["family"] == json.loads(
+        (tiny_dir / "config.json").read_text())["model_type"]
     gguf.write_bytes(b"GGUF other bytes")
     os.utime(gguf, ns=(1, 10**18))
     second = zoo.resolve(str(gguf), progress=False)

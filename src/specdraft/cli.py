@@ -252,6 +252,8 @@ def cmd_models(a) -> int:
         for r in rows:
             status = "installed" if r["installed"] else ("not installed" if r["supported"] else "unsupported")
             print(f"{r['name']:<20} {r['family']:<12} {r['layers']:>6} {r['params']:>7}  {status:<14} {r['path']}")
+        for r in zoo.local_listing():  # local GGUF files given as --model, converted into the cache
+            print(f"{r['name']:<20} {r['family']:<12} {r['layers']:>6} {r['params']:>7}  {'local GGUF':<14} {r['path']}")
         return 0
     if a.models_command == "pull":
         print(zoo.pull(a.name))

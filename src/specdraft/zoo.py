@@ -294,6 +294,23 @@ def pull(name: str, progress: bool = True) -> Path:
     return final
 
 
+def local_listing() -> list[dict]:
+    """One row per converted local GGUF file (`converted_gguf`), for `specdraft models list`."""
+    from .runtime.loader import count_params
+
+    rows = []
+    for d in sorted((models_dir() / "local").glob("*/" + MARKER)):
+        try:
+            marker, cfg = json.loads(d.read_text()), json.loads((d.parent / "config.json").read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or damaged: not listed
+        n = count_params(d.parent)
+        rows.append({"name": Path(marker.get("gguf", d.parent.name)).name, "family": cfg.get("model_type", "?"),
+                     "layers": cfg.get("num_hidden_layers", 0), "params": f"{n / 1e6:.0f}M" if n else "?",
+                     "source": marker.get("gguf"), "path": str(d.parent)})
+    return rows
+
+
 def listing() -> list[dict]:
     """One row per zoo model, for `specdraft models list`."""
     return [
