@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 
 from specdraft import LLM
 from specdraft.drafters import build_drafter
 
-from interleaved import mini_prompts, versus_plain
+from interleaved import mini_prompts, table, versus_plain
 
 
 def tempered(llm, T: float):
@@ -40,10 +39,7 @@ def main() -> None:
     drafters = {f"ctc, frame logits / {t}": tempered(llm, float(t)) for t in a.temperatures.split(",")}
     res = versus_plain(llm, mini_prompts(), drafters, a.max_new_tokens)
     print(f"{len(mini_prompts())} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")
-    print("| drafter | tau | speedup (mean / median) |\n|---|---|---|")
-    for k, v in res.items():
-        sp = [x[1] for x in v]
-        print(f"| {k} | {statistics.fmean(x[0] for x in v):.2f} | {statistics.fmean(sp):.2f}x / {statistics.median(sp):.2f}x |")
+    print(table(res))
 
 
 if __name__ == "__main__":

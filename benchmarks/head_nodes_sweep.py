@@ -11,12 +11,11 @@ per-prompt speedup, and the share of wall time spent drafting.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 from specdraft import LLM
 from specdraft.drafters import build_drafter
 
-from interleaved import mini_prompts, versus_plain
+from interleaved import mini_prompts, table, versus_plain
 
 
 def main() -> None:
@@ -32,11 +31,7 @@ def main() -> None:
                 for k in a.kinds.split(",") for n in a.nodes.split(",")}
     res = versus_plain(llm, prompts, drafters, a.max_new_tokens)
     print(f"{len(prompts)} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")
-    print("| drafter | tau | speedup (mean / median) | drafting share of wall time |\n|---|---|---|---|")
-    for k, v in res.items():
-        sp = [x[1] for x in v]
-        print(f"| {k} | {statistics.fmean(x[0] for x in v):.2f} | {statistics.fmean(sp):.2f}x / {statistics.median(sp):.2f}x | "
-              f"{statistics.fmean(x[2] for x in v):.2f} |")
+    print(table(res))
 
 
 if __name__ == "__main__":

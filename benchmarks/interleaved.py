@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 
@@ -25,3 +26,13 @@ def versus_plain(llm, prompts: list[str], drafters: dict, max_new_tokens: int) -
             s = llm.generate(q, max_new_tokens=max_new_tokens, drafter=d).stats
             res[k].append((s.tau, s.tokens_per_s / plain.tokens_per_s, s.draft_s / s.wall_s))
     return res
+
+
+def table(res: dict[str, list[tuple[float, float, float]]], first: str = "drafter") -> str:
+    """`versus_plain`'s result as a markdown table: mean tau, mean / median speedup, drafting share."""
+    rows = [f"| {first} | tau | speedup (mean / median) | drafting share of wall time |", "|---|---|---|---|"]
+    for k, v in res.items():
+        sp = [x[1] for x in v]
+        rows.append(f"| {k} | {statistics.fmean(x[0] for x in v):.2f} | {statistics.fmean(sp):.2f}x / "
+                    f"{statistics.median(sp):.2f}x | {statistics.fmean(x[2] for x in v):.2f} |")
+    return "\n".join(rows)
