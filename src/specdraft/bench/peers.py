@@ -9,6 +9,7 @@ which draft passes (an assistant model, or early exit) never reach.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -99,8 +100,9 @@ class LlamaCppMethod:
         self.name, self.llm = spec, llm
         marker = llm.path / "specdraft.json"
         if not marker.is_file():
-            raise SpecdraftError("llama.cpp peers need a zoo model (its GGUF file)")
-        gguf = paths.home() / "gguf" / json.loads(marker.read_text())["gguf"]
+            raise SpecdraftError("llama.cpp peers need a model converted from a GGUF file (a zoo model or a local .gguf)")
+        source = json.loads(marker.read_text())["gguf"]  # a zoo model's file name, or a local file's absolute path
+        gguf = Path(source) if Path(source).is_absolute() else paths.home() / "gguf" / source
         kind, _, arg = spec.partition(":")
         draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None
         # logits_all must be passed explicitly with a draft model: llama-cpp-python 0.3.16 turns it
