@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -268,7 +269,17 @@ def converted_gguf(gguf: Path, progress: bool = True) -> Path:
         check_family(family, str(gguf))
         marker = {"name": gguf.stem, "family": family, "gguf": str(gguf.resolve()), "sha256": sha256_file(gguf)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+    for old in final.parent.glob("*/" + MARKER):  # conversions of this path's earlier contents: stale
+        if old.parent != final and _source(old) == str(gguf.resolve()):
+            shutil.rmtree(old.parent, ignore_errors=True)
     return final
+
+
+def _source(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("gguf")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def pull(name: str, progress: bool = True) -> Path:
