@@ -135,6 +135,7 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
                                                          "model_type": family}))
 
     monkeypatch.setattr(zoo, "convert_gguf", fake_convert)
+    monkeypatch.setattr(zoo, "gguf_facts", lambda g: ("llama", 1000))  # the header check, tested below
     gguf = tmp_path / "My-Model.Q4_K_M.gguf"
     gguf.write_bytes(b"GGUF fake bytes")
     first = zoo.resolve(str(gguf), progress=False)
@@ -164,6 +165,20 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
     with pytest.raises(SpecdraftError, match="cannot convert this GGUF file.*rwkv"):
         zoo.resolve(str(other), progress=False)
     assert [p.name for p in (home / "models" / "local").iterdir()] == [second.name]
+
+
+def test_a_gguf_file_we_cannot_run_or_convert_here_is_refused_before_converting(home, tmp_path):
+    zoo.check_gguf(tmp_path / "ok.gguf", "qwen3", 600_000_000, 24 * 2**30)  # 0.6B: 4 GiB, fits
+    zoo.check_gguf(tmp_path / "ok.gguf", "gemma3", 10**12, None)  # memory unknown: not checked
+    with pytest.raises(SpecdraftError, match="architecture 'rwkv'.*supported: llama"):
+        zoo.check_gguf(tmp_path / "x.gguf", "rwkv", 10**8, 24 * 2**30)
+    with pytest.raises(SpecdraftError, match=r"7.0B weights .* needs about 46 GiB of memory; 24 GiB is available"):
+        zoo.check_gguf(tmp_path / "x.gguf", "llama", 7 * 10**9, 24 * 2**30)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(SpecdraftError, match="not a readable GGUF file"):
+        zoo.resolve(str(bad), progress=False)
+    assert not (home / "models" / "local").exists() or not any((home / "models" / "local").iterdir())
 
 
 @pytest.mark.integration

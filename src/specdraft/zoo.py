@@ -252,12 +252,53 @@ def local_gguf_dir(gguf: Path) -> Path:
     return models_dir() / "local" / f"{gguf.stem}-{key}"
 
 
+# GGUF `general.architecture` -> the HF model_type transformers converts it to, for the families we run
+GGUF_FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+CONVERT_BYTES_PER_PARAM = 7  # peak memory of transformers' float32 dequantization and our save (1.5B: 12 GB seen)
+
+
+def gguf_facts(gguf: Path) -> tuple[str, int]:
+    """(architecture, number of weights) from a GGUF file's header, read with the gguf package."""
+    from gguf import GGUFReader
+
+    try:
+        r = GGUFReader(str(gguf))
+        field = r.fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode(), sum(int(t.n_elements) for t in r.tensors)
+    except (KeyError, ValueError, OSError, IndexError) as e:
+        raise SpecdraftError(f"{gguf}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_gguf(gguf: Path, arch: str, params: int, available: int | None) -> None:
+    """Refuse, before a long conversion, a GGUF file of a family we do not run or one whose float32
+    dequantization would not fit in memory (an out-of-memory kill says nothing)."""
+    if arch not in GGUF_FAMILIES:
+        raise SpecdraftError(f"{gguf}: GGUF architecture {arch!r} is not supported by the specdraft runtime "
+                             f"(supported: {', '.join(GGUF_FAMILIES)})")
+    need = params * CONVERT_BYTES_PER_PARAM
+    if available is not None and need > available:
+        raise SpecdraftError(f"{gguf}: converting its {params / 1e9:.1f}B weights to float32 needs about "
+                             f"{need / 2**30:.0f} GiB of memory; {available / 2**30:.0f} GiB is available")
+
+
 def converted_gguf(gguf: Path, progress: bool = True) -> Path:
     """A local GGUF file (a llama.cpp checkpoint) as a converted model directory: dequantized once
     with transformers into float32 safetensors, as `pull` does for the zoo, then reused."""
     final = local_gguf_dir(gguf)
     if (final / MARKER).is_file():
         return final
+    check_gguf(gguf, *gguf_facts(gguf), available_memory())
     if progress:
         print(f"converting {gguf} to safetensors (once, into {final}) ...", file=sys.stderr)
     with atomic_dir(final) as tmp:
