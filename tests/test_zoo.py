@@ -142,6 +142,10 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
     assert first.parent == home / "models" / "local" and first.name.startswith("My-Model.Q4_K_M-")
     marker = json.loads((first / zoo.MARKER).read_text())
     assert marker["sha256"] == hashlib.sha256(b"GGUF fake bytes").hexdigest() and marker["gguf"] == str(gguf.resolve())
+    assert zoo.zoo_identity(first) is None  # not a zoo model's file
+    monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry(sha=marker["sha256"]))
+    assert zoo.zoo_identity(first) == "fake-model"
+    monkeypatch.delitem(zoo.ZOO, "fake-model")
     assert zoo.resolve(str(gguf), progress=False) == first and len(calls) == 1  # cached
     (row,) = zoo.local_listing()  # `models list` shows it, with its family from the converted config
     assert row["name"] == gguf.name and row["path"] == str(first) and row["family"] == json.loads(
@@ -196,6 +200,8 @@ def test_the_zoo_gguf_as_a_local_file_decodes_like_the_zoo_model(tmp_path, monke
     local = LLM(str(src), dtype="float32", progress=False)
     assert local.path.parent == tmp_path / "home" / "models" / "local"
     assert local.generate(prompt, max_new_tokens=16).token_ids == want
+    # the zoo's own file, by sha256: the local copy is that zoo model, so its shipped drafters apply
+    assert local.name == "smollm2-135m" and local.generate(prompt, max_new_tokens=16, drafter="ctc").token_ids == want
 
 
 def test_listing_reports_installation(home, monkeypatch):

@@ -123,7 +123,7 @@ class LLM:
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
         self.path: Path = zoo.resolve(model, progress=progress)
         self.dtype = resolve_dtype(dtype or "auto", self.device, self.path)
-        self.name = model if model in zoo.ZOO else str(self.path)
+        self.name = model if model in zoo.ZOO else (zoo.zoo_identity(self.path) or str(self.path))
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)

@@ -346,6 +346,16 @@ def pull(name: str, progress: bool = True) -> Path:
     return final
 
 
+def zoo_identity(path: Path) -> str | None:
+    """The zoo name of a converted model directory whose GGUF file is that zoo model's pinned file
+    (by sha256): a local copy of a zoo GGUF then uses the zoo model's shipped drafters."""
+    try:
+        sha = json.loads((Path(path) / MARKER).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((e.name for e in ZOO.values() if sha and e.sha256 == sha), None)
+
+
 def local_listing() -> list[dict]:
     """One row per converted local GGUF file (`converted_gguf`), for `specdraft models list`."""
     from .runtime.loader import count_params
