@@ -199,6 +199,35 @@ def test_cli_knn_build_refuses_a_domain_with_too_few_prompts(tiny_llm_dir, tmp_p
     assert r.returncode == 2 and "no prompt pool" in r.stderr
 
 
+def test_cli_knn_build_writes_an_artifact_knn_ssd_routes_with(tiny_llm_dir, tmp_path):
+    """A whole `knn build` on the tiny model and two small pools: the artifact loads, its radius is
+    at least the domains' separation (and 1.5x the farthest anchor prompt), and `knn-ssd` decodes
+    with it exactly as plain decoding does, naming the route it took."""
+    from specdraft.drafters.knn import domain_separation
+
+    pool = tmp_path / "home" / "data" / "pool"
+    pool.mkdir(parents=True)
+    texts = {"code": [f"def f{i}(x):\n    return x * {i} + {i * i}" for i in range(9)],
+             "story": [f"Once upon a time there were {i} little foxes in the wood." for i in range(9)]}
+    for dom, rows in texts.items():
+        (pool / f"{dom}.jsonl").write_text("\n".join(json.dumps({"turns": [t]}) for t in rows))
+    env = {"SPECDRAFT_HOME": str(tmp_path / "home")}
+    out = tmp_path / "k"
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "code,story", "--anchors-per-domain", "2",
+              "--anchor-prompts", "4", "--search-prompts", "1", "--search-evals", "3", "--unseen-prompts", "2",
+              "--measure-prompts", "1", "--measure-tokens", "4", "--candidates", "lookup", "--dtype", "float32",
+              "--out", str(out)], env=env)
+    assert r.returncode == 0, r.stderr
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    meta, anchors, labels = read_artifact(out, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
+    assert anchors.shape[0] == 4 and sorted(set(labels)) == [0, 1]
+    assert meta["max_distance"] >= domain_separation(anchors, labels) > 0
+    prompt = texts["code"][8]  # a pool prompt no part of the build used
+    plain = llm.generate(prompt, max_new_tokens=12, drafter="plain")
+    got = llm.generate(prompt, max_new_tokens=12, drafter=f"knn-ssd:{out}")
+    assert got.token_ids == plain.token_ids and got.to_json()["route"]["nearest"] in texts
+
+
 def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypatch):
     """`knn routes --measure-prompts N` times the build's measure prompts plus pool prompts from
     after the unseen part (never anchors, search or routing-accuracy prompts), and says so."""
