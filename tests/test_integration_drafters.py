@@ -121,7 +121,7 @@ def test_cli_knn_route_and_bad_skipset(smollm2_dir, tmp_path):
                         "--drafter", "knn-ssd", "--json", "--max-new-tokens", "16"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     route = json.loads(r.stdout)["route"]
-    assert set(route) >= {"domain", "distance", "drafter", "fallback", "timed_in"}
+    assert set(route) >= {"domain", "nearest", "distance", "radius", "drafter", "fallback", "timed_in"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "specdraft-skipset-1", "model": "x", "num_layers": 28, "attn": [1], "mlp": []}))
     r = subprocess.run([sys.executable, "-m", "specdraft", "generate", "hi", "--model", str(smollm2_dir),

@@ -81,6 +81,7 @@ def test_far_prompt_takes_the_fallback_route(tiny_llm, tmp_path):
     assert r.token_ids == plain.token_ids
     route = r.to_json()["route"]
     assert route["fallback"] and route["domain"] is None and route["drafter"] == "lookup"
+    assert route["distance"] > route["radius"] and route["nearest"] in ("code", "translation")
 
 
 def test_bad_artifacts_are_clear_errors(tiny_llm, tmp_path):

@@ -150,7 +150,8 @@ class KNNDrafter(Drafter):
         fallback = dist > self.max_distance
         spec, self.inner = self._route_drafter(None if fallback else domain)
         self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
-                     "fallback": fallback, "drafter": spec, "timed_in": self.routes["dtype"]}
+                     "radius": round(self.max_distance, 4), "fallback": fallback, "drafter": spec,
+                     "timed_in": self.routes["dtype"]}
         if self.inner is not None:
             self.inner.start(prompt_ids, ctx)
 
