@@ -254,7 +254,9 @@ def local_gguf_dir(gguf: Path) -> Path:
 
 # GGUF `general.architecture` -> the HF model_type transformers converts it to, for the families we run
 GGUF_FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
-CONVERT_BYTES_PER_PARAM = 7  # peak memory of transformers' float32 dequantization and our save (1.5B: 12 GB seen)
+# Peak memory of transformers' float32 dequantization and our save, per GGUF weight: measured 6.2 bytes
+# (qwen2.5-coder-0.5b, 3.9 GB) and 5.1 (qwen2.5-coder-1.5b, 9.1 GB; docs/BENCHMARKS.md, session 23)
+CONVERT_BYTES_PER_PARAM = 7
 
 
 def gguf_facts(gguf: Path) -> tuple[str, int]:
