@@ -503,10 +503,9 @@ def knn_radius(path, update: bool) -> int:
 
     from .train.knn_build import radius_facts, widen_radius
 
-    _, old, sep = radius_facts(path)
-    new = widen_radius(path)[1] if update else max(old, sep)
+    old, sep = widen_radius(path) if update else radius_facts(path)[1:]
     print(json.dumps({"artifact": str(path), "stored_radius": round(old, 4), "domain_separation": round(sep, 4),
-                      "radius": round(new, 4), "updated": bool(update and new > old)}))
+                      "radius": round(max(old, sep), 4), "updated": update and sep > old}))
     if not update and sep > old:
         print(f"the current rule gives {sep:.4f}: `specdraft knn radius {path} --update` writes it")
     return 0

@@ -252,8 +252,8 @@ def local_gguf_dir(gguf: Path) -> Path:
     return models_dir() / "local" / f"{gguf.stem}-{key}"
 
 
-# GGUF `general.architecture` -> the HF model_type transformers converts it to, for the families we run
-GGUF_FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+# GGUF `general.architecture`s of the families we run (gemma3 converts to gemma3_text)
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 # Peak memory of transformers' float32 dequantization and our save, per GGUF weight: measured 6.2 bytes
 # (qwen2.5-coder-0.5b, 3.9 GB) and 5.1 (qwen2.5-coder-1.5b, 9.1 GB; docs/BENCHMARKS.md, session 23)
 CONVERT_BYTES_PER_PARAM = 7
@@ -285,9 +285,9 @@ def available_memory() -> int | None:
 def check_gguf(gguf: Path, arch: str, params: int, available: int | None) -> None:
     """Refuse, before a long conversion, a GGUF file of a family we do not run or one whose float32
     dequantization would not fit in memory (an out-of-memory kill says nothing)."""
-    if arch not in GGUF_FAMILIES:
+    if arch not in GGUF_ARCHITECTURES:
         raise SpecdraftError(f"{gguf}: GGUF architecture {arch!r} is not supported by the specdraft runtime "
-                             f"(supported: {', '.join(GGUF_FAMILIES)})")
+                             f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
     need = params * CONVERT_BYTES_PER_PARAM
     if available is not None and need > available:
         raise SpecdraftError(f"{gguf}: converting its {params / 1e9:.1f}B weights to float32 needs about "
@@ -310,19 +310,22 @@ def converted_gguf(gguf: Path, progress: bool = True) -> Path:
             raise SpecdraftError(f"{gguf}: transformers cannot convert this GGUF file ({type(e).__name__}: {e})") from None
         family = json.loads((tmp / "config.json").read_text()).get("model_type", "?")
         check_family(family, str(gguf))
-        marker = {"name": gguf.stem, "family": family, "gguf": str(gguf.resolve()), "sha256": sha256_file(gguf)}
+        source = str(gguf.resolve())
+        marker = {"name": gguf.stem, "family": family, "gguf": source, "sha256": sha256_file(gguf)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-    for old in final.parent.glob("*/" + MARKER):  # conversions of this path's earlier contents: stale
-        if old.parent != final and _source(old) == str(gguf.resolve()):
-            shutil.rmtree(old.parent, ignore_errors=True)
+    for d in final.parent.iterdir():  # conversions of this path's earlier contents: stale
+        if d != final and (read_marker(d) or {}).get("gguf") == source:
+            shutil.rmtree(d, ignore_errors=True)
     return final
 
 
-def _source(marker: Path) -> str | None:
+def read_marker(model_dir: Path) -> dict | None:
+    """The specdraft.json a conversion (`pull`, `converted_gguf`) leaves in a model directory, or None."""
     try:
-        return json.loads(marker.read_text()).get("gguf")
-    except (OSError, ValueError, AttributeError):
+        marker = json.loads((Path(model_dir) / MARKER).read_text())
+    except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None
 
 
 def pull(name: str, progress: bool = True) -> Path:
@@ -351,10 +354,7 @@ def pull(name: str, progress: bool = True) -> Path:
 def zoo_identity(path: Path) -> str | None:
     """The zoo name of a converted model directory whose GGUF file is that zoo model's pinned file
     (by sha256): a local copy of a zoo GGUF then uses the zoo model's shipped drafters."""
-    try:
-        sha = json.loads((Path(path) / MARKER).read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
+    sha = (read_marker(path) or {}).get("sha256")
     return next((e.name for e in ZOO.values() if sha and e.sha256 == sha), None)
 
 
@@ -363,15 +363,19 @@ def local_listing() -> list[dict]:
     from .runtime.loader import count_params
 
     rows = []
-    for d in sorted((models_dir() / "local").glob("*/" + MARKER)):
+    local = models_dir() / "local"
+    for d in sorted(local.iterdir()) if local.is_dir() else []:
+        marker = read_marker(d)
         try:
-            marker, cfg = json.loads(d.read_text()), json.loads((d.parent / "config.json").read_text())
+            cfg = json.loads((d / "config.json").read_text())
         except (OSError, ValueError):
+            cfg = None
+        if marker is None or cfg is None:
             continue  # not one of ours, or damaged: not listed
-        n = count_params(d.parent)
-        rows.append({"name": Path(marker.get("gguf", d.parent.name)).name, "family": cfg.get("model_type", "?"),
+        n = count_params(d)
+        rows.append({"name": Path(marker.get("gguf", d.name)).name, "family": cfg.get("model_type", "?"),
                      "layers": cfg.get("num_hidden_layers", 0), "params": f"{n / 1e6:.0f}M" if n else "?",
-                     "source": marker.get("gguf"), "path": str(d.parent)})
+                     "source": marker.get("gguf"), "path": str(d)})
     return rows
 
 

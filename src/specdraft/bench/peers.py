@@ -93,15 +93,12 @@ class LlamaCppMethod:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
         except ImportError:
             raise SpecdraftError("llama.cpp peers need llama-cpp-python: pip install llama-cpp-python") from None
-        import json
-
-        from .. import paths
+        from .. import paths, zoo
 
         self.name, self.llm = spec, llm
-        marker = llm.path / "specdraft.json"
-        if not marker.is_file():
+        source = (zoo.read_marker(llm.path) or {}).get("gguf")  # a zoo file's name, or a local file's path
+        if source is None:
             raise SpecdraftError("llama.cpp peers need a model converted from a GGUF file (a zoo model or a local .gguf)")
-        source = json.loads(marker.read_text())["gguf"]  # a zoo model's file name, or a local file's absolute path
         gguf = Path(source) if Path(source).is_absolute() else paths.home() / "gguf" / source
         kind, _, arg = spec.partition(":")
         draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None

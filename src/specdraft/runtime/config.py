@@ -36,6 +36,16 @@ def _rope(params: dict, where: str) -> tuple[float, RopeScaling | None]:
     raise SpecdraftError(f"{where}: rope scaling {kind!r} is not supported")
 
 
+def _sliding(d: dict, layers: int, default: list[bool]) -> tuple[bool, ...]:
+    """Which layers slide: the config's `layer_types` if it lists them, else `default`."""
+    types = d.get("layer_types")
+    if types is None:
+        return tuple(default)
+    if len(types) != layers:
+        raise SpecdraftError(f"config.json: {len(types)} layer_types for {layers} layers")
+    return tuple(t == "sliding_attention" for t in types)
+
+
 def _sliding_layers(d: dict, family: str, layers: int) -> tuple[int, tuple[bool, ...]]:
     """(window, which layers slide) of a llama-layout config, as transformers reads it: Mistral's
     `sliding_window` covers every layer; Qwen2 / Qwen3 slide only with `use_sliding_window`, on the
@@ -44,11 +54,7 @@ def _sliding_layers(d: dict, family: str, layers: int) -> tuple[int, tuple[bool,
     if family == "mistral" and window:
         return int(window), (True,) * layers
     if family in ("qwen2", "qwen3") and d.get("use_sliding_window") and window:
-        types = d.get("layer_types") or ["sliding_attention" if i >= d.get("max_window_layers", layers) else
-                                         "full_attention" for i in range(layers)]
-        if len(types) != layers:
-            raise SpecdraftError(f"config.json: {len(types)} layer_types for {layers} layers")
-        return int(window), tuple(t == "sliding_attention" for t in types)
+        return int(window), _sliding(d, layers, [i >= d.get("max_window_layers", layers) for i in range(layers)])
     return 0, ()
 
 
@@ -116,15 +122,11 @@ class ModelConfig:
             act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
             if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
                 raise SpecdraftError(f"config.json: activation {act!r} is not supported")
-            types = d.get("layer_types") or [
-                "full_attention" if (i + 1) % d.get("sliding_window_pattern", 6) == 0 else "sliding_attention"
-                for i in range(layers)]
-            if len(types) != layers:
-                raise SpecdraftError(f"config.json: {len(types)} layer_types for {layers} layers")
+            sliding = _sliding(d, layers, [(i + 1) % d.get("sliding_window_pattern", 6) != 0 for i in range(layers)])
             extra = dict(activation="gelu_tanh", embed_scale=float(d["hidden_size"]) ** 0.5,
                          attn_scale=float(d.get("query_pre_attn_scalar", d.get("head_dim", 256))) ** -0.5,
                          qk_norm=True, sandwich_norms=True, sliding_window=int(d.get("sliding_window") or 0),
-                         sliding_layers=tuple(t == "sliding_attention" for t in types), rope_local_theta=local_theta)
+                         sliding_layers=sliding, rope_local_theta=local_theta)
         else:
             if d.get("hidden_act", "silu") != "silu":
                 raise SpecdraftError(f"config.json: activation {d.get('hidden_act')!r} is not supported")

@@ -164,13 +164,13 @@ def radius_facts(path: Path) -> tuple[dict, float, float]:
 def widen_radius(path: Path) -> tuple[float, float]:
     """Give an artifact built before `fallback_radius` took the domains' separation into account
     the current radius, max(stored, separation): running it again changes nothing. knn.json is
-    rewritten only when the radius grows. Returns (old, new) radius."""
+    rewritten only when the radius grows. Returns (stored radius, separation), as `radius_facts`."""
     meta, old, sep = radius_facts(path)
     if sep > old:
         meta["max_distance"] = sep
         with atomic_file(Path(path) / "knn.json", "w") as f:
             json.dump(meta, f, indent=2)
-    return old, max(old, sep)
+    return old, sep
 
 
 def rechoose(path: Path, dtype: str, min_gain: float) -> dict:
