@@ -1,5 +1,7 @@
 """Drafter spec strings: kind, argument and `?key=value` options, and their errors."""
 
+import json
+
 import pytest
 
 from specdraft import LLM
@@ -156,3 +158,29 @@ def test_auto_takes_the_entry_measured_in_the_dtype_it_runs_in(tiny_llm_dir, tmp
     (tmp_path / tiny_llm_dir.name / "drafter.json").write_text('{"cpu": {"drafter": "lookup"}, "cpu/bfloat16": {"x": 1}}')
     with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
         recommended(llm)
+
+
+def test_a_draft_model_with_the_targets_tokenizer_file_is_accepted_without_loading_it(tiny_llm_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import specdraft.text as text
+
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_llm_dir, twin)
+    loads = []
+    real = text.Tokenizer.__init__
+    monkeypatch.setattr(text.Tokenizer, "__init__", lambda self, path: (loads.append(path), real(self, path))[1])
+    assert text.same_vocab(twin, llm.tokenizer) and loads == []  # byte-equal tokenizer.json: not loaded
+    # the same vocabulary in a file written differently: loaded and compared
+    (twin / "tokenizer.json").write_text((tiny_llm_dir / "tokenizer.json").read_text() + "\n")
+    assert text.same_vocab(twin, llm.tokenizer) and loads == [twin]
+    # another vocabulary: refused by the draft-model drafter with the clear error
+    data = json.loads((tiny_llm_dir / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    first = next(iter(vocab))
+    vocab[first + "-renamed"] = vocab.pop(first)
+    (twin / "tokenizer.json").write_text(json.dumps(data))
+    assert not text.same_vocab(twin, llm.tokenizer)
+    with pytest.raises(SpecdraftError, match="different tokenizer"):
+        build_drafter(f"draft-model:{twin}", llm)

@@ -16,7 +16,7 @@ from specdraft.drafters.hybrid import HybridDrafter
 from specdraft.drafters.lookup import LookupDrafter
 from specdraft.engine import generate_ids
 from specdraft.runtime.model import linear
-from specdraft.runtime.quant import Int8Linear, Int8Weight, quantize_int8
+from specdraft.runtime.quant import Int8Linear, Int8Weight, quantize_int8, quantize_rows
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 12, 40])
@@ -30,6 +30,23 @@ def test_int8_product_approximates_the_float_one(rows, bias):
     assert 0 < err < 0.03  # an approximation, and a close one
     # a different weight gives a far worse one: the product really uses this weight
     assert ((linear(x, Int8Weight(w.flip(0)), b) - exact).abs().max() / exact.abs().max()) > 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_quantization_matches_torch_and_leaves_the_weight_alone(dtype):
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(37, 24, generator=g) * torch.rand(37, 1, generator=g) * 4).to(dtype)
+    w[5] = 0  # an all-zero row
+    w[7, :4] = torch.tensor([1.0, -1.0, 0.5, -0.25]).to(dtype)  # the row max and values halfway between grid points
+    w[7, 4:] = 0
+    before = w.clone()
+    got = quantize_rows(w, chunk=8)  # several blocks of rows, the last one short
+    ref_scale = (w.float().abs().amax(1) / 127).clamp_min(1e-8).double()
+    want = torch.quantize_per_channel(w.float(), ref_scale, torch.zeros(37, dtype=torch.long), 0, torch.qint8)
+    assert torch.equal(got.int_repr(), want.int_repr())
+    assert torch.equal(got.q_per_channel_scales(), want.q_per_channel_scales())
+    assert torch.equal(w, before)  # a float32 weight is not scaled in place
+    assert got.int_repr().abs().amax() == 127 and got.int_repr()[5].eq(0).all()
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama", "gemma3_text"])

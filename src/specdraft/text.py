@@ -16,8 +16,18 @@ def special_ids(hf) -> set[int]:
     return {i for i, t in hf.added_tokens_decoder.items() if t.special}
 
 
+def same_vocab(path: Path, tokenizer: "Tokenizer") -> bool:
+    """Whether the tokenizer in `path` has `tokenizer`'s vocabulary. Byte-equal tokenizer.json
+    files decide it without loading the second tokenizer (about 1 s for Qwen's 151k tokens)."""
+    a, b = Path(path) / "tokenizer.json", tokenizer.path / "tokenizer.json"
+    if a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
+        return True
+    return Tokenizer(path).hf.get_vocab() == tokenizer.hf.get_vocab()
+
+
 class Tokenizer:
     def __init__(self, path: Path):
+        self.path = Path(path)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
 

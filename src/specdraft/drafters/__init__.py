@@ -174,7 +174,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
 
     from .. import zoo
     from ..runtime.loader import load_decoder
-    from ..text import Tokenizer
+    from ..text import same_vocab
     from .draft_model import DraftModelDrafter
 
     if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
@@ -190,8 +190,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
         model, path = llm.model, llm.path
     else:
         path = zoo.resolve(name)
-        tok = Tokenizer(path)
-        if tok.hf.get_vocab() != llm.tokenizer.hf.get_vocab():
+        if not same_vocab(path, llm.tokenizer):
             raise SpecdraftError(
                 f"draft model {name} has a different tokenizer than the target {llm.name}: "
                 "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"

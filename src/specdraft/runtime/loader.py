@@ -108,15 +108,31 @@ class _Checkpoint:
         except (SafetensorError, OSError) as e:
             raise SpecdraftError(f"cannot read weights in {path}: {e}") from None
 
-    def take(self, name: str) -> torch.Tensor:
+    def _raw(self, name: str) -> torch.Tensor:
         try:
             h = self.where[name]
         except KeyError:
             raise SpecdraftError(f"checkpoint is missing tensor {name}") from None
         try:
-            return h.get_tensor(name).to(self.dtype)
+            return h.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise SpecdraftError(f"cannot read tensor {name}: {e}") from None
+
+    def take(self, name: str) -> torch.Tensor:
+        return self._raw(name).to(self.dtype)
+
+    def take_cat(self, names: list[str]) -> torch.Tensor:
+        """The tensors `names`, concatenated along dim 0 in the loader's dtype: each converted
+        straight into its rows of the result (no converted copy of each part first)."""
+        parts = [self._raw(n) for n in names]
+        out = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=self.dtype)
+        row = 0
+        for n, p in zip(names, parts):
+            if p.shape[1:] != out.shape[1:]:
+                raise SpecdraftError(f"tensor {n} has shape {list(p.shape)}, unlike {names[0]}'s {list(parts[0].shape)}")
+            out[row:row + p.shape[0]].copy_(p)
+            row += p.shape[0]
+        return out
 
 
 def hf_to_ours(ckpt: _Checkpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -148,12 +164,12 @@ def hf_to_ours(ckpt: _Checkpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         if cfg.qk_norm:  # Gemma 3, Qwen3
             out[f"layers.{i}.q_norm"] = norm(a + "q_norm.weight")
             out[f"layers.{i}.k_norm"] = norm(a + "k_norm.weight")
-        out[f"layers.{i}.qkv.weight"] = torch.cat([take(a + f"{x}_proj.weight") for x in "qkv"])
+        out[f"layers.{i}.qkv.weight"] = ckpt.take_cat([a + f"{x}_proj.weight" for x in "qkv"])
         if cfg.attention_bias:
-            out[f"layers.{i}.qkv.bias"] = torch.cat([take(a + f"{x}_proj.bias") for x in "qkv"])
+            out[f"layers.{i}.qkv.bias"] = ckpt.take_cat([a + f"{x}_proj.bias" for x in "qkv"])
         out[f"layers.{i}.o.weight"] = take(a + "o_proj.weight")
         m = p + "mlp."
-        out[f"layers.{i}.gate_up.weight"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
+        out[f"layers.{i}.gate_up.weight"] = ckpt.take_cat([m + "gate_proj.weight", m + "up_proj.weight"])
         out[f"layers.{i}.down.weight"] = take(m + "down_proj.weight")
     return out
 
