@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from specdraft import LLM
+from specdraft.server.app import drafter_name
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +68,16 @@ def test_cli_json_output(llm32, smollm2_dir):
     for key in ("text", "token_ids", "new_tokens", "target_forwards", "tau", "acceptance_rate", "tokens_per_s",
                 "wall_s", "model", "drafter", "dtype", "packed_weights"):
         assert key in d
+    # the CLI drafts with `auto` unless told otherwise: the output is still plain decoding's
     assert d["token_ids"] == llm32.generate(PROMPTS["math"], max_new_tokens=24).token_ids
-    assert d["new_tokens"] == len(d["token_ids"]) == d["target_forwards"] and d["tau"] == 1.0
-    assert d["acceptance_rate"] is None and d["drafter"] == "plain" and d["dtype"] == "float32"
+    assert d["drafter"] == drafter_name(llm32, "auto") != "plain" and d["dtype"] == "float32"
+    assert d["new_tokens"] == len(d["token_ids"]) > d["target_forwards"] and d["acceptance_rate"] is not None
+    r = _cli("generate", PROMPTS["math"], "--model", str(smollm2_dir), "--json", "--dtype", "float32",
+             "--max-new-tokens", "24", "--drafter", "plain")
+    d = json.loads(r.stdout)
+    assert d["token_ids"] == llm32.generate(PROMPTS["math"], max_new_tokens=24).token_ids
+    assert d["new_tokens"] == d["target_forwards"] and d["tau"] == 1.0
+    assert d["acceptance_rate"] is None and d["drafter"] == "plain"
     assert d["packed_weights"] is llm32.packed  # the CLI loads as LLM does: packed wherever this CPU can
 
 

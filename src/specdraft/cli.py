@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a completion (streams text, then a one-line summary)")
     g.add_argument("prompt", nargs="?", help="the prompt (read from stdin when absent)")
     g.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name, local HF-format directory or local .gguf file (default: %(default)s)")
-    g.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model, at the temperature asked), lookup[:N], draft-model:NAME, "
+    g.add_argument("--drafter", default="auto", help="auto (default: the drafter measured fastest for the model, at the temperature asked), plain (no drafter), lookup[:N], draft-model:NAME, "
                    "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
     _sampling_options(g, seed_help="default: a fresh random seed")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
     sv.add_argument("--model", default=zoo.DEFAULT_MODEL)
-    sv.add_argument("--drafter", default="plain", help="plain (default), auto (the drafter measured fastest for the model, at the temperature asked), lookup[:N], draft-model:NAME, "
+    sv.add_argument("--drafter", default="auto", help="auto (default: the drafter measured fastest for the model, at the temperature asked), plain (no drafter), lookup[:N], draft-model:NAME, "
                    "layerskip[:FILE], knn-ssd[:DIR], ctc[:DIR], medusa[:DIR]")
     sv.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
     sv.add_argument("--port", type=int, default=8000)
