@@ -53,3 +53,69 @@ def test_prefill_bar_shows_only_for_prompts_of_several_chunks(capsys, monkeypatc
         bar(done, 10)
         assert bar.bar.n == done
     assert "prompt" in capsys.readouterr().err  # on stderr, the text untouched
+
+
+def _chat(tiny_llm_dir, lines, monkeypatch, capsys, *extra):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{x}\n" for x in lines)))
+    rc = main(["chat", "--model", str(tiny_llm_dir), "--dtype", "float32", "--max-new-tokens", "12", *extra])
+    out, err = capsys.readouterr()
+    summaries = [x for x in err.splitlines() if x.startswith("[") and "new tokens" in x]
+    return rc, out.splitlines(), summaries, err
+
+
+def test_chat_keeps_the_conversation_and_resets_it(tiny_llm_dir, monkeypatch, capsys):
+    from specdraft import LLM
+
+    rc, answers, summaries, err = _chat(tiny_llm_dir, ["hello there", "/nope", "", "what next", "/reset", "hello there", "/exit",
+                                                       "never read"], monkeypatch, capsys)
+    assert rc == 0 and len(answers) == len(summaries) == 3 and "unknown command /nope" in err
+    prompt_tokens = [int(s.split(" prompt tokens")[0].rsplit(" ", 1)[1]) for s in summaries]
+    assert prompt_tokens[1] > prompt_tokens[0] == prompt_tokens[2]  # the history grows, /reset empties it
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    first = llm.generate([{"role": "user", "content": "hello there"}], max_new_tokens=12, drafter="plain")
+    second = llm.generate([{"role": "user", "content": "hello there"}, {"role": "assistant", "content": first.text},
+                           {"role": "user", "content": "what next"}], max_new_tokens=12, drafter="plain")
+    # the chat drafts (auto) and its answers are plain decoding's, turn after turn
+    assert answers == [first.text.strip(), second.text.strip(), first.text.strip()]
+    assert all("plain" not in s for s in summaries)
+
+
+def test_chat_ctrl_c_stops_the_answer_not_the_chat(tiny_llm_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    from specdraft import api
+
+    real = api.LLM.generate
+
+    def interrupted(self, prompt, **kw):  # the user presses Ctrl-C as the first piece arrives
+        shown = kw["on_text"]
+
+        def on_text(piece):
+            shown(piece)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, prompt, **{**kw, "on_text": on_text})
+
+    monkeypatch.setattr(api.LLM, "generate", interrupted)
+    rc, answers, summaries, _ = _chat(tiny_llm_dir, ["hello there", "what next"], monkeypatch, capsys,
+                                      "--max-new-tokens", "64", "--drafter", "plain")
+    assert rc == 0 and len(summaries) == 2 and all(", stopped]" in s for s in summaries)
+    assert all(int(s[1:].split(" new tokens")[0]) < 64 for s in summaries)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after each answer
+
+
+def test_chat_refuses_a_model_without_chat_template(tiny_llm_dir, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llm_dir, base)
+    for f in base.glob("*.jinja"):
+        f.unlink()
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    rc, answers, _, err = _chat(base, ["hello"], monkeypatch, capsys)
+    assert rc == 2 and answers == [] and "no chat template" in err

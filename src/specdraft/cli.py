@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a model without one, a base model, always continues the text)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
 
+    c = sub.add_parser("chat", help="an interactive conversation in the terminal (streams each answer; /reset, /exit)")
+    c.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo name, local HF-format directory or local .gguf file (default: %(default)s)")
+    c.add_argument("--drafter", default="auto", help="as for generate (default: auto)")
+    c.add_argument("--system", default=None, help="a system message that opens the conversation")
+    c.add_argument("--max-new-tokens", type=_positive_int, default=512, help="per answer (default: %(default)s)")
+    _sampling_options(c, seed_help="default: a fresh random seed; with a seed, answer N samples with seed + N")
+    _dtype_option(c)
+    c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+
     b = sub.add_parser("bench", help="run methods side by side on a question suite; write tables, answers, plot")
     b.add_argument("--model", default=zoo.DEFAULT_MODEL)
     b.add_argument("--methods", default="plain,lookup",
@@ -319,6 +328,75 @@ def cmd_generate(a) -> int:
     print(f"\n[{s.new_tokens} new tokens in {s.wall_s:.2f} s, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
           f"{r.drafter}, {r.dtype}, stop: {s.stop_reason}]", file=sys.stderr)
     return 0
+
+
+CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends; Ctrl-C stops an answer"
+
+
+def cmd_chat(a, stdin=None) -> int:
+    """A conversation: each line read is a user turn; the answer streams to stdout, a summary
+    line (tokens, speed, tau) to stderr. The whole conversation is the prompt of each answer."""
+    import signal
+    import threading
+
+    from .api import LLM, resolve_device, resolve_dtype
+    from .drafters import check_spec
+    from .runtime.sampling import SamplingParams
+
+    stdin = stdin or sys.stdin
+    resolve_dtype(a.dtype)
+    resolve_device(a.device)
+    check_spec(a.drafter)
+    SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    if not llm.tokenizer.has_chat_template:
+        raise SpecdraftError(f"{llm.name} has no chat template (a base model): use `specdraft generate --no-chat`")
+    tty = stdin.isatty()
+    opening = [{"role": "system", "content": a.system}] if a.system else []
+    messages = list(opening)
+    d = llm.drafter(a.drafter, temperature=a.temperature)
+    print(f"chatting with {llm.name} ({llm.dtype_name}, drafter {d.name if d is not None else 'plain'}); {CHAT_HELP}",
+          file=sys.stderr)
+    turn = 0
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = stdin.readline()
+        if not line:  # end of input
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            messages = list(opening)
+            print("[new conversation]", file=sys.stderr)
+            continue
+        if text.startswith("/"):
+            print(f"[unknown command {text.split()[0]}: {CHAT_HELP}]", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": text})
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
+        try:
+            r = llm.generate(messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                             top_k=a.top_k, seed=None if a.seed is None else a.seed + turn, should_stop=stop.is_set,
+                             on_text=lambda piece: print(piece, end="", flush=True))
+        except SpecdraftError as e:  # e.g. the conversation no longer fits the context window
+            messages.pop()
+            print(f"\n[{e}; /reset starts a new conversation]", file=sys.stderr)
+            continue
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        turn += 1
+        messages.append({"role": "assistant", "content": r.text})
+        print(flush=True)  # the answer's line ends on stdout
+        s = r.stats
+        tau = f", tau {s.tau:.2f}" if s.acceptance_rate is not None else ""
+        print(f"[{s.new_tokens} new tokens, {r.prompt_tokens} prompt tokens, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
+              f"{r.drafter}{', stopped' if stop.is_set() else ''}]", file=sys.stderr)
 
 
 def cmd_data(a) -> int:
@@ -571,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_knn(a)
         if a.command == "train":
             return cmd_train(a)
+        if a.command == "chat":
+            return cmd_chat(a)
         return cmd_generate(a)
     except SpecdraftError as e:
         print(f"specdraft: error: {e}", file=sys.stderr)
