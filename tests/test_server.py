@@ -102,6 +102,19 @@ def test_chat_streamed_equals_not_streamed_and_equals_generate(live, smol_llm, s
     assert json.loads(r.stdout)["text"] == text
 
 
+def test_a_conversations_next_turn_reuses_the_cache(live, smol_llm):
+    c = live.client()
+    first = [{"role": "user", "content": "Name three fruits."}]
+    a = c.chat.completions.create(model="smollm2-135m", messages=first, max_tokens=24, temperature=0)
+    turn = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                    {"role": "user", "content": "And three vegetables?"}]
+    b = c.chat.completions.create(model="smollm2-135m", messages=turn, max_tokens=24, temperature=0)
+    cached = b.usage.prompt_tokens_details.cached_tokens
+    assert a.usage.prompt_tokens <= cached < b.usage.prompt_tokens  # the first turn is not prefilled again
+    fresh = smol_llm.generate(turn, max_new_tokens=24, drafter="lookup")  # a full prefill, no store
+    assert fresh.stats.cached_tokens == 0 and b.choices[0].message.content == fresh.text
+
+
 def test_completion_streamed_and_not_and_stop(live, smol_llm):
     c = live.client()
     full = c.completions.create(model="smollm2-135m", prompt="The three primary colors are", max_tokens=24, temperature=0)

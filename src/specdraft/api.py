@@ -20,7 +20,7 @@ import torch
 
 from . import zoo
 from .drafters import Drafter, build_drafter
-from .engine import GenerationStats, generate_ids
+from .engine import GenerationStats, PrefixStore, generate_ids
 from .errors import SpecdraftError
 from .runtime import packed
 from .runtime.loader import count_params, decode_dtype, load_decoder
@@ -94,6 +94,7 @@ class GenerationResult:
             "token_ids": self.token_ids,
             "new_tokens": s.new_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": s.cached_tokens,
             "target_forwards": s.target_forwards,
             "tau": s.tau,
             "acceptance_rate": s.acceptance_rate,
@@ -128,6 +129,7 @@ class LLM:
         self.model = load_decoder(self.path, self.dtype, self.device)
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
         self._drafters: dict[str, Drafter | None] = {}
+        self.prefix = PrefixStore()  # the last `reuse_prefix` generation's cache (engine.PrefixStore)
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
         if drafter == "auto":
@@ -164,6 +166,7 @@ class LLM:
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_prefill: Callable[[int, int], None] | None = None,
+        reuse_prefix: bool = False,
     ) -> GenerationResult:
         """Generate a completion. A list of ints is taken as already-encoded prompt ids.
 
@@ -172,7 +175,11 @@ class LLM:
         chat: apply the chat template (True), take the text as it is (False), or the template when
         the model has one (None; a base model continues the text). on_text receives the text as it
         is committed; should_stop ends the generation early; on_prefill(done, total) follows the
-        prompt's prefill, chunk by chunk.
+        prompt's prefill, chunk by chunk. reuse_prefix: keep this generation's KV cache, and
+        start from the one the last such call kept, as far as this prompt begins with its tokens
+        (a conversation's next turn prefills only the new part; `stats.cached_tokens` counts the
+        rest). The keys and values are the same up to the order of summation, so the output may
+        differ from a fresh prefill's where two tokens nearly tie.
         """
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -191,6 +198,7 @@ class LLM:
         out, stats = generate_ids(
             self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
             drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop, on_prefill=on_prefill,
+            prefix=self.prefix if reuse_prefix else None,
         )
         if detok is not None and (rest := detok.flush()):
             on_text(rest)  # the streamed pieces then add up to the text, even if it ends mid-character

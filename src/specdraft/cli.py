@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
     sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
     sv.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting or running before 429")
+    sv.add_argument("--no-prefix-cache", action="store_true",
+                    help="prefill every prompt in full (default: a prompt that begins like the last request's "
+                         "conversation reuses its KV cache)")
 
     d = sub.add_parser("data", help="benchmark questions and per-domain prompt pools")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -335,7 +338,8 @@ CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends; Ctrl-C st
 
 def cmd_chat(a, stdin=None) -> int:
     """A conversation: each line read is a user turn; the answer streams to stdout, a summary
-    line (tokens, speed, tau) to stderr. The whole conversation is the prompt of each answer."""
+    line (tokens, speed, tau) to stderr. The whole conversation is the prompt of each answer; the
+    part the last answer left in the KV cache is not prefilled again."""
     import signal
     import threading
 
@@ -382,7 +386,7 @@ def cmd_chat(a, stdin=None) -> int:
         try:
             r = llm.generate(messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                              top_k=a.top_k, seed=None if a.seed is None else a.seed + turn, should_stop=stop.is_set,
-                             on_text=lambda piece: print(piece, end="", flush=True))
+                             on_text=lambda piece: print(piece, end="", flush=True), reuse_prefix=True)
         except SpecdraftError as e:  # e.g. the conversation no longer fits the context window
             messages.pop()
             print(f"\n[{e}; /reset starts a new conversation]", file=sys.stderr)
@@ -395,7 +399,7 @@ def cmd_chat(a, stdin=None) -> int:
         print(flush=True)  # the answer's line ends on stdout
         s = r.stats
         tau = f", tau {s.tau:.2f}" if s.acceptance_rate is not None else ""
-        print(f"[{s.new_tokens} new tokens, {r.prompt_tokens} prompt tokens, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
+        print(f"[{s.new_tokens} new tokens, {r.prompt_tokens} prompt tokens ({s.cached_tokens} cached), {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
               f"{r.drafter}{', stopped' if stop.is_set() else ''}]", file=sys.stderr)
 
 
@@ -475,7 +479,8 @@ def cmd_serve(a) -> int:
     llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
-                       max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue)
+                       max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue,
+                       prefix_cache=not a.no_prefix_cache)
     name, hot = drafter_name(llm, cfg.drafter), drafter_name(llm, cfg.drafter, temperature=1.0)
     shown = cfg.drafter if name == cfg.drafter else f"{cfg.drafter}: {name}"
     if hot != name:

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .errors import SpecdraftError
+from .runtime.cache import KVCache
 from .runtime.model import Decoder
 from .drafters.base import Drafter, Needs, StepContext
 from .runtime.sampling import SamplingParams, next_token
@@ -29,6 +30,7 @@ class GenerationStats:
     drafted: int = 0  # drafted tokens offered for verification
     accepted: int = 0  # drafted tokens accepted
     stop_reason: str = ""  # "eos" | "length"
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from a PrefixStore
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
@@ -50,6 +52,39 @@ class GenerationStats:
     @property
     def other_s(self) -> float:
         return max(0.0, self.wall_s - self.prefill_s - self.draft_s - self.verify_s)
+
+
+@dataclass
+class PrefixStore:
+    """What a generation leaves for the next one: its KV cache, the ids whose keys and values it
+    holds (the prompt, then every committed token but the last), and their final hidden states
+    when the drafter read them. The next prompt that begins with some of these ids (a
+    conversation's next turn) prefills only the rest. One conversation at a time: each generation
+    given the store replaces its content."""
+    ids: list[int] = field(default_factory=list)
+    cache: "KVCache | None" = None
+    rows: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self.ids, self.cache, self.rows = [], None, None
+
+    def take(self, prompt_ids: list[int], needs: Needs) -> tuple[int, "KVCache | None", torch.Tensor | None]:
+        """(tokens reused, their cache, their final hidden states) for `prompt_ids`, emptying the
+        store; (0, None, None) when nothing can be reused. At least the prompt's last token is
+        always prefilled again (its logits give the first new token)."""
+        ids, cache, rows = self.ids, self.cache, self.rows
+        self.clear()
+        if cache is None or needs.hidden_layers or (needs.final_hidden and rows is None):
+            return 0, None, None
+        n = 0
+        for a, b in zip(ids, prompt_ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        if n == 0:
+            return 0, None, None
+        cache.truncate(n)
+        return n, cache, None if rows is None else rows[:n]
 
 
 def check_lengths(prompt_len: int, max_new_tokens: int, context: int) -> int:
@@ -82,6 +117,7 @@ def generate_ids(
     on_tokens: Callable[[list[int]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_prefill: Callable[[int, int], None] | None = None,
+    prefix: PrefixStore | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to max_new_tokens ids after prompt_ids; returns (new ids, stats).
 
@@ -91,7 +127,9 @@ def generate_ids(
     on_tokens is called with each batch of newly committed ids (streaming); should_stop is polled
     between steps, and between the prefill's chunks of a long prompt (a disconnected client), and
     ends generation early (after a cancelled prefill with no token). on_prefill(done, total) is
-    called after each chunk of the prompt's prefill (`Decoder.prefill`).
+    called after each chunk of the prompt's prefill (`Decoder.prefill`). With `prefix`, the
+    prompt's first tokens whose keys and values the store holds are not prefilled again
+    (`stats.cached_tokens`), and the store keeps this generation's cache for the next one.
     """
     ctx_window = model.cfg.max_position_embeddings
     max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, ctx_window)
@@ -102,14 +140,20 @@ def generate_ids(
     t0 = time.perf_counter()
 
     # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens)
-    fwd = model.prefill(prompt_ids, cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers,
+    capacity = len(prompt_ids) + max_new_tokens
+    reused, cache, old_rows = prefix.take(prompt_ids, needs) if prefix is not None else (0, None, None)
+    cache = model.new_cache(capacity) if cache is None else cache.grown(capacity)
+    stats.cached_tokens = reused
+    fwd = model.prefill(prompt_ids[reused:], cache, final_hidden=needs.final_hidden, hidden_layers=needs.hidden_layers,
                         should_stop=should_stop,
-                        on_progress=None if on_prefill is None else lambda done: on_prefill(done, len(prompt_ids)))
+                        on_progress=None if on_prefill is None else lambda done: on_prefill(reused + done, len(prompt_ids)))
     if fwd is None:  # cancelled between two chunks of a long prompt
         stats.stop_reason = "cancelled"
         stats.wall_s = stats.prefill_s = time.perf_counter() - t0
         return [], stats
+    if old_rows is not None:  # the drafter sees the whole prompt's states, as after a full prefill
+        fwd.final_hidden = torch.cat((old_rows, fwd.final_hidden))
+    kv_ids, kv_rows = list(prompt_ids), [fwd.final_hidden]  # what the cache holds (for `prefix`)
     stats.target_forwards += 1
     tok = int(next_token(fwd.logits, params, gen)[0])
     out: list[int] = [tok]
@@ -155,6 +199,9 @@ def generate_ids(
         verdict = verify(draft, fwd.logits, params, gen)
         kept = accepted_slots(verdict.path)  # the root, then the accepted nodes
         cache.compact(kept)
+        if prefix is not None:
+            kv_ids += [tok] + [draft.tokens[i] for i in verdict.path]
+            kv_rows.append(None if fwd.final_hidden is None else fwd.final_hidden[kept])
         stats.verify_s += time.perf_counter() - tv
         stats.drafted += n
         stats.accepted += len(verdict.path)
@@ -179,6 +226,9 @@ def generate_ids(
         if on_tokens is not None:
             on_tokens(new)
     _sync(device)
+    if prefix is not None and not needs.hidden_layers:
+        prefix.ids, prefix.cache = kv_ids, cache
+        prefix.rows = torch.cat(kv_rows) if needs.final_hidden else None
     stats.new_tokens = len(out)
     stats.wall_s = time.perf_counter() - t0
     if drafter is not None:

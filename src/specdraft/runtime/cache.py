@@ -62,3 +62,17 @@ class KVCache:
             self.k[:, :, dst] = self.k[:, :, src]
             self.v[:, :, dst] = self.v[:, :, src]
         self.commit(n)
+
+    def grown(self, capacity: int) -> "KVCache":
+        """A cache of `capacity` slots holding this one's committed prefix (this one if it is big
+        enough already)."""
+        if capacity <= self.capacity:
+            return self
+        L, H, _, D = self.k.shape
+        out = KVCache.__new__(KVCache)
+        out.k = torch.zeros((L, H, capacity, D), dtype=self.k.dtype, device=self.k.device)
+        out.v = torch.zeros_like(out.k)
+        out.k[:, :, :self.length] = self.k[:, :, :self.length]
+        out.v[:, :, :self.length] = self.v[:, :, :self.length]
+        out.capacity, out.length = capacity, self.length
+        return out

@@ -38,6 +38,7 @@ class ServerConfig:
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_queue: int = 64
+    prefix_cache: bool = True  # reuse the last request's KV cache for a prompt that begins like it
 
 
 class APIError(Exception):
@@ -60,7 +61,7 @@ def drafter_name(llm: LLM, spec: str, temperature: float = 0.0) -> str:
 
 def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     metrics = Metrics()
-    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics)
+    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, reuse_prefix=cfg.prefix_cache)
     # What the spec became (`auto` names its choices): for greedy requests, and for requests at
     # temperature 1 (the API's default).
     drafts_with = {"drafts_with": drafter_name(llm, cfg.drafter),
@@ -189,7 +190,8 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
 
     def usage(job: Job, out: Outcome) -> dict:
         return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": out.completion_tokens,
-                "total_tokens": len(job.prompt_ids) + out.completion_tokens}
+                "total_tokens": len(job.prompt_ids) + out.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": out.cached_tokens}}
 
     def finish(out: Outcome) -> str:
         return "stop" if out.finish_reason == "cancelled" else out.finish_reason

@@ -42,11 +42,13 @@ class Outcome:
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
     stats: dict
+    cached_tokens: int = 0  # prompt tokens whose keys and values the last request left
 
 
 class Scheduler:
-    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics):
+    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics, reuse_prefix: bool = True):
         self.llm, self.drafter, self.max_queue, self.metrics = llm, drafter, max_queue, metrics
+        self.reuse_prefix = reuse_prefix  # a request starting like the last one prefills only the rest
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self.depth = 0  # waiting + running
@@ -96,7 +98,8 @@ class Scheduler:
         r = self.llm.generate(job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.params.temperature,
                               top_p=job.params.top_p, top_k=job.params.top_k, seed=job.params.seed,
                               drafter=self.drafter, on_text=on_text,
-                              should_stop=lambda: job.cancel.is_set() or stops.stopped)
+                              should_stop=lambda: job.cancel.is_set() or stops.stopped,
+                              reuse_prefix=self.reuse_prefix)
         tail = stops.flush()
         if tail:
             pieces.append(tail)
@@ -112,4 +115,4 @@ class Scheduler:
         self.metrics.observe_generation(s)
         stats = {"tau": s.tau, "acceptance_rate": s.acceptance_rate, "target_forwards": s.target_forwards,
                  "drafter": r.drafter, "tokens_per_s": s.tokens_per_s, **s.extra}
-        job.emit("done", Outcome("".join(pieces), s.new_tokens, finish, stats))
+        job.emit("done", Outcome("".join(pieces), s.new_tokens, finish, stats, s.cached_tokens))
