@@ -72,6 +72,20 @@ def test_knn_drafter_routes_reports_and_stays_lossless(tiny_llm, tmp_path):
         assert s.token_ids == plain.token_ids and s.to_json()["route"]["drafter"] == f"skipset:{want}"
 
 
+def test_a_server_builds_every_route_at_start(tiny_llm, tmp_path):
+    from specdraft.server.app import ServerConfig, create_app
+
+    ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS]
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["code", "translation", "story"],
+                         prompt_vectors(tiny_llm.model, ids, progress=False),
+                         routes={"translation": "lookup?max_ngram=2", "story": "plain"})
+    d = tiny_llm.drafter(f"knn-ssd:{art}")
+    assert d.cache == {}  # lazily built, by default
+    create_app(tiny_llm, ServerConfig(model_name="tiny", drafter=f"knn-ssd:{art}"))
+    assert sorted(d.cache) == ["lookup", "lookup?max_ngram=2", "plain", "skipset:code"]  # with the fallback
+    assert d.cache["lookup?max_ngram=2"] is tiny_llm.drafter("lookup?max_ngram=2")
+
+
 def test_far_prompt_takes_the_fallback_route(tiny_llm, tmp_path):
     ids = [tiny_llm.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
     vecs = prompt_vectors(tiny_llm.model, ids, progress=False)

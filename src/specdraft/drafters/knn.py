@@ -144,6 +144,14 @@ class KNNDrafter(Drafter):
                 self.cache[spec] = self.llm.drafter(spec)  # built once, shared with the LLM
         return spec, self.cache[spec]
 
+    def build_routes(self) -> list[str]:
+        """Build now every drafter a prompt may route to (each is otherwise built the first time a
+        prompt takes its route: a server warms them at start, so that no request waits for a
+        model to load); returns their specs."""
+        for domain in [*self.domains, None]:
+            self._route_drafter(domain)
+        return sorted(self.cache)
+
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
         vec = ctx.rows.float().mean(0)
         domain, dist = self.router.route(vec)

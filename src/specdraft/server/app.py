@@ -61,6 +61,10 @@ def drafter_name(llm: LLM, spec: str, temperature: float = 0.0) -> str:
 
 def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     metrics = Metrics()
+    for t in (0.0, 1.0):  # knn-ssd: build every route's drafter now, not during a request
+        d = llm.drafter(cfg.drafter, temperature=t)
+        if hasattr(d, "build_routes"):
+            d.build_routes()
     scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, reuse_prefix=cfg.prefix_cache)
     # What the spec became (`auto` names its choices): for greedy requests, and for requests at
     # temperature 1 (the API's default).
