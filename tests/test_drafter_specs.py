@@ -184,3 +184,14 @@ def test_a_draft_model_with_the_targets_tokenizer_file_is_accepted_without_loadi
     assert not text.same_vocab(twin, llm.tokenizer)
     with pytest.raises(SpecdraftError, match="different tokenizer"):
         build_drafter(f"draft-model:{twin}", llm)
+
+
+def test_drafters_of_one_llm_share_one_draft_model(tiny_llm_dir):
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    a = llm.drafter("draft-model:self?quant=int8")
+    b = llm.drafter("lookup+draft-model:self?quant=int8&max_length=3").parts[1]
+    c = llm.drafter(f"draft-model:{tiny_llm_dir}")  # the same files, unquantized: another model
+    assert a.model is b.model and c.model is not a.model and len(llm.draft_models) == 2
+    plain = llm.generate("hello there", max_new_tokens=12, drafter="plain").token_ids
+    for spec in ("draft-model:self?quant=int8", "lookup+draft-model:self?quant=int8&max_length=3", f"draft-model:{tiny_llm_dir}"):
+        assert llm.generate("hello there", max_new_tokens=12, drafter=spec).token_ids == plain

@@ -129,6 +129,7 @@ class LLM:
         self.model = load_decoder(self.path, self.dtype, self.device)
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
         self._drafters: dict[str, Drafter | None] = {}
+        self.draft_models: dict[tuple[str, str], object] = {}  # (path, quant) -> Decoder, shared by drafters
         self.prefix = PrefixStore()  # the last `reuse_prefix` generation's cache (engine.PrefixStore)
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request

@@ -187,7 +187,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
         if not quant:
             raise SpecdraftError("draft-model:self drafts with the target itself, which saves nothing: "
                                  "add quant=int8 (draft-model:self?quant=int8)")
-        model, path = llm.model, llm.path
+        path = llm.path
     else:
         path = zoo.resolve(name)
         if not same_vocab(path, llm.tokenizer):
@@ -195,15 +195,26 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
                 f"draft model {name} has a different tokenizer than the target {llm.name}: "
                 "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
             )
-        model = load_decoder(path, torch.float32 if quant else llm.dtype, llm.device)
-    if quant:
-        from ..runtime.quant import quantize_int8
+    # One model per (name, quant) for all of an LLM's drafters: `lookup+draft-model:self?quant=int8`
+    # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
+    # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
+    memo = getattr(llm, "draft_models", None)
+    model = None if memo is None else memo.get((str(path), quant))
+    if model is None:
+        if name == "self":
+            model = llm.model
+        else:
+            model = load_decoder(path, torch.float32 if quant else llm.dtype, llm.device)
+        if quant:
+            from ..runtime.quant import quantize_int8
 
-        model = quantize_int8(model)
-    elif llm.packed:  # (draft-model:self without quant was refused above)
-        from ..runtime.packed import pack_decoder
+            model = quantize_int8(model)
+        elif llm.packed:  # (draft-model:self without quant was refused above)
+            from ..runtime.packed import pack_decoder
 
-        pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
+            pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
+        if memo is not None:
+            memo[(str(path), quant)] = model
     ids = None
     if vocab:
         from ..data.vocab import token_ranking
