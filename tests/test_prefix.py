@@ -60,6 +60,20 @@ def test_each_turn_reuses_the_last_cache_and_decodes_as_a_fresh_prefill(kind, te
         prompt = prompt + out + [5, 6, 7 + turn]  # the next turn: the answer, then new tokens
 
 
+@pytest.mark.parametrize("family", ["gemma3_text", "llama"])
+@pytest.mark.parametrize("kind", ["plain", "int8-self", "ctc"])
+def test_other_families_and_sliding_windows(family, kind):
+    """Gemma 3's 5-position sliding window is crossed many times over the turns."""
+    model = tiny_decoder(layers=3, scale=0.2, family=family)
+    d = make(kind, model)
+    store, prompt = PrefixStore(), PROMPT
+    for turn in range(3):
+        out, stats = generate_ids(model, prompt, max_new_tokens=12, drafter=d, prefix=store)
+        assert out == generate_ids(model, prompt, max_new_tokens=12)[0]
+        assert (stats.cached_tokens > 0) == (turn > 0)
+        prompt = prompt + out + [4, 5]
+
+
 def test_a_prompt_that_begins_otherwise_is_prefilled_in_full():
     model = tiny_decoder(layers=2, scale=0.2)
     store = PrefixStore()
