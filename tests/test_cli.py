@@ -123,3 +123,18 @@ def test_chat_refuses_a_model_without_chat_template(tiny_llm_dir, tmp_path, monk
     (base / "tokenizer_config.json").write_text(json.dumps(cfg))
     rc, answers, _, err = _chat(base, ["hello"], monkeypatch, capsys)
     assert rc == 2 and answers == [] and "no chat template" in err
+
+
+def test_chat_takes_a_turn_of_several_lines_between_triple_quotes(tiny_llm_dir, monkeypatch, capsys):
+    from specdraft import LLM
+
+    rc, answers, summaries, _ = _chat(tiny_llm_dir, ['"""', "def add(a, b):", "    return a + b", '"""', '"""one line"""'],
+                                      monkeypatch, capsys, "--drafter", "plain")
+    assert rc == 0 and len(summaries) == 2
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    first = [{"role": "user", "content": "def add(a, b):\n    return a + b"}]
+    a = llm.generate(first, max_new_tokens=12)
+    b = llm.generate(first + [{"role": "assistant", "content": a.text}, {"role": "user", "content": "one line"}],
+                     max_new_tokens=12)
+    assert answers == [a.text.strip(), b.text.strip()]
+    assert int(summaries[0].split(" prompt tokens")[0].rsplit(" ", 1)[1]) == a.prompt_tokens

@@ -333,7 +333,8 @@ def cmd_generate(a) -> int:
     return 0
 
 
-CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends; Ctrl-C stops an answer"
+CHAT_HELP = ('/reset starts a new conversation, /exit (or Ctrl-D) ends; Ctrl-C stops an answer; """ opens and '
+             'closes a turn of several lines')
 
 
 def cmd_chat(a, stdin=None) -> int:
@@ -369,6 +370,16 @@ def cmd_chat(a, stdin=None) -> int:
         if not line:  # end of input
             return 0
         text = line.strip()
+        if text.startswith('"""'):  # a turn of several lines, up to a line ending with """
+            parts = [text[3:]]
+            while not (parts[-1].endswith('"""') and (len(parts) > 1 or len(parts[0]) >= 3)):
+                if tty:
+                    print("... ", end="", file=sys.stderr, flush=True)
+                more = stdin.readline()
+                if not more:
+                    break
+                parts.append(more.rstrip("\n"))
+            text = "\n".join(parts).removesuffix('"""').strip()
         if not text:
             continue
         if text in ("/exit", "/quit"):
