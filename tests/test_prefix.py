@@ -47,15 +47,17 @@ def test_each_turn_reuses_the_last_cache_and_decodes_as_a_fresh_prefill(kind, te
             assert last - 1 <= stats.cached_tokens <= len(prompt) - 1 and stats.cached_tokens > len(PROMPT)
         # the store holds what its cache holds: the prompt and the committed tokens
         held = len(prompt) + len(out) - 1
-        assert store.cache.length == len(store.ids) >= held and store.ids[:held] == (prompt + out)[:held]
-        assert store.cache.capacity >= len(prompt) + 15 + 5 * turn  # grown with the prompt
+        assert len(store.entries) == 1
+        e = store.latest
+        assert e.cache.length == len(e.ids) >= held and e.ids[:held] == (prompt + out)[:held]
+        assert e.cache.capacity >= len(prompt) + 15 + 5 * turn  # grown with the prompt
         needs = d.needs if d is not None else Needs()
         if needs.final_hidden:
-            assert store.rows.shape[0] == len(store.ids)
-            ref = model.prefill(store.ids, model.new_cache(len(store.ids)), final_hidden=True).final_hidden
-            torch.testing.assert_close(store.rows, ref, rtol=1e-4, atol=1e-4)
+            assert e.rows.shape[0] == len(e.ids)
+            ref = model.prefill(e.ids, model.new_cache(len(e.ids)), final_hidden=True).final_hidden
+            torch.testing.assert_close(e.rows, ref, rtol=1e-4, atol=1e-4)
         else:
-            assert store.rows is None
+            assert e.rows is None
         last = len(prompt) + len(out)
         prompt = prompt + out + [5, 6, 7 + turn]  # the next turn: the answer, then new tokens
 
@@ -91,10 +93,27 @@ def test_a_drafter_reading_states_the_store_lacks_prefills_in_full():
     store = PrefixStore()
     generate_ids(model, PROMPT, max_new_tokens=10, prefix=store)  # plain: no hidden states kept
     d = make("ctc", model)
-    prompt = store.ids + [4]
+    prompt = store.latest.ids + [4]
     out, stats = generate_ids(model, prompt, max_new_tokens=10, drafter=d, prefix=store)
     assert stats.cached_tokens == 0 and out == generate_ids(model, prompt, max_new_tokens=10)[0]
-    assert store.rows.shape[0] == len(store.ids)  # kept now, for the next turn
+    assert store.latest.rows.shape[0] == len(store.latest.ids)  # kept now, for the next turn
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_alternating_conversations_each_keep_their_cache_given_two_slots(slots):
+    model = tiny_decoder(layers=2, scale=0.2)
+    store = PrefixStore(slots=slots)
+    prompts = {"a": PROMPT, "b": [60, 61, 62, 63, 64, 65]}
+    hits = []
+    for turn in range(3):
+        for who in "ab":
+            out, stats = generate_ids(model, prompts[who], max_new_tokens=8, prefix=store)
+            assert out == generate_ids(model, prompts[who], max_new_tokens=8)[0]
+            hits.append(stats.cached_tokens > 0)
+            prompts[who] = prompts[who] + out + [7]
+            assert len(store.entries) <= slots
+    # one slot: each conversation finds the other's cache and reuses nothing; two: every later turn hits
+    assert hits == [False, False] + [slots == 2] * 4
 
 
 def test_grown_cache_keeps_the_committed_prefix():

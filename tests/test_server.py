@@ -258,3 +258,18 @@ def test_a_base_model_serves_completions_and_refuses_chat(tiny_llm_dir, tmp_path
         with pytest.raises(openai.BadRequestError) as e:
             s.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert "no chat template" in e.value.body["message"] and "/v1/completions" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("slots", [0, 2])
+def test_prefix_cache_slots_keep_alternating_conversations(tiny_llm_dir, slots):
+    llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
+    with Live(llm, ServerConfig(model_name="tiny", prefix_cache=slots)) as s:
+        c = s.client()
+        talks = {"a": "The quick brown fox", "b": "Natalia sold 48 clips"}
+        cached = []
+        for _ in range(2):
+            for who in "ab":
+                r = c.completions.create(model="tiny", prompt=talks[who], max_tokens=6, temperature=0)
+                cached.append(r.usage.prompt_tokens_details.cached_tokens)
+                talks[who] += r.choices[0].text + " and then"
+        assert cached[:2] == [0, 0] and all((n > 0) == (slots > 0) for n in cached[2:])

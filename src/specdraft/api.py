@@ -130,7 +130,7 @@ class LLM:
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
         self._drafters: dict[str, Drafter | None] = {}
         self.draft_models: dict[tuple[str, str], object] = {}  # (path, quant) -> Decoder, shared by drafters
-        self.prefix = PrefixStore()  # the last `reuse_prefix` generation's cache (engine.PrefixStore)
+        self.prefix = PrefixStore()  # the last `reuse_prefix` generations' caches (one slot; a server sets more)
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
         if drafter == "auto":
@@ -176,10 +176,10 @@ class LLM:
         chat: apply the chat template (True), take the text as it is (False), or the template when
         the model has one (None; a base model continues the text). on_text receives the text as it
         is committed; should_stop ends the generation early; on_prefill(done, total) follows the
-        prompt's prefill, chunk by chunk. reuse_prefix: keep this generation's KV cache, and
-        start from the one the last such call kept, as far as this prompt begins with its tokens
-        (a conversation's next turn prefills only the new part; `stats.cached_tokens` counts the
-        rest). The keys and values are the same up to the order of summation, so the output may
+        prompt's prefill, chunk by chunk. reuse_prefix: keep this generation's KV cache in
+        `self.prefix` (`self.prefix.slots` of them, the most recent), and start from the kept one
+        this prompt shares the longest beginning with (a conversation's next turn prefills only the
+        new part; `stats.cached_tokens` counts the rest). The keys and values are the same up to the order of summation, so the output may
         differ from a fresh prefill's where two tokens nearly tie.
         """
         spec = self.default_drafter if drafter == "default" else drafter

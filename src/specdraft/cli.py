@@ -41,6 +41,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _nonnegative_float(s: str) -> float:
     try:
         v = float(s)
@@ -128,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
     sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
     sv.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting or running before 429")
-    sv.add_argument("--no-prefix-cache", action="store_true",
-                    help="prefill every prompt in full (default: a prompt that begins like the last request's "
-                         "conversation reuses its KV cache)")
+    sv.add_argument("--prefix-cache", type=_nonnegative_int, default=4, metavar="N",
+                    help="keep the KV caches of the last N requests: a prompt that begins like one of them (a "
+                         "conversation's next turn) prefills only the rest (default: %(default)s; 0: off)")
 
     d = sub.add_parser("data", help="benchmark questions and per-domain prompt pools")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -491,7 +501,7 @@ def cmd_serve(a) -> int:
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
                        max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue,
-                       prefix_cache=not a.no_prefix_cache)
+                       prefix_cache=a.prefix_cache)
     name, hot = drafter_name(llm, cfg.drafter), drafter_name(llm, cfg.drafter, temperature=1.0)
     shown = cfg.drafter if name == cfg.drafter else f"{cfg.drafter}: {name}"
     if hot != name:

@@ -55,36 +55,59 @@ class GenerationStats:
 
 
 @dataclass
-class PrefixStore:
-    """What a generation leaves for the next one: its KV cache, the ids whose keys and values it
-    holds (the prompt, then every committed token but the last), and their final hidden states
-    when the drafter read them. The next prompt that begins with some of these ids (a
-    conversation's next turn) prefills only the rest. One conversation at a time: each generation
-    given the store replaces its content."""
-    ids: list[int] = field(default_factory=list)
-    cache: "KVCache | None" = None
+class PrefixEntry:
+    """A generation's KV cache, the ids whose keys and values it holds (the prompt, then every
+    committed token but the last), and their final hidden states when the drafter read them."""
+    ids: list[int]
+    cache: KVCache
     rows: torch.Tensor | None = None
 
-    def clear(self) -> None:
-        self.ids, self.cache, self.rows = [], None, None
 
-    def take(self, prompt_ids: list[int], needs: Needs) -> tuple[int, "KVCache | None", torch.Tensor | None]:
-        """(tokens reused, their cache, their final hidden states) for `prompt_ids`, emptying the
-        store; (0, None, None) when nothing can be reused. At least the prompt's last token is
-        always prefilled again (its logits give the first new token)."""
-        ids, cache, rows = self.ids, self.cache, self.rows
-        self.clear()
-        if cache is None or needs.hidden_layers or (needs.final_hidden and rows is None):
+class PrefixStore:
+    """What generations leave for the next ones: the caches of the last `slots` of them, most
+    recent last. A prompt that begins with some of an entry's ids (a conversation's next turn)
+    prefills only the rest; it takes the entry it shares the longest beginning with, and its own
+    generation's entry replaces it. With several slots, conversations that alternate (a server's
+    clients) each keep theirs; the least recently used entry goes first."""
+
+    def __init__(self, slots: int = 1):
+        self.slots = slots
+        self.entries: list[PrefixEntry] = []
+
+    @property
+    def latest(self) -> PrefixEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    def clear(self) -> None:
+        self.entries = []
+
+    def put(self, ids: list[int], cache: KVCache, rows: torch.Tensor | None) -> None:
+        self.entries.append(PrefixEntry(ids, cache, rows))
+        del self.entries[:max(0, len(self.entries) - self.slots)]
+
+    def take(self, prompt_ids: list[int], needs: Needs) -> tuple[int, KVCache | None, torch.Tensor | None]:
+        """(tokens reused, their cache, their final hidden states) for `prompt_ids`, out of the
+        entry that shares the most with it (removed from the store); (0, None, None) when no entry
+        can be reused. At least the prompt's last token is always prefilled again (its logits give
+        the first new token)."""
+        if needs.hidden_layers:
             return 0, None, None
-        n = 0
-        for a, b in zip(ids, prompt_ids[:-1]):
-            if a != b:
-                break
-            n += 1
-        if n == 0:
+        best, n = None, 0
+        for e in self.entries:
+            if needs.final_hidden and e.rows is None:
+                continue
+            k = 0
+            for a, b in zip(e.ids, prompt_ids[:-1]):
+                if a != b:
+                    break
+                k += 1
+            if k > n:
+                best, n = e, k
+        if best is None:
             return 0, None, None
-        cache.truncate(n)
-        return n, cache, None if rows is None else rows[:n]
+        self.entries.remove(best)
+        best.cache.truncate(n)
+        return n, best.cache, None if best.rows is None else best.rows[:n]
 
 
 def check_lengths(prompt_len: int, max_new_tokens: int, context: int) -> int:
@@ -227,8 +250,7 @@ def generate_ids(
             on_tokens(new)
     _sync(device)
     if prefix is not None and not needs.hidden_layers:
-        prefix.ids, prefix.cache = kv_ids, cache
-        prefix.rows = torch.cat(kv_rows) if needs.final_hidden else None
+        prefix.put(kv_ids, cache, torch.cat(kv_rows) if needs.final_hidden else None)
     stats.new_tokens = len(out)
     stats.wall_s = time.perf_counter() - t0
     if drafter is not None:

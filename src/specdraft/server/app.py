@@ -38,7 +38,7 @@ class ServerConfig:
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_queue: int = 64
-    prefix_cache: bool = True  # reuse the last request's KV cache for a prompt that begins like it
+    prefix_cache: int = 4  # KV caches of recent requests kept for prompts that begin like them (0: none)
 
 
 class APIError(Exception):
@@ -65,7 +65,8 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
         d = llm.drafter(cfg.drafter, temperature=t)
         if hasattr(d, "build_routes"):
             d.build_routes()
-    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, reuse_prefix=cfg.prefix_cache)
+    llm.prefix.slots = cfg.prefix_cache
+    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, reuse_prefix=cfg.prefix_cache > 0)
     # What the spec became (`auto` names its choices): for greedy requests, and for requests at
     # temperature 1 (the API's default).
     drafts_with = {"drafts_with": drafter_name(llm, cfg.drafter),
