@@ -166,3 +166,25 @@ def test_bad_quant_options_are_refused_before_loading():
         _draft_model("self", None)
     with pytest.raises(SpecdraftError, match="shared is not an option"):
         _draft_model("self", None, quant="int8", shared=True)
+
+
+def test_a_copy_without_its_head_drafts_a_reduced_vocabulary_and_gets_the_head_when_needed():
+    from specdraft.runtime.quant import add_int8_head, is_int8
+
+    model = tiny_decoder(vocab=97, seed=2)
+    full, bare = quantize_int8(model), quantize_int8(model, head=False)
+    assert is_int8(full) and is_int8(bare) and not is_int8(model) and bare.fast_head is None
+    prompt = [1, 5, 9, 20, 33, 7, 5, 9]
+    plain, _ = generate_ids(model, prompt, max_new_tokens=20)
+    ids = list(range(0, 97, 2))
+    a = DraftModelDrafter(full, "self?quant=int8", target_vocab=97, draft_vocab=ids, shared=True)
+    b = DraftModelDrafter(bare, "self?quant=int8", target_vocab=97, draft_vocab=ids, shared=True)
+    out_a, sa = generate_ids(model, prompt, max_new_tokens=20, drafter=a)
+    out_b, sb = generate_ids(model, prompt, max_new_tokens=20, drafter=b)
+    assert out_a == out_b == plain and (sa.drafted, sa.accepted) == (sb.drafted, sb.accepted)  # the same drafts
+    add_int8_head(bare)
+    head = bare.fast_head
+    add_int8_head(bare)
+    assert bare.fast_head is head  # idempotent
+    x = torch.randn(3, model.cfg.hidden_size)
+    assert torch.equal(linear(x, bare.fast_head), linear(x, full.fast_head))

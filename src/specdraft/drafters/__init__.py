@@ -208,13 +208,17 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
         if quant:
             from ..runtime.quant import quantize_int8
 
-            model = quantize_int8(model)
+            model = quantize_int8(model, head=not vocab)  # a reduced vocabulary quantizes its own rows
         elif llm.packed:  # (draft-model:self without quant was refused above)
             from ..runtime.packed import pack_decoder
 
             pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
         if memo is not None:
             memo[(str(path), quant)] = model
+    if quant and not vocab:
+        from ..runtime.quant import add_int8_head
+
+        add_int8_head(model)  # (a copy first made for a reduced vocabulary has none yet)
     ids = None
     if vocab:
         from ..data.vocab import token_ranking

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import SpecdraftError
 from ..runtime.model import PREFILL_CHUNK, Decoder, linear
-from ..runtime.quant import Int8Weight
+from ..runtime.quant import Int8Weight, is_int8
 from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
@@ -99,7 +99,7 @@ class DraftModelDrafter(Drafter):
         self.vocab = None
         if draft_vocab is not None:
             self.vocab = DraftVocab(model.head_weight()[: min(self.target_vocab, model.cfg.vocab_size)], draft_vocab,
-                                    int8=isinstance(model.fast_head, Int8Weight))
+                                    int8=is_int8(model))
         self.cache = None
         self.length = length
         self.main: list[int] = []  # node indices of the drafted main chain, in order
