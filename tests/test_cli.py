@@ -138,3 +138,28 @@ def test_chat_takes_a_turn_of_several_lines_between_triple_quotes(tiny_llm_dir, 
                      max_new_tokens=12)
     assert answers == [a.text.strip(), b.text.strip()]
     assert int(summaries[0].split(" prompt tokens")[0].rsplit(" ", 1)[1]) == a.prompt_tokens
+
+
+def test_chat_ctrl_c_during_the_prefill_drops_the_question(tiny_llm_dir, monkeypatch, capsys):
+    import dataclasses
+    import os
+    import signal
+
+    from specdraft import api
+
+    real = api.LLM.generate
+    calls = []
+
+    def interrupted(self, prompt, **kw):  # Ctrl-C while the first question's prompt is prefilled
+        calls.append(list(prompt))  # (the chat extends its list afterwards)
+        if len(calls) > 1:
+            return real(self, prompt, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert kw["should_stop"]()  # the handler turned Ctrl-C into a stop request
+        r = real(self, prompt, **{**kw, "on_text": None})
+        return dataclasses.replace(r, text="", token_ids=[])  # what a prefill cancelled between chunks gives
+
+    monkeypatch.setattr(api.LLM, "generate", interrupted)
+    rc, answers, summaries, err = _chat(tiny_llm_dir, ["first question", "second question"], monkeypatch, capsys)
+    assert rc == 0 and "question is dropped" in err and len(summaries) == 1 and len(answers) == 1
+    assert calls[1] == [{"role": "user", "content": "second question"}]  # the first is not in the history

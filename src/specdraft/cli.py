@@ -416,6 +416,10 @@ def cmd_chat(a, stdin=None) -> int:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         turn += 1
+        if not r.token_ids:  # stopped during the prompt's prefill: the turn is taken back
+            messages.pop()
+            print("[stopped before the answer began; the question is dropped]", file=sys.stderr)
+            continue
         messages.append({"role": "assistant", "content": r.text})
         print(flush=True)  # the answer's line ends on stdout
         s = r.stats
