@@ -407,7 +407,8 @@ def cmd_chat(a, stdin=None) -> int:
         try:
             r = llm.generate(messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                              top_k=a.top_k, seed=None if a.seed is None else a.seed + turn, should_stop=stop.is_set,
-                             on_text=lambda piece: print(piece, end="", flush=True), reuse_prefix=True)
+                             on_text=lambda piece: print(piece, end="", flush=True), reuse_prefix=True,
+                             on_prefill=_PrefillBar() if sys.stderr.isatty() else None)
         except SpecdraftError as e:  # e.g. the conversation no longer fits the context window
             messages.pop()
             print(f"\n[{e}; /reset starts a new conversation]", file=sys.stderr)
