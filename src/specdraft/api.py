@@ -178,9 +178,10 @@ class LLM:
         is committed; should_stop ends the generation early; on_prefill(done, total) follows the
         prompt's prefill, chunk by chunk. reuse_prefix: keep this generation's KV cache in
         `self.prefix` (`self.prefix.slots` of them, the most recent), and start from the kept one
-        this prompt shares the longest beginning with (a conversation's next turn prefills only the
-        new part; `stats.cached_tokens` counts the rest). The keys and values are the same up to the order of summation, so the output may
-        differ from a fresh prefill's where two tokens nearly tie.
+        this prompt shares the longest beginning with (a conversation's next turn prefills only
+        the new part; `stats.cached_tokens` counts the rest). The keys and values are the same up
+        to the order of summation, so the output may differ from a fresh prefill's where two
+        tokens nearly tie.
         """
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

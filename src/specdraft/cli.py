@@ -31,24 +31,21 @@ def _layer_list(s: str) -> tuple[int, ...]:
     return v
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _int_at_least(lo: int, what: str):
+    """An argparse type: an integer >= lo, else "expected / must be `what`"."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {v}")
+        return v
+    return parse
 
 
-def _nonnegative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "a whole number >= 0")
 
 
 def _nonnegative_float(s: str) -> float:
@@ -308,10 +305,22 @@ class _PrefillBar:
             self.bar.close()
 
 
-def cmd_generate(a) -> int:
+def _load(a, sampling: bool):
+    """The LLM of `generate`, `chat` or `serve`, after checking the cheap arguments (dtype,
+    device, drafter spec and, with `sampling`, the sampling options) before the slow load."""
     from .api import LLM, resolve_device, resolve_dtype
     from .drafters import check_spec
+    from .runtime.sampling import SamplingParams
 
+    resolve_dtype(a.dtype)
+    resolve_device(a.device)
+    check_spec(a.drafter)
+    if sampling:
+        SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+
+
+def cmd_generate(a) -> int:
     prompt = a.prompt
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
@@ -319,15 +328,7 @@ def cmd_generate(a) -> int:
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise SpecdraftError("the prompt is empty: give some text to continue")
-    # Validate cheap arguments before the (slow) model load.
-    resolve_dtype(a.dtype)
-    resolve_device(a.device)
-    check_spec(a.drafter)
-    from .runtime.sampling import SamplingParams
-
-    SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-
-    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    llm = _load(a, sampling=True)
     kwargs = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                   top_k=a.top_k, seed=a.seed, chat=False if a.no_chat else None)
     if a.json:
@@ -347,23 +348,15 @@ CHAT_HELP = ('/reset starts a new conversation, /exit (or Ctrl-D) ends; Ctrl-C s
              'closes a turn of several lines')
 
 
-def cmd_chat(a, stdin=None) -> int:
+def cmd_chat(a) -> int:
     """A conversation: each line read is a user turn; the answer streams to stdout, a summary
     line (tokens, speed, tau) to stderr. The whole conversation is the prompt of each answer; the
     part the last answer left in the KV cache is not prefilled again."""
     import signal
     import threading
 
-    from .api import LLM, resolve_device, resolve_dtype
-    from .drafters import check_spec
-    from .runtime.sampling import SamplingParams
-
-    stdin = stdin or sys.stdin
-    resolve_dtype(a.dtype)
-    resolve_device(a.device)
-    check_spec(a.drafter)
-    SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    stdin = sys.stdin
+    llm = _load(a, sampling=True)
     if not llm.tokenizer.has_chat_template:
         raise SpecdraftError(f"{llm.name} has no chat template (a base model): use `specdraft generate --no-chat`")
     tty = stdin.isatty()
@@ -403,7 +396,8 @@ def cmd_chat(a, stdin=None) -> int:
             continue
         messages.append({"role": "user", "content": text})
         stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
+        main_thread = threading.current_thread() is threading.main_thread()  # (signals can only be caught there)
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main_thread else None
         try:
             r = llm.generate(messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                              top_k=a.top_k, seed=None if a.seed is None else a.seed + turn, should_stop=stop.is_set,
@@ -495,14 +489,9 @@ def cmd_serve(a) -> int:
 
     import uvicorn
 
-    from .api import LLM, resolve_device, resolve_dtype
-    from .drafters import check_spec
     from .server.app import ServerConfig, create_app, drafter_name
 
-    resolve_dtype(a.dtype)
-    resolve_device(a.device)
-    check_spec(a.drafter)
-    llm = LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    llm = _load(a, sampling=False)
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
                        max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue,

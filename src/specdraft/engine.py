@@ -176,7 +176,7 @@ def generate_ids(
         return [], stats
     if old_rows is not None:  # the drafter sees the whole prompt's states, as after a full prefill
         fwd.final_hidden = torch.cat((old_rows, fwd.final_hidden))
-    kv_ids, kv_rows = list(prompt_ids), [fwd.final_hidden]  # what the cache holds (for `prefix`)
+    kv_ids, kv_rows = list(prompt_ids), [fwd.final_hidden]  # what the cache holds, and its states (for `prefix`)
     stats.target_forwards += 1
     tok = int(next_token(fwd.logits, params, gen)[0])
     out: list[int] = [tok]
@@ -224,7 +224,8 @@ def generate_ids(
         cache.compact(kept)
         if prefix is not None:
             kv_ids += [tok] + [draft.tokens[i] for i in verdict.path]
-            kv_rows.append(None if fwd.final_hidden is None else fwd.final_hidden[kept])
+            if needs.final_hidden:
+                kv_rows.append(fwd.final_hidden[kept])
         stats.verify_s += time.perf_counter() - tv
         stats.drafted += n
         stats.accepted += len(verdict.path)

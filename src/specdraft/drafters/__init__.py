@@ -198,8 +198,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
     # One model per (name, quant) for all of an LLM's drafters: `lookup+draft-model:self?quant=int8`
     # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
     # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
-    memo = getattr(llm, "draft_models", None)
-    model = None if memo is None else memo.get((str(path), quant))
+    model = llm.draft_models.get((str(path), quant))
     if model is None:
         if name == "self":
             model = llm.model
@@ -213,8 +212,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
             from ..runtime.packed import pack_decoder
 
             pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
-        if memo is not None:
-            memo[(str(path), quant)] = model
+        llm.draft_models[(str(path), quant)] = model
     if quant and not vocab:
         from ..runtime.quant import add_int8_head
 

@@ -67,12 +67,11 @@ def quantize_rows(w: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    """Stands where a `nn.Linear` stood: `.weight` is an `Int8Weight` (given, or made from a dense
-    or packed weight), `.bias` the float bias."""
+    """Stands where a `nn.Linear` stood: `.weight` is an `Int8Weight`, `.bias` the float bias."""
 
-    def __init__(self, weight, bias: torch.Tensor | None):
+    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None):
         super().__init__()
-        self.weight = weight if isinstance(weight, Int8Weight) else Int8Weight(weight)
+        self.weight = weight
         self.bias = bias
 
 
@@ -111,11 +110,11 @@ def quantize_int8(model: Decoder, head: bool = True) -> Decoder:
     # FBGEMM's prepack runs on one thread: two weights at a time on two workers, each holding one
     # weight's int8 values until packed. With `quantize_rows`, the copy of qwen2.5-coder-0.5b takes
     # 2.3 s instead of 7.5 (docs/BENCHMARKS.md, session 24).
-    jobs = [(layer, name, getattr(src, name).weight) for src, layer in zip(model.layers, copy.layers)
-            for name in PRODUCTS]
+    slots = [(layer, name) for layer in copy.layers for name in PRODUCTS]
+    weights = [getattr(src, name).weight for src in model.layers for name in PRODUCTS]
     with ThreadPoolExecutor(max(1, min(2, torch.get_num_threads()))) as pool:
         fast_head = pool.submit(Int8Weight, model.head_weight()) if head else None
-        for (layer, name, _), packed in zip(jobs, pool.map(lambda j: Int8Weight(j[2]), jobs)):
+        for (layer, name), packed in zip(slots, pool.map(Int8Weight, weights)):
             setattr(layer, name, Int8Linear(packed, getattr(layer, name).bias))
         copy.fast_head = None if fast_head is None else fast_head.result()
     return copy.eval().requires_grad_(False)

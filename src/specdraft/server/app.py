@@ -66,7 +66,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
         if hasattr(d, "build_routes"):
             d.build_routes()
     llm.prefix.slots = cfg.prefix_cache
-    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, reuse_prefix=cfg.prefix_cache > 0)
+    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics)
     # What the spec became (`auto` names its choices): for greedy requests, and for requests at
     # temperature 1 (the API's default).
     drafts_with = {"drafts_with": drafter_name(llm, cfg.drafter),

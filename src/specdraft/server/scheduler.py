@@ -42,13 +42,12 @@ class Outcome:
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
     stats: dict
-    cached_tokens: int = 0  # prompt tokens whose keys and values the last request left
+    cached_tokens: int = 0  # prompt tokens whose keys and values an earlier request left
 
 
 class Scheduler:
-    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics, reuse_prefix: bool = True):
+    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics):
         self.llm, self.drafter, self.max_queue, self.metrics = llm, drafter, max_queue, metrics
-        self.reuse_prefix = reuse_prefix  # a request starting like the last one prefills only the rest
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self.depth = 0  # waiting + running
@@ -99,7 +98,7 @@ class Scheduler:
                               top_p=job.params.top_p, top_k=job.params.top_k, seed=job.params.seed,
                               drafter=self.drafter, on_text=on_text,
                               should_stop=lambda: job.cancel.is_set() or stops.stopped,
-                              reuse_prefix=self.reuse_prefix)
+                              reuse_prefix=self.llm.prefix.slots > 0)  # (llm.prefix.slots: the server's --prefix-cache)
         tail = stops.flush()
         if tail:
             pieces.append(tail)
