@@ -13,7 +13,7 @@ CFG = ModelConfig(family="llama", vocab_size=10, hidden_size=8, intermediate_siz
 def _cache_with_slots(capacity=10):
     c = KVCache(CFG, capacity, torch.float32)
     # slot s holds value s in every layer / head / dim, so moves are visible
-    c.k[:] = torch.arange(capacity, dtype=torch.float32)[None, None, :, None]
+    c.k[:] = torch.arange(c.k.shape[2], dtype=torch.float32)[None, None, :, None]  # whole blocks: >= capacity
     c.v[:] = -c.k
     return c
 

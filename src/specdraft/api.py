@@ -78,6 +78,7 @@ class GenerationResult:
     drafter: str
     dtype: str
     packed_weights: bool = False  # weights prepacked for oneDNN (runtime/packed.py)
+    exact: bool = False  # row-invariant decoding (LLM(exact=True))
 
     @property
     def new_tokens(self) -> int:
@@ -108,6 +109,7 @@ class GenerationResult:
             **({"route": s.extra["route"]} if "route" in s.extra else {}),  # knn-ssd: the route taken
             "dtype": self.dtype,
             "packed_weights": self.packed_weights,
+            "exact": self.exact,
         }
 
 
@@ -116,10 +118,14 @@ class LLM:
 
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
                  dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True,
-                 pack: bool | None = None):
+                 pack: bool | None = None, exact: bool = False):
         """pack: reorder the weights for oneDNN's product on a CPU (runtime/packed.py: float32, and
         bfloat16 on a CPU with bf16 units);
-        None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing."""
+        None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing.
+        exact: compute a draft's verification rows bit for bit as one-row steps compute them
+        (`Decoder.set_row_invariant`), so that every drafter's greedy output equals plain
+        decoding's in bfloat16 on a CPU too, as it does in float32 (costs 0-10 % on plain decoding,
+        more with a tree drafter on a small model: docs/BENCHMARKS.md, session 25)."""
         self.device = resolve_device(device)
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
         self.path: Path = zoo.resolve(model, progress=progress)
@@ -128,6 +134,8 @@ class LLM:
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
+        self.exact = exact
+        self.model.set_row_invariant(exact)
         self._drafters: dict[str, Drafter | None] = {}
         self.draft_models: dict[tuple[str, str], object] = {}  # (path, quant) -> Decoder, shared by drafters
         self.prefix = PrefixStore()  # the last `reuse_prefix` generations' caches (one slot; a server sets more)
@@ -207,7 +215,7 @@ class LLM:
         return GenerationResult(
             text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
             model=self.name, drafter=d.name if d is not None else "plain", dtype=self.dtype_name,
-            packed_weights=self.packed,
+            packed_weights=self.packed, exact=self.exact,
         )
 
     def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:

@@ -77,6 +77,10 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
                    help="auto (default: bfloat16 on a GPU and on a CPU with bf16 units, where its weights "
                         "are packed for oneDNN and decode 1.4-1.8x faster than float32; else float32), "
                         "bfloat16 or float32 (float32: the output is exactly plain decoding's)")
+    p.add_argument("--exact", action="store_true",
+                   help="in bfloat16 on a CPU, compute a draft's verification exactly as plain decoding computes "
+                        "each token, so the output is plain bfloat16 decoding's token for token (as float32's is "
+                        "without it); plain decoding is then 0-10%% slower, a tree drafter's verification more")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,7 +321,7 @@ def _load(a, sampling: bool):
     check_spec(a.drafter)
     if sampling:
         SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device)
+    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device, exact=a.exact)
 
 
 def cmd_generate(a) -> int:
@@ -466,13 +470,13 @@ def cmd_bench(a) -> int:
         from .bench.runner import mixed_stream
 
         questions = mixed_stream(questions, a.mix)
-    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
     hf_cache: dict = {}
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
     failures: dict[str, str] = {}
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, sampling=sampling,
                           failures=failures)
-    summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+    summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "exact": llm.exact, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
                "sampling": None if sampling.greedy else dataclasses.asdict(sampling),
                "mix": a.mix, "stream": [q.category for q in questions],
                "date": datetime.date.today().isoformat(),
@@ -520,7 +524,7 @@ def cmd_search_skip(a) -> int:
     texts = pool_prompts(a.domain) if a.domain else [q.turns[0] for q in read_questions(a.prompts)]
     if len(texts) < a.num_prompts + a.heldout:
         raise SpecdraftError(f"{len(texts)} prompts; need {a.num_prompts} for the search + {a.heldout} held apart")
-    llm = LLM(a.model, dtype=a.dtype, device=a.device)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
     ids = [llm.tokenizer.encode_prompt(t) for t in texts[: a.num_prompts + a.heldout]]
     data = skipsearch.prepare(llm.model, ids[: a.num_prompts], a.tokens)
     L = llm.model.cfg.num_layers
@@ -570,7 +574,7 @@ def cmd_knn(a) -> int:
         cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
         for c in cands:
             check_spec(c)
-        llm = LLM(a.model, dtype=a.dtype, device=a.device)
+        llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
         dtype = llm.dtype_name
         if a.knn_command == "routes":
             from .train.knn_build import remeasure

@@ -12,12 +12,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpecdraftError
+from .attention import slots_for
 from .config import ModelConfig
 
 
 class KVCache:
     def __init__(self, cfg: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
-        shape = (cfg.num_layers, cfg.num_kv_heads, capacity, cfg.head_dim)  # [L, H_kv, T, D]
+        # [L, H_kv, T, D]; T = capacity rounded up to whole blocks of the row-invariant attention
+        shape = (cfg.num_layers, cfg.num_kv_heads, slots_for(capacity), cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
@@ -70,7 +72,7 @@ class KVCache:
             return self
         L, H, _, D = self.k.shape
         out = KVCache.__new__(KVCache)
-        out.k = torch.zeros((L, H, capacity, D), dtype=self.k.dtype, device=self.k.device)
+        out.k = torch.zeros((L, H, slots_for(capacity), D), dtype=self.k.dtype, device=self.k.device)
         out.v = torch.zeros_like(out.k)
         out.k[:, :, :self.length] = self.k[:, :, :self.length]
         out.v[:, :, :self.length] = self.v[:, :, :self.length]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import attention
 from .cache import KVCache
 from .config import ModelConfig
 
@@ -189,6 +190,9 @@ class Decoder(nn.Module):
         # The LM head's product when no `head` is given, if not the dense head: an int8 one
         # (runtime/quant.py) or a oneDNN-packed one (runtime/packed.py).
         self.fast_head = None
+        # Row-invariant decoding (`set_row_invariant`): a row's result is the same in a one-row
+        # step and inside a draft's verification. A runtime choice made at load, as `fast_head` is.
+        self.row_invariant = False
 
     @property
     def device(self) -> torch.device:
@@ -197,6 +201,19 @@ class Decoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    def set_row_invariant(self, on: bool) -> None:
+        """Compute every row of a decode step as a one-row step computes it, bit for bit, so that
+        speculative decoding's greedy tokens equal plain decoding's in bfloat16 too: the products
+        never run one row (oneDNN's one-row kernel sums in another order: packed.py) and bf16
+        decode steps on a CPU take the row-invariant attention (attention.py). float32 keeps its
+        fused attention (its greedy tokens already match), as do other devices."""
+        self.row_invariant = on
+        from .packed import PackedWeight
+
+        for w in [getattr(layer, name).weight for layer in self.layers for name in ("qkv", "o", "gate_up", "down")] + [self.fast_head]:
+            if isinstance(w, PackedWeight):
+                w.min_rows = 2 if on else 1
 
     def init_rope(self) -> None:
         """Rebuild the RoPE tables (buffers built on the "meta" device hold no values)."""
@@ -245,7 +262,7 @@ class Decoder(nn.Module):
             start = cache.length
             fwd = self(ids[lo:hi], torch.arange(start, start + hi - lo, device=self.device), cache,
                        logits_at=slice(-1, None) if hi == n else slice(0, 0), final_hidden=final_hidden,
-                       hidden_layers=hidden_layers)
+                       hidden_layers=hidden_layers, prefill=True)
             cache.commit(hi - lo)
             if on_progress is not None:
                 on_progress(hi)
@@ -282,6 +299,7 @@ class Decoder(nn.Module):
         final_hidden: bool = False,
         hidden_layers: tuple[int, ...] = (),
         head: torch.Tensor | None = None,  # [V', hidden] rows of the LM head to use; default all
+        prefill: bool = False,  # a prompt's chunk: torch's fused attention even when row-invariant
     ) -> ForwardOutput:
         cfg = self.cfg
         n = tokens.shape[0]
@@ -315,6 +333,9 @@ class Decoder(nn.Module):
         masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device)
                  .masked_fill_(~m, float("-inf")).expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
                  for k, m in masks.items()}
+        plan = None
+        if self.row_invariant and not prefill and attention.applies(self.dtype, self.device, cfg.has_sliding):
+            plan = attention.plan(start, positions.tolist(), mask, G, self.dtype, self.device, cache.k.shape[2])
         x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
@@ -324,11 +345,16 @@ class Decoder(nn.Module):
                 cache.k[i, :, start:end] = k
                 cache.v[i, :, start:end] = v
                 lo = first[local]
-                # With a batch axis, torch (2.13) picks its CPU flash kernel for long prompts, not the
-                # math path that builds every score (2000 tokens: 105 ms a layer, not 265).
-                a = F.scaled_dot_product_attention(q.reshape(1, Hkv, G * n, D), cache.k[None, i, :, lo:end],
-                                                   cache.v[None, i, :, lo:end], attn_mask=masks[local], scale=cfg.attn_scale)
-                x = layer.attn_residual(x, a.view(H, n, D).transpose(0, 1).reshape(n, H * D))
+                if plan is not None:  # a decode step in bf16: row-invariant attention (attention.py)
+                    a = attention.decode_attention(q.view(Hkv, G, n, D), k, v, cache.k[i], cache.v[i], start, plan,
+                                                   cfg.attn_scale or D ** -0.5)
+                else:
+                    # With a batch axis, torch (2.13) picks its CPU flash kernel for long prompts, not the
+                    # math path that builds every score (2000 tokens: 105 ms a layer, not 265).
+                    a = F.scaled_dot_product_attention(q.reshape(1, Hkv, G * n, D), cache.k[None, i, :, lo:end],
+                                                       cache.v[None, i, :, lo:end], attn_mask=masks[local],
+                                                       scale=cfg.attn_scale)
+                x = layer.attn_residual(x, a.reshape(H, n, D).transpose(0, 1).reshape(n, H * D))
             if skip is None or not skip.mlp[i]:
                 x = layer.mlp_residual(x)
             if i in hidden_layers:

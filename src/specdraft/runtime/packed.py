@@ -72,8 +72,15 @@ class PackedWeight:
                              f"not {w.dtype} {w.device.type} {w.dim()}-d")
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
         self.shape = tuple(w.shape)
+        self.min_rows = 1  # 2 for row-invariant decoding (Decoder.set_row_invariant)
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < self.min_rows:
+            # oneDNN takes another kernel for a single row, whose sums differ in the last bits from
+            # the one every other row count shares (docs/BENCHMARKS.md, session 25). Row-invariant
+            # decoding (Decoder.set_row_invariant) therefore runs a one-row step as two rows.
+            return torch.ops.mkldnn._linear_pointwise(x.expand(self.min_rows, -1).contiguous(), self.packed, None,
+                                                      "none", [], "")[:x.shape[0]]
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")
 
     def dense(self) -> torch.Tensor:

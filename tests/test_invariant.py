@@ -1,0 +1,166 @@
+"""Row-invariant decoding (`LLM(exact=True)`, runtime/attention.py): a verification row computes
+the bits of the one-row step at its position, so every drafter's greedy output equals plain
+decoding's in bfloat16 too. The claims are about oneDNN's bf16 kernels on a CPU with bf16 units."""
+
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_decoder
+from specdraft.engine import generate_ids
+from specdraft.runtime import attention
+from specdraft.runtime.loader import native_bf16
+from specdraft.runtime.packed import PackedWeight, pack_decoder
+from specdraft.runtime.sampling import SamplingParams
+from test_speculative import ScriptedDrafter
+
+bf16_units = pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no bf16 units")
+BF16 = torch.bfloat16
+
+
+def _tree(rng: random.Random, n: int, chain: bool) -> list[int]:
+    return [-1] + [i - 1 if chain else rng.randrange(i) for i in range(1, n)]
+
+
+def _ancestors(parents: list[int], i: int) -> list[int]:
+    out = []
+    while i >= 0:
+        out.append(i)
+        i = parents[i]
+    return out[::-1]
+
+
+def _verify_mask(parents: list[int], start: int) -> torch.Tensor:
+    n = len(parents)
+    mask = torch.zeros(n, start + n, dtype=torch.bool)
+    mask[:, :start] = True
+    for i in range(n):
+        mask[i, [start + j for j in _ancestors(parents, i)]] = True
+    return mask
+
+
+@bf16_units
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), heads=st.sampled_from([(3, 3, 64), (2, 6, 128), (4, 1, 32)]),
+       start=st.integers(1, 700), n=st.integers(1, 9), chain=st.booleans())
+def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain):
+    """Rows of a chain or a tree, computed in one forward, against each row computed alone with its
+    ancestors at their positions: bit for bit. (torch's fused attention fails this: session 25.)"""
+    Hkv, G, D = heads
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    parents = _tree(rng, n, chain)
+    depth = [len(_ancestors(parents, i)) - 1 for i in range(n)]
+    slots = attention.slots_for(start + n)
+    k = torch.randn(Hkv, slots, D).to(BF16)
+    v = torch.randn_like(k)
+    q = torch.randn(Hkv, G, n, D).to(BF16)
+    k_new, v_new = k[:, start:start + n].clone(), v[:, start:start + n].clone()
+    plan = attention.plan(start, [start + d for d in depth], _verify_mask(parents, start), G, BF16, "cpu", slots)
+    assert plan is not None
+    out = attention.decode_attention(q, k_new, v_new, k, v, start, plan, D ** -0.5)
+    assert torch.equal(k[:, start:start + n], k_new) and torch.equal(v[:, start:start + n], v_new)  # tree restored
+    for i in range(n):
+        k1, v1 = k.clone(), v.clone()
+        for d, j in enumerate(_ancestors(parents, i)):
+            k1[:, start + d], v1[:, start + d] = k_new[:, j], v_new[:, j]
+        p = start + depth[i]
+        one = attention.plan(p, [p], None, G, BF16, "cpu", slots)
+        alone = attention.decode_attention(q[:, :, i:i + 1], k1[:, p:p + 1], v1[:, p:p + 1], k1, v1, p, one, D ** -0.5)
+        assert torch.equal(alone[:, :, 0], out[:, :, i]), f"row {i} at depth {depth[i]} differs"
+
+
+def test_a_chain_is_one_call_in_place_and_a_tree_one_call_per_path():
+    chain = attention.plan(10, [10, 11, 12], None, 2, BF16, "cpu", 64)
+    assert len(chain.calls) == 1 and chain.calls[0].path is None and chain.calls[0].rows is None
+    assert chain.calls[0].add.shape == (2 * 3, 64) and not chain.restore
+    # root 0 -> 1 -> 3 and 0 -> 2, at slots 62-65: one call per leaf, each writing its path in place
+    parents = [-1, 0, 0, 1]
+    tree = attention.plan(62, [62, 63, 63, 64], _verify_mask(parents, 62), 3, BF16, "cpu", 128)
+    assert [c.path.tolist() for c in tree.calls] == [[0, 2], [0, 1, 3]]
+    assert [c.rows.tolist() for c in tree.calls] == [[0, 2], [1, 3]]  # every row computed once
+    assert tree.restore
+    # node 3 sits at position 64: its products read two blocks, node 1's one
+    assert [(g.tolist(), n) for g, n in tree.calls[1].groups] == [([0], 64), ([1], 128)]
+    # a chain first, a sibling after: the chain's call needs no copy
+    first = attention.plan(62, [62, 63, 64, 63], _verify_mask([-1, 0, 1, 0], 62), 3, BF16, "cpu", 128)
+    assert first.calls[0].path is None and first.calls[0].rows.tolist() == [0, 1, 2]
+
+
+def test_masks_that_are_not_positions_in_order_keep_the_fused_attention():
+    window = torch.ones(2, 12, dtype=torch.bool)
+    window[:, :3] = False  # a sliding window hides the oldest slots
+    assert attention.plan(10, [10, 11], window, 2, BF16, "cpu", 64) is None
+    skipped = torch.ones(2, 12, dtype=torch.bool).tril(10)
+    skipped[1, 10] = False  # row 1 does not see row 0, yet sits one position after it
+    assert attention.plan(10, [10, 11], skipped, 2, BF16, "cpu", 64) is None
+    assert attention.plan(60, [60, 61, 62, 63, 64], None, 2, BF16, "cpu", 64) is None  # not whole blocks
+    assert attention.applies(BF16, torch.device("cpu"), False)
+    assert not attention.applies(torch.float32, torch.device("cpu"), False)
+    assert not attention.applies(BF16, torch.device("cpu"), True)
+
+
+@bf16_units
+def test_a_one_row_product_runs_as_two_rows_when_asked():
+    torch.manual_seed(0)
+    w = PackedWeight((torch.randn(576, 1536) * 0.03).to(BF16))  # a long sum: oneDNN's one-row kernel differs
+    x = torch.randn(64, 1536).to(BF16)
+    w.min_rows = 2
+    two = torch.cat([w.mm(x[j:j + 2])[:1] for j in range(0, 64)])
+    assert torch.equal(torch.cat([w.mm(x[j:j + 1]) for j in range(64)]), two)
+    assert torch.equal(w.mm(x[:5]), torch.cat([w.mm(x[j:j + 2])[:1] for j in range(5)]))
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def bf16_target(request):
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no bf16 units")
+    model = tiny_decoder(vocab=97, seed=4, layers=3, family=request.param).to(BF16)
+    pack_decoder(model)
+    model.set_row_invariant(True)
+    return model
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(["right", "wrong", "tree", "huge"]),
+       n_prompt=st.integers(1, 70), max_new=st.integers(1, 90))
+def test_bf16_greedy_with_any_draft_is_plain_bf16_decoding(bf16_target, seed, mode, n_prompt, max_new):
+    """Tiny random bf16 models, packed: any draft (chains, trees, all wrong, more than fits) gives
+    plain bf16 decoding's tokens; prompts and answers cross block boundaries."""
+    prompt = random.Random(seed).choices(range(97), k=n_prompt)
+    greedy = SamplingParams(temperature=0.0)
+    plain, _ = generate_ids(bf16_target, prompt, max_new_tokens=max_new, params=greedy, eos_ids=frozenset())
+    drafter = ScriptedDrafter(prompt + plain, mode, seed, 97)
+    out, _ = generate_ids(bf16_target, prompt, max_new_tokens=max_new, params=greedy, eos_ids=frozenset(), drafter=drafter)
+    assert out == plain
+
+
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+]
+
+
+@pytest.fixture(scope="module")
+def smol_bf16_exact(smollm2_dir):
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no bf16 units")
+    from specdraft import LLM
+
+    return LLM(str(smollm2_dir), dtype="bfloat16", exact=True, progress=False)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("drafter", ["ctc", "medusa", "lookup?min_ngram=2+ctc", "draft-model:self?quant=int8", "knn-ssd"])
+def test_every_drafter_gives_plain_bf16_tokens_on_smollm2(smol_bf16_exact, drafter):
+    for prompt in PROMPTS:
+        plain = smol_bf16_exact.generate(prompt, max_new_tokens=80, drafter="plain")
+        spec = smol_bf16_exact.generate(prompt, max_new_tokens=80, drafter=drafter)
+        assert spec.token_ids == plain.token_ids, prompt
+        assert spec.exact and spec.dtype == "bfloat16"
+        assert spec.stats.target_forwards < plain.stats.target_forwards
