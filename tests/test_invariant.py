@@ -164,3 +164,27 @@ def test_every_drafter_gives_plain_bf16_tokens_on_smollm2(smol_bf16_exact, draft
         assert spec.token_ids == plain.token_ids, prompt
         assert spec.exact and spec.dtype == "bfloat16"
         assert spec.stats.target_forwards < plain.stats.target_forwards
+
+
+def test_cli_exact_reaches_the_model_and_the_json(tiny_llm_dir, capsys):
+    import json
+
+    from specdraft.cli import main
+
+    for flag, want in (([], False), (["--exact"], True)):
+        assert main(["generate", "Say hi", "--model", str(tiny_llm_dir), "--dtype", "bfloat16", "--drafter", "lookup",
+                     "--max-new-tokens", "8", "--json", *flag]) == 0
+        assert json.loads(capsys.readouterr().out)["exact"] is want
+
+
+def test_llm_exact_sets_the_decoder_and_its_products(tiny_llm_dir):
+    from specdraft import LLM
+
+    llm = LLM(str(tiny_llm_dir), dtype="bfloat16", exact=True, progress=False)
+    assert llm.model.row_invariant and llm.exact
+    if llm.packed:
+        assert all(layer.down.weight.min_rows == 2 for layer in llm.model.layers)
+    llm.model.set_row_invariant(False)
+    assert not llm.model.row_invariant
+    if llm.packed:
+        assert llm.model.fast_head.min_rows == 1

@@ -124,8 +124,9 @@ class LLM:
         None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing.
         exact: compute a draft's verification rows bit for bit as one-row steps compute them
         (`Decoder.set_row_invariant`), so that every drafter's greedy output equals plain
-        decoding's in bfloat16 on a CPU too, as it does in float32 (costs 0-10 % on plain decoding,
-        more with a tree drafter on a small model: docs/BENCHMARKS.md, session 25)."""
+        decoding's in bfloat16 on a CPU too, as it does in float32 (qwen2.5-coder-1.5b's drafters
+        run at the same speed, its plain decoding at 0.83x; SmolLM2's 0.63-0.89x, tree drafters the
+        most: docs/BENCHMARKS.md, session 25)."""
         self.device = resolve_device(device)
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
         self.path: Path = zoo.resolve(model, progress=progress)

@@ -80,7 +80,8 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact", action="store_true",
                    help="in bfloat16 on a CPU, compute a draft's verification exactly as plain decoding computes "
                         "each token, so the output is plain bfloat16 decoding's token for token (as float32's is "
-                        "without it); plain decoding is then 0-10%% slower, a tree drafter's verification more")
+                        "without it). Measured: qwen2.5-coder-1.5b's drafters at the same speed, plain decoding 0.83x; "
+                        "SmolLM2-135M 0.63-0.89x (tree drafters the most)")
 
 
 def build_parser() -> argparse.ArgumentParser:
