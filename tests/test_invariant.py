@@ -188,3 +188,11 @@ def test_llm_exact_sets_the_decoder_and_its_products(tiny_llm_dir):
     assert not llm.model.row_invariant
     if llm.packed:
         assert llm.model.fast_head.min_rows == 1
+
+
+def test_exact_refuses_bf16_weights_it_cannot_make_row_invariant(tiny_llm_dir):
+    from specdraft import LLM, SpecdraftError
+
+    with pytest.raises(SpecdraftError, match="packed for oneDNN"):
+        LLM(str(tiny_llm_dir), dtype="bfloat16", exact=True, pack=False, progress=False)
+    assert LLM(str(tiny_llm_dir), dtype="float32", exact=True, pack=False, progress=False).exact  # float32: exact anyway

@@ -135,6 +135,11 @@ class LLM:
         self.tokenizer = Tokenizer(self.path)
         self.model = load_decoder(self.path, self.dtype, self.device)
         self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
+        if exact and self.device.type != "cpu":
+            raise SpecdraftError("--exact is implemented for CPUs; on a GPU, --dtype float32 gives plain decoding's output")
+        if exact and self.dtype == torch.bfloat16 and not self.packed:
+            raise SpecdraftError("--exact in bfloat16 needs the weights packed for oneDNN (a CPU with bf16 units, "
+                                 "SPECDRAFT_PACK not 0); --dtype float32 gives plain decoding's output everywhere")
         self.exact = exact
         self.model.set_row_invariant(exact)
         self._drafters: dict[str, Drafter | None] = {}

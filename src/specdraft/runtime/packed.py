@@ -75,7 +75,7 @@ class PackedWeight:
         self.min_rows = 1  # 2 for row-invariant decoding (Decoder.set_row_invariant)
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] < self.min_rows:
+        if 0 < x.shape[0] < self.min_rows:
             # oneDNN takes another kernel for a single row, whose sums differ in the last bits from
             # the one every other row count shares (docs/BENCHMARKS.md, session 25). Row-invariant
             # decoding (Decoder.set_row_invariant) therefore runs a one-row step as two rows.
