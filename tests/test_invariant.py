@@ -196,3 +196,12 @@ def test_exact_refuses_bf16_weights_it_cannot_make_row_invariant(tiny_llm_dir):
     with pytest.raises(SpecdraftError, match="packed for oneDNN"):
         LLM(str(tiny_llm_dir), dtype="bfloat16", exact=True, pack=False, progress=False)
     assert LLM(str(tiny_llm_dir), dtype="float32", exact=True, pack=False, progress=False).exact  # float32: exact anyway
+
+
+def test_exact_refuses_sliding_windows_in_bf16():
+    from specdraft import SpecdraftError
+
+    gemma = tiny_decoder(vocab=97, seed=0, family="gemma3_text")
+    gemma.set_row_invariant(True)  # float32: allowed (its greedy tokens match without it)
+    with pytest.raises(SpecdraftError, match="sliding-window"):
+        gemma.to(BF16).set_row_invariant(True)

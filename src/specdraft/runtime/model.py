@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SpecdraftError
 from . import attention
 from .cache import KVCache
 from .config import ModelConfig
@@ -207,7 +208,11 @@ class Decoder(nn.Module):
         speculative decoding's greedy tokens equal plain decoding's in bfloat16 too: the products
         never run one row (oneDNN's one-row kernel sums in another order: packed.py) and bf16
         decode steps on a CPU take the row-invariant attention (attention.py). float32 keeps its
-        fused attention (its greedy tokens already match), as do other devices."""
+        fused attention (its greedy tokens already match), as do other devices. Sliding-window
+        attention (Gemma 3, Mistral) is not covered: bf16 there is refused."""
+        if on and self.cfg.has_sliding and self.dtype == torch.bfloat16:
+            raise SpecdraftError(f"--exact does not cover sliding-window attention ({self.cfg.family}) in bfloat16 yet: "
+                                 "--dtype float32 gives plain decoding's output")
         self.row_invariant = on
         from .packed import PackedWeight
 
