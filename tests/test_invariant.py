@@ -114,11 +114,31 @@ def test_a_one_row_product_runs_as_two_rows_when_asked():
     assert torch.equal(w.mm(x[:5]), torch.cat([w.mm(x[j:j + 2])[:1] for j in range(5)]))
 
 
+def _tiny_bf16(family: str, seed: int = 4):
+    """A tiny random decoder with real-sized heads (64 dimensions, two query heads per kv head)."""
+    from specdraft.runtime.config import ModelConfig
+    from specdraft.runtime.model import Decoder
+
+    cfg = ModelConfig(family=family, vocab_size=97, hidden_size=128, intermediate_size=192, num_layers=3,
+                      num_heads=2, num_kv_heads=1, head_dim=64, rms_norm_eps=1e-6, rope_theta=1e4,
+                      max_position_embeddings=256, tie_word_embeddings=family == "llama",
+                      attention_bias=family == "qwen2")
+    torch.manual_seed(seed)
+    model = Decoder(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+            elif "bias" in name:
+                p.normal_(0, 0.1)
+    return model.eval().requires_grad_(False).to(BF16)
+
+
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def bf16_target(request):
     if not native_bf16("cpu"):
         pytest.skip("this CPU has no bf16 units")
-    model = tiny_decoder(vocab=97, seed=4, layers=3, family=request.param).to(BF16)
+    model = _tiny_bf16(request.param)
     pack_decoder(model)
     model.set_row_invariant(True)
     return model
@@ -166,21 +186,42 @@ def test_every_drafter_gives_plain_bf16_tokens_on_smollm2(smol_bf16_exact, draft
         assert spec.stats.target_forwards < plain.stats.target_forwards
 
 
-def test_cli_exact_reaches_the_model_and_the_json(tiny_llm_dir, capsys):
+@pytest.fixture(scope="module")
+def tiny_llm64_dir(tiny_llm_dir, tmp_path_factory):
+    """tiny_llm_dir's tokenizer and chat template with a model whose heads have 64 dimensions."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llm64")
+    for f in tiny_llm_dir.iterdir():
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, path / f.name)
+    src = LlamaConfig.from_pretrained(str(tiny_llm_dir))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=src.vocab_size, hidden_size=128, intermediate_size=192,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=128, tie_word_embeddings=True,
+                                         eos_token_id=src.eos_token_id))
+    model.save_pretrained(str(path))
+    return path
+
+
+def test_cli_exact_reaches_the_model_and_the_json(tiny_llm64_dir, capsys):
     import json
 
     from specdraft.cli import main
 
     for flag, want in (([], False), (["--exact"], True)):
-        assert main(["generate", "Say hi", "--model", str(tiny_llm_dir), "--dtype", "bfloat16", "--drafter", "lookup",
+        assert main(["generate", "Say hi", "--model", str(tiny_llm64_dir), "--dtype", "bfloat16", "--drafter", "lookup",
                      "--max-new-tokens", "8", "--json", *flag]) == 0
         assert json.loads(capsys.readouterr().out)["exact"] is want
 
 
-def test_llm_exact_sets_the_decoder_and_its_products(tiny_llm_dir):
+def test_llm_exact_sets_the_decoder_and_its_products(tiny_llm64_dir):
     from specdraft import LLM
 
-    llm = LLM(str(tiny_llm_dir), dtype="bfloat16", exact=True, progress=False)
+    llm = LLM(str(tiny_llm64_dir), dtype="bfloat16", exact=True, progress=False)
     assert llm.model.row_invariant and llm.exact
     if llm.packed:
         assert all(layer.down.weight.min_rows == 2 for layer in llm.model.layers)
@@ -190,18 +231,21 @@ def test_llm_exact_sets_the_decoder_and_its_products(tiny_llm_dir):
         assert llm.model.fast_head.min_rows == 1
 
 
-def test_exact_refuses_bf16_weights_it_cannot_make_row_invariant(tiny_llm_dir):
+def test_exact_refuses_bf16_weights_it_cannot_make_row_invariant(tiny_llm64_dir):
     from specdraft import LLM, SpecdraftError
 
     with pytest.raises(SpecdraftError, match="packed for oneDNN"):
-        LLM(str(tiny_llm_dir), dtype="bfloat16", exact=True, pack=False, progress=False)
-    assert LLM(str(tiny_llm_dir), dtype="float32", exact=True, pack=False, progress=False).exact  # float32: exact anyway
+        LLM(str(tiny_llm64_dir), dtype="bfloat16", exact=True, pack=False, progress=False)
+    assert LLM(str(tiny_llm64_dir), dtype="float32", exact=True, pack=False, progress=False).exact  # float32: exact anyway
 
 
-def test_exact_refuses_sliding_windows_in_bf16():
+def test_exact_refuses_sliding_windows_and_narrow_heads_in_bf16():
     from specdraft import SpecdraftError
 
     gemma = tiny_decoder(vocab=97, seed=0, family="gemma3_text")
     gemma.set_row_invariant(True)  # float32: allowed (its greedy tokens match without it)
     with pytest.raises(SpecdraftError, match="sliding-window"):
         gemma.to(BF16).set_row_invariant(True)
+    with pytest.raises(SpecdraftError, match="64 dimensions"):
+        tiny_decoder(vocab=97, seed=0).to(BF16).set_row_invariant(True)  # heads of 8
+    _tiny_bf16("llama").set_row_invariant(True)

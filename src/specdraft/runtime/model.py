@@ -208,11 +208,17 @@ class Decoder(nn.Module):
         speculative decoding's greedy tokens equal plain decoding's in bfloat16 too: the products
         never run one row (oneDNN's one-row kernel sums in another order: packed.py) and bf16
         decode steps on a CPU take the row-invariant attention (attention.py). float32 keeps its
-        fused attention (its greedy tokens already match), as do other devices. Sliding-window
-        attention (Gemma 3, Mistral) is not covered: bf16 there is refused."""
-        if on and self.cfg.has_sliding and self.dtype == torch.bfloat16:
-            raise SpecdraftError(f"--exact does not cover sliding-window attention ({self.cfg.family}) in bfloat16 yet: "
-                                 "--dtype float32 gives plain decoding's output")
+        fused attention (its greedy tokens already match), as do other devices. Refused in bf16
+        where it is not shown to hold: sliding-window attention (Gemma 3, Mistral), and heads
+        narrower than 64 (oneDNN's bf16 probabilities-times-values product then changes with the
+        rows in about 1 call of 1000: docs/BENCHMARKS.md, session 25)."""
+        if on and self.dtype == torch.bfloat16:
+            if self.cfg.has_sliding:
+                raise SpecdraftError(f"--exact does not cover sliding-window attention ({self.cfg.family}) in bfloat16 "
+                                     "yet: --dtype float32 gives plain decoding's output")
+            if self.cfg.head_dim < 64:
+                raise SpecdraftError(f"--exact covers attention heads of 64 dimensions or more in bfloat16, this model's "
+                                     f"have {self.cfg.head_dim}: --dtype float32 gives plain decoding's output")
         self.row_invariant = on
         from .packed import PackedWeight
 
