@@ -249,3 +249,18 @@ def test_exact_refuses_sliding_windows_and_narrow_heads_in_bf16():
     with pytest.raises(SpecdraftError, match="64 dimensions"):
         tiny_decoder(vocab=97, seed=0).to(BF16).set_row_invariant(True)  # heads of 8
     _tiny_bf16("llama").set_row_invariant(True)
+
+
+@pytest.mark.integration
+def test_qwen_bf16_exact_draft_model_gives_plain_tokens():
+    """Heads of 128 dimensions, six query heads per kv head, a multi-token draft model."""
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no bf16 units")
+    from specdraft import LLM
+
+    qwen = LLM("qwen2.5-coder-1.5b", dtype="bfloat16", exact=True, progress=False)
+    prompt = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
+    plain = qwen.generate(prompt, max_new_tokens=48, drafter="plain")
+    spec = qwen.generate(prompt, max_new_tokens=48, drafter="lookup?min_ngram=2+draft-model:self?quant=int8&vocab=32768")
+    assert spec.token_ids == plain.token_ids
+    assert spec.stats.target_forwards < plain.stats.target_forwards
