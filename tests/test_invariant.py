@@ -45,10 +45,12 @@ def _verify_mask(parents: list[int], start: int) -> torch.Tensor:
 @bf16_units
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), heads=st.sampled_from([(3, 3, 64), (2, 6, 128), (4, 1, 32)]),
-       start=st.integers(1, 700), n=st.integers(1, 9), chain=st.booleans())
-def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain):
+       start=st.integers(1, 700), n=st.integers(1, 9), chain=st.booleans(),
+       window=st.one_of(st.none(), st.integers(3, 300)))
+def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain, window):
     """Rows of a chain or a tree, computed in one forward, against each row computed alone with its
-    ancestors at their positions: bit for bit. (torch's fused attention fails this: session 25.)"""
+    ancestors at their positions, with or without a sliding window: bit for bit. (torch's fused
+    attention fails this: session 25.)"""
     Hkv, G, D = heads
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -59,7 +61,8 @@ def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain)
     v = torch.randn_like(k)
     q = torch.randn(Hkv, G, n, D).to(BF16)
     k_new, v_new = k[:, start:start + n].clone(), v[:, start:start + n].clone()
-    plan = attention.plan(start, [start + d for d in depth], _verify_mask(parents, start), G, BF16, "cpu", slots)
+    plan = attention.plan(start, [start + d for d in depth], _verify_mask(parents, start), G, BF16, "cpu", slots,
+                          window=window)
     assert plan is not None
     out = attention.decode_attention(q, k_new, v_new, k, v, start, plan, D ** -0.5)
     assert torch.equal(k[:, start:start + n], k_new) and torch.equal(v[:, start:start + n], v_new)  # tree restored
@@ -68,7 +71,7 @@ def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain)
         for d, j in enumerate(_ancestors(parents, i)):
             k1[:, start + d], v1[:, start + d] = k_new[:, j], v_new[:, j]
         p = start + depth[i]
-        one = attention.plan(p, [p], None, G, BF16, "cpu", slots)
+        one = attention.plan(p, [p], None, G, BF16, "cpu", slots, window=window)
         alone = attention.decode_attention(q[:, :, i:i + 1], k1[:, p:p + 1], v1[:, p:p + 1], k1, v1, p, one, D ** -0.5)
         assert torch.equal(alone[:, :, 0], out[:, :, i]), f"row {i} at depth {depth[i]} differs"
 
@@ -84,7 +87,7 @@ def test_a_chain_is_one_call_in_place_and_a_tree_one_call_per_path():
     assert [c.rows.tolist() for c in tree.calls] == [[0, 2], [1, 3]]  # every row computed once
     assert tree.restore
     # node 3 sits at position 64: its products read two blocks, node 1's one
-    assert [(g.tolist(), n) for g, n in tree.calls[1].groups] == [([0], 64), ([1], 128)]
+    assert [(g.tolist(), a, b) for g, a, b in tree.calls[1].groups] == [([0], 0, 64), ([1], 0, 128)]
     # a chain first, a sibling after: the chain's call needs no copy
     first = attention.plan(62, [62, 63, 64, 63], _verify_mask([-1, 0, 1, 0], 62), 3, BF16, "cpu", 128)
     assert first.calls[0].path is None and first.calls[0].rows.tolist() == [0, 1, 2]
@@ -92,15 +95,14 @@ def test_a_chain_is_one_call_in_place_and_a_tree_one_call_per_path():
 
 def test_masks_that_are_not_positions_in_order_keep_the_fused_attention():
     window = torch.ones(2, 12, dtype=torch.bool)
-    window[:, :3] = False  # a sliding window hides the oldest slots
+    window[:, :3] = False  # a caller's own mask hiding the oldest slots (windows are the plan's `window`)
     assert attention.plan(10, [10, 11], window, 2, BF16, "cpu", 64) is None
     skipped = torch.ones(2, 12, dtype=torch.bool).tril(10)
     skipped[1, 10] = False  # row 1 does not see row 0, yet sits one position after it
     assert attention.plan(10, [10, 11], skipped, 2, BF16, "cpu", 64) is None
     assert attention.plan(60, [60, 61, 62, 63, 64], None, 2, BF16, "cpu", 64) is None  # not whole blocks
-    assert attention.applies(BF16, torch.device("cpu"), False)
-    assert not attention.applies(torch.float32, torch.device("cpu"), False)
-    assert not attention.applies(BF16, torch.device("cpu"), True)
+    assert attention.applies(BF16, torch.device("cpu"))
+    assert not attention.applies(torch.float32, torch.device("cpu"))
 
 
 @bf16_units
@@ -115,14 +117,19 @@ def test_a_one_row_product_runs_as_two_rows_when_asked():
 
 
 def _tiny_bf16(family: str, seed: int = 4):
-    """A tiny random decoder with real-sized heads (64 dimensions, two query heads per kv head)."""
+    """A tiny random decoder with real-sized heads (64 dimensions, two query heads per kv head);
+    gemma3_text slides a 20-position window on two layers of three (tests run past it)."""
     from specdraft.runtime.config import ModelConfig
     from specdraft.runtime.model import Decoder
 
+    gemma = family == "gemma3_text"
+    extra = dict(activation="gelu_tanh", embed_scale=128 ** 0.5, attn_scale=48 ** -0.5, qk_norm=True,
+                 sandwich_norms=True, sliding_window=20, sliding_layers=(True, True, False),
+                 rope_local_theta=1e3) if gemma else {}
     cfg = ModelConfig(family=family, vocab_size=97, hidden_size=128, intermediate_size=192, num_layers=3,
                       num_heads=2, num_kv_heads=1, head_dim=64, rms_norm_eps=1e-6, rope_theta=1e4,
-                      max_position_embeddings=256, tie_word_embeddings=family == "llama",
-                      attention_bias=family == "qwen2")
+                      max_position_embeddings=256, tie_word_embeddings=family != "qwen2",
+                      attention_bias=family == "qwen2", **extra)
     torch.manual_seed(seed)
     model = Decoder(cfg)
     with torch.no_grad():
@@ -131,10 +138,12 @@ def _tiny_bf16(family: str, seed: int = 4):
                 p.normal_(0, 0.2)
             elif "bias" in name:
                 p.normal_(0, 0.1)
+            elif gemma:  # norm weights around 1
+                p.normal_(1, 0.2)
     return model.eval().requires_grad_(False).to(BF16)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=["qwen2", "llama", "gemma3_text"])
 def bf16_target(request):
     if not native_bf16("cpu"):
         pytest.skip("this CPU has no bf16 units")
@@ -239,16 +248,25 @@ def test_exact_refuses_bf16_weights_it_cannot_make_row_invariant(tiny_llm64_dir)
     assert LLM(str(tiny_llm64_dir), dtype="float32", exact=True, pack=False, progress=False).exact  # float32: exact anyway
 
 
-def test_exact_refuses_sliding_windows_and_narrow_heads_in_bf16():
+def test_exact_refuses_narrow_heads_in_bf16():
     from specdraft import SpecdraftError
 
-    gemma = tiny_decoder(vocab=97, seed=0, family="gemma3_text")
-    gemma.set_row_invariant(True)  # float32: allowed (its greedy tokens match without it)
-    with pytest.raises(SpecdraftError, match="sliding-window"):
-        gemma.to(BF16).set_row_invariant(True)
+    tiny_decoder(vocab=97, seed=0).set_row_invariant(True)  # float32: allowed (greedy tokens match without it)
     with pytest.raises(SpecdraftError, match="64 dimensions"):
         tiny_decoder(vocab=97, seed=0).to(BF16).set_row_invariant(True)  # heads of 8
     _tiny_bf16("llama").set_row_invariant(True)
+
+
+def test_a_sliding_window_reads_from_its_first_keys_block():
+    # rows at positions 100..102, window 40: first keys 61..63, in the block from 0 (61 // 64 = 0)
+    chain = attention.plan(100, [100, 101, 102], None, 2, BF16, "cpu", 128, window=40)
+    call = chain.calls[0]
+    assert call.lo == 0 and [(g.tolist(), a, b) for g, a, b in call.groups] == [([0, 1, 2], 0, 128)]
+    # window 30: first keys 71..73 (block 64), positions 128..: reads [64, 192) and [64, 256)
+    far = attention.plan(127, [127, 128], None, 2, BF16, "cpu", 192, window=30).calls[0]
+    assert far.lo == 64 and [(g.tolist(), a, b) for g, a, b in far.groups] == [([0], 64, 128), ([1], 64, 192)]
+    hidden = far.add[:2].isinf()  # head 0's rows: keys 64.. hidden before the window and after the row
+    assert hidden[0, :98 - 64].all() and not hidden[0, 98 - 64:128 - 64].any() and hidden[0, 128 - 64:].all()
 
 
 @pytest.mark.integration

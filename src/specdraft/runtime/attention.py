@@ -25,9 +25,10 @@ So a one-row step and a verification row at the same position compute the same b
 greedy tokens of every drafter equal plain decoding's in bfloat16 too. It costs about what
 torch's fused kernel does on a decode step (faster past ~1000 keys; benchmarks/invariant_cost.py).
 
-Used for bfloat16 decode steps on a CPU (`applies`); a prompt's prefill (the same for plain and
-speculative decoding), float32 (where verification already keeps greedy tokens: tested) and
-sliding windows keep torch's fused attention.
+Used for bfloat16 decode steps on a CPU (`applies`), sliding-window layers included (a row reads
+the blocks from its window's first key's); a prompt's prefill (the same for plain and speculative
+decoding) and float32 (where verification already keeps greedy tokens: tested) keep torch's fused
+attention.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ import torch
 BLOCK = 64
 
 
-def applies(dtype: torch.dtype, device: torch.device, sliding: bool) -> bool:
-    """Whether a decode step uses the row-invariant attention: bf16 on a CPU, no sliding window
-    (Gemma 3 keeps the fused path)."""
-    return dtype == torch.bfloat16 and device.type == "cpu" and not sliding
+def applies(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a decode step uses the row-invariant attention: bf16 on a CPU."""
+    return dtype == torch.bfloat16 and device.type == "cpu"
 
 
 def slots_for(capacity: int) -> int:
@@ -58,18 +58,20 @@ class Call:
     path:   the path's rows (root first) to write at slots start, start + 1, ... before the call;
             None when they are there already (a chain, the tree's first path);
     rows:   the rows this call computes (None = all, in order);
+    lo:     the first slot the scores read (a block boundary; 0 but for sliding windows);
     add:    [heads * len(rows), keys] additive mask (0 or -inf) in the model's dtype, rows ordered
-            head-major as the queries are; keys = the slots the scores read, whole blocks;
-    groups: the call's rows (indices into `rows`) by the number of value slots their product
-            reads: the whole blocks up to their own position, so that a row's probabilities-times-
-            values product has the same length in a one-row step (oneDNN's bf16 product sums a
-            longer one, trailing zeros included, in another order now and then).
+            head-major as the queries are; keys = the slots [lo, lo + keys) the scores read;
+    groups: the call's rows (indices into `rows`) by the value slots [a, b) their product reads:
+            the whole blocks from their first key's to their own position's, so that a row's
+            probabilities-times-values product has the same length in a one-row step (oneDNN's
+            bf16 product sums a longer one, zeros included, in another order now and then).
     """
 
     path: torch.Tensor | None
     rows: torch.Tensor | None
+    lo: int
     add: torch.Tensor
-    groups: tuple[tuple[torch.Tensor, int], ...]
+    groups: tuple[tuple[torch.Tensor, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -78,26 +80,34 @@ class DecodePlan:
     restore: bool  # paths were written over the tree: put its rows back in order after the calls
 
 
-def _call(path: torch.Tensor | None, rows: list[int] | None, visible_to: list[int], heads: int,
+def _floor(slot: int) -> int:
+    return slot // BLOCK * BLOCK
+
+
+def _call(path: torch.Tensor | None, rows: list[int] | None, visible_to: list[int], window: int | None, heads: int,
           dtype: torch.dtype, device) -> Call:
-    """The call for rows where row r sees slots [0, visible_to[r])."""
-    keys = slots_for(max(visible_to))
-    hide = torch.arange(keys)[None, :] >= torch.tensor(visible_to)[:, None]
+    """The call for rows where row r sees slots [0, visible_to[r]), or with a sliding `window`
+    only the last `window` of them. The keys read start at the block of the earliest first key."""
+    first = [0 if window is None else max(0, end - window) for end in visible_to]
+    lo = _floor(min(first))
+    keys = torch.arange(lo, slots_for(max(visible_to)))[None, :]
+    hide = (keys >= torch.tensor(visible_to)[:, None]) | (keys < torch.tensor(first)[:, None])
     add = torch.zeros(hide.shape, dtype=dtype).masked_fill_(hide, float("-inf")).repeat(heads, 1).to(device)
-    by_len: dict[int, list[int]] = {}
-    for r, end in enumerate(visible_to):
-        by_len.setdefault(slots_for(end), []).append(r)
-    groups = tuple((torch.tensor(g, device=device), n) for n, g in sorted(by_len.items()))
-    return Call(path, None if rows is None else torch.tensor(rows, device=device), add, groups)
+    by_range: dict[tuple[int, int], list[int]] = {}
+    for r, (a, end) in enumerate(zip(first, visible_to)):
+        by_range.setdefault((_floor(a), slots_for(end)), []).append(r)
+    groups = tuple((torch.tensor(g, device=device), a, b) for (a, b), g in sorted(by_range.items()))
+    return Call(path, None if rows is None else torch.tensor(rows, device=device), lo, add, groups)
 
 
 def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int, dtype: torch.dtype,
-         device, slots: int) -> DecodePlan | None:
+         device, slots: int, window: int | None = None) -> DecodePlan | None:
     """The calls for n new rows written at slots [start, start + n), at `positions`, under `mask`
     ([n, start + n] bool, True = may attend; None = causal); `heads` query heads share a kv head;
-    the cache has `slots` slots. Slot j < start holds position j. None when a row's visible keys
-    are not positions 0.. its own (a sliding window, a custom mask) or the cache is not whole
-    blocks: the caller then keeps the fused attention."""
+    the cache has `slots` slots; `window`: a sliding window's length (its layers take their own
+    plan). Slot j < start holds position j. None when a row's visible keys are not positions 0..
+    its own (a custom mask) or the cache is not whole blocks: the caller then keeps the fused
+    attention."""
     heads = max(heads, 2)  # oneDNN's one-row product differs (packed.py): never one row
     n = len(positions)
     if slots_for(start + n) > slots:
@@ -113,7 +123,7 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
         if [positions[i] for i in seen[r]] != list(range(start, p + 1)):
             return None
     if all(s == list(range(r + 1)) for r, s in enumerate(seen)):  # a chain: one call, in place
-        return DecodePlan((_call(None, None, [p + 1 for p in positions], heads, dtype, device),), False)
+        return DecodePlan((_call(None, None, [p + 1 for p in positions], window, heads, dtype, device),), False)
     leaves = [r for r in range(n) if not any(r in seen[c] for c in range(n) if c != r)]
     done: set[int] = set()
     calls = []
@@ -123,7 +133,7 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
         done.update(rows)
         in_place = path == list(range(len(path)))
         calls.append(_call(None if in_place else torch.tensor(path, device=device), rows,
-                           [start + path.index(i) + 1 for i in rows], heads, dtype, device))
+                           [start + path.index(i) + 1 for i in rows], window, heads, dtype, device))
     return DecodePlan(tuple(calls), any(c.path is not None for c in calls))
 
 
@@ -131,15 +141,16 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Call, scale
     """q [Hkv, G, R, D] (the call's rows), k and v [Hkv, slots, D] -> [Hkv, G, R, D]: transformers'
     eager attention (bf16 scores, float32 softmax, bf16 probabilities times values)."""
     Hkv, G, R, D = q.shape
-    keys = call.add.shape[1]
-    s = torch.baddbmm(call.add.expand(Hkv, -1, -1), q.reshape(Hkv, G * R, D), k[:, :keys].transpose(1, 2), alpha=scale)
+    lo, keys = call.lo, call.add.shape[1]
+    s = torch.baddbmm(call.add.expand(Hkv, -1, -1), q.reshape(Hkv, G * R, D), k[:, lo:lo + keys].transpose(1, 2),
+                      alpha=scale)
     p = torch.softmax(s, -1, dtype=torch.float32).to(q.dtype).view(Hkv, G, R, keys)
     if len(call.groups) == 1:
-        length = call.groups[0][1]
-        return torch.bmm(p[..., :length].reshape(Hkv, G * R, length), v[:, :length]).view(Hkv, G, R, D)
+        _, a, b = call.groups[0]
+        return torch.bmm(p[..., a - lo:b - lo].reshape(Hkv, G * R, b - a), v[:, a:b]).view(Hkv, G, R, D)
     out = q.new_empty(Hkv, G, R, D)
-    for rows, length in call.groups:
-        out[:, :, rows] = torch.bmm(p[:, :, rows, :length].reshape(Hkv, -1, length), v[:, :length]).view(Hkv, G, -1, D)
+    for rows, a, b in call.groups:
+        out[:, :, rows] = torch.bmm(p[:, :, rows, a - lo:b - lo].reshape(Hkv, -1, b - a), v[:, a:b]).view(Hkv, G, -1, D)
     return out
 
 

@@ -209,13 +209,10 @@ class Decoder(nn.Module):
         never run one row (oneDNN's one-row kernel sums in another order: packed.py) and bf16
         decode steps on a CPU take the row-invariant attention (attention.py). float32 keeps its
         fused attention (its greedy tokens already match), as do other devices. Refused in bf16
-        where it is not shown to hold: sliding-window attention (Gemma 3, Mistral), and heads
-        narrower than 64 (oneDNN's bf16 probabilities-times-values product then changes with the
-        rows in about 1 call of 1000: docs/BENCHMARKS.md, session 25)."""
+        for heads narrower than 64, where it is not shown to hold (oneDNN's bf16 probabilities-
+        times-values product then changes with the rows in about 1 call of 1000:
+        docs/BENCHMARKS.md, session 25)."""
         if on and self.dtype == torch.bfloat16:
-            if self.cfg.has_sliding:
-                raise SpecdraftError(f"--exact does not cover sliding-window attention ({self.cfg.family}) in bfloat16 "
-                                     "yet: --dtype float32 gives plain decoding's output")
             if self.cfg.head_dim < 64:
                 raise SpecdraftError(f"--exact covers attention heads of 64 dimensions or more in bfloat16, this model's "
                                      f"have {self.cfg.head_dim}: --dtype float32 gives plain decoding's output")
@@ -344,9 +341,11 @@ class Decoder(nn.Module):
         masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device)
                  .masked_fill_(~m, float("-inf")).expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
                  for k, m in masks.items()}
-        plan = None
-        if self.row_invariant and not prefill and attention.applies(self.dtype, self.device, cfg.has_sliding):
-            plan = attention.plan(start, positions.tolist(), mask, G, self.dtype, self.device, cache.k.shape[2])
+        plans = None  # by layer kind, as the masks
+        if self.row_invariant and not prefill and attention.applies(self.dtype, self.device):
+            pos = positions.tolist()
+            plans = {local: attention.plan(start, pos, mask, G, self.dtype, self.device, cache.k.shape[2],
+                                           window=cfg.sliding_window if local else None) for local in masks}
         x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
@@ -356,6 +355,7 @@ class Decoder(nn.Module):
                 cache.k[i, :, start:end] = k
                 cache.v[i, :, start:end] = v
                 lo = first[local]
+                plan = None if plans is None else plans[local]
                 if plan is not None:  # a decode step in bf16: row-invariant attention (attention.py)
                     a = attention.decode_attention(q.view(Hkv, G, n, D), k, v, cache.k[i], cache.v[i], start, plan,
                                                    cfg.attn_scale or D ** -0.5)
