@@ -282,3 +282,18 @@ def test_qwen_bf16_exact_draft_model_gives_plain_tokens():
     spec = qwen.generate(prompt, max_new_tokens=48, drafter="lookup?min_ngram=2+draft-model:self?quant=int8&vocab=32768")
     assert spec.token_ids == plain.token_ids
     assert spec.stats.target_forwards < plain.stats.target_forwards
+
+
+@pytest.mark.integration
+def test_gemma_bf16_exact_lookup_gives_plain_tokens():
+    """Gemma 3 270M: 256-dimension heads, four per kv head, sliding-window layers; a base model."""
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no bf16 units")
+    from specdraft import LLM
+
+    gemma = LLM("gemma3-270m", dtype="bfloat16", exact=True, progress=False)
+    prompt = "The history of the Roman Empire begins"
+    plain = gemma.generate(prompt, max_new_tokens=120, drafter="plain", chat=False)
+    spec = gemma.generate(prompt, max_new_tokens=120, drafter="lookup?min_ngram=2", chat=False)
+    assert spec.token_ids == plain.token_ids
+    assert spec.stats.target_forwards < plain.stats.target_forwards
