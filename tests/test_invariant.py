@@ -270,30 +270,20 @@ def test_a_sliding_window_reads_from_its_first_keys_block():
 
 
 @pytest.mark.integration
-def test_qwen_bf16_exact_draft_model_gives_plain_tokens():
-    """Heads of 128 dimensions, six query heads per kv head, a multi-token draft model."""
+@pytest.mark.parametrize("model, drafter, prompt, chat, tokens", [
+    # heads of 128 dimensions, six query heads per kv head, a multi-token draft model
+    ("qwen2.5-coder-1.5b", "lookup?min_ngram=2+draft-model:self?quant=int8&vocab=32768",
+     "Write a Python function that returns the n-th Fibonacci number, with a docstring.", True, 48),
+    # heads of 256 dimensions, four per kv head, sliding-window layers; a base model
+    ("gemma3-270m", "lookup?min_ngram=2", "The history of the Roman Empire begins", False, 120),
+])
+def test_other_families_bf16_exact_give_plain_tokens(model, drafter, prompt, chat, tokens):
     if not native_bf16("cpu"):
         pytest.skip("this CPU has no bf16 units")
     from specdraft import LLM
 
-    qwen = LLM("qwen2.5-coder-1.5b", dtype="bfloat16", exact=True, progress=False)
-    prompt = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
-    plain = qwen.generate(prompt, max_new_tokens=48, drafter="plain")
-    spec = qwen.generate(prompt, max_new_tokens=48, drafter="lookup?min_ngram=2+draft-model:self?quant=int8&vocab=32768")
-    assert spec.token_ids == plain.token_ids
-    assert spec.stats.target_forwards < plain.stats.target_forwards
-
-
-@pytest.mark.integration
-def test_gemma_bf16_exact_lookup_gives_plain_tokens():
-    """Gemma 3 270M: 256-dimension heads, four per kv head, sliding-window layers; a base model."""
-    if not native_bf16("cpu"):
-        pytest.skip("this CPU has no bf16 units")
-    from specdraft import LLM
-
-    gemma = LLM("gemma3-270m", dtype="bfloat16", exact=True, progress=False)
-    prompt = "The history of the Roman Empire begins"
-    plain = gemma.generate(prompt, max_new_tokens=120, drafter="plain", chat=False)
-    spec = gemma.generate(prompt, max_new_tokens=120, drafter="lookup?min_ngram=2", chat=False)
+    llm = LLM(model, dtype="bfloat16", exact=True, progress=False)
+    plain = llm.generate(prompt, max_new_tokens=tokens, drafter="plain", chat=chat)
+    spec = llm.generate(prompt, max_new_tokens=tokens, drafter=drafter, chat=chat)
     assert spec.token_ids == plain.token_ids
     assert spec.stats.target_forwards < plain.stats.target_forwards
