@@ -345,7 +345,7 @@ def cmd_generate(a) -> int:
     s = r.stats
     tau = f", tau {s.tau:.2f}, acceptance {s.acceptance_rate:.2f}" if s.acceptance_rate is not None else ""
     print(f"\n[{s.new_tokens} new tokens in {s.wall_s:.2f} s, {s.tokens_per_s or 0:.1f} tokens/s{tau}, "
-          f"{r.drafter}, {r.dtype}, stop: {s.stop_reason}]", file=sys.stderr)
+          f"{r.drafter}, {r.dtype}{', exact' if r.exact else ''}, stop: {s.stop_reason}]", file=sys.stderr)
     return 0
 
 
