@@ -77,7 +77,11 @@ class Call:
 @dataclass(frozen=True)
 class DecodePlan:
     calls: tuple[Call, ...]
-    restore: bool  # paths were written over the tree: put its rows back in order after the calls
+
+    @property
+    def restore(self) -> bool:
+        """Whether paths are written over the tree: its rows go back in order after the calls."""
+        return any(c.path is not None for c in self.calls)
 
 
 def _floor(slot: int) -> int:
@@ -123,7 +127,7 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
         if [positions[i] for i in seen[r]] != list(range(start, p + 1)):
             return None
     if all(s == list(range(r + 1)) for r, s in enumerate(seen)):  # a chain: one call, in place
-        return DecodePlan((_call(None, None, [p + 1 for p in positions], window, heads, dtype, device),), False)
+        return DecodePlan((_call(None, None, [p + 1 for p in positions], window, heads, dtype, device),))
     leaves = [r for r in range(n) if not any(r in seen[c] for c in range(n) if c != r)]
     done: set[int] = set()
     calls = []
@@ -134,7 +138,7 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
         in_place = path == list(range(len(path)))
         calls.append(_call(None if in_place else torch.tensor(path, device=device), rows,
                            [start + path.index(i) + 1 for i in rows], window, heads, dtype, device))
-    return DecodePlan(tuple(calls), any(c.path is not None for c in calls))
+    return DecodePlan(tuple(calls))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Call, scale: float) -> torch.Tensor:

@@ -217,11 +217,9 @@ class Decoder(nn.Module):
                 raise SpecdraftError(f"--exact covers attention heads of 64 dimensions or more in bfloat16, this model's "
                                      f"have {self.cfg.head_dim}: --dtype float32 gives plain decoding's output")
         self.row_invariant = on
-        from .packed import PackedWeight
+        from .packed import set_min_rows
 
-        for w in [getattr(layer, name).weight for layer in self.layers for name in ("qkv", "o", "gate_up", "down")] + [self.fast_head]:
-            if isinstance(w, PackedWeight):
-                w.min_rows = 2 if on else 1
+        set_min_rows(self, 2 if on else 1)
 
     def init_rope(self) -> None:
         """Rebuild the RoPE tables (buffers built on the "meta" device hold no values)."""
@@ -335,17 +333,19 @@ class Decoder(nn.Module):
                 near = positions.to(self.device)[:, None] - key_pos[None, :] < W
                 masks[True] = near if mask is None else mask[:, lo:] & near
                 first[True] = lo
-        # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D] against
-        # [Hkv, S, D], so the cache is never expanded; the mask repeats per head. It is made additive
-        # once here, where the flash kernel would convert a bool mask in every layer.
-        masks = {k: None if m is None else torch.zeros(m.shape, dtype=self.dtype, device=self.device)
-                 .masked_fill_(~m, float("-inf")).expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
-                 for k, m in masks.items()}
-        plans = None  # by layer kind, as the masks
+        plans = {}  # by layer kind, as the masks: the row-invariant attention's calls (attention.py)
         if self.row_invariant and not prefill and attention.applies(self.dtype, self.device):
             pos = positions.tolist()
             plans = {local: attention.plan(start, pos, mask, G, self.dtype, self.device, cache.k.shape[2],
                                            window=cfg.sliding_window if local else None) for local in masks}
+        # Query heads that share a kv head are stacked along the query axis: [Hkv, G*N, D] against
+        # [Hkv, S, D], so the cache is never expanded; the mask repeats per head. It is made additive
+        # once here, where the flash kernel would convert a bool mask in every layer (and not at all
+        # for the layers the row-invariant attention serves).
+        masks = {k: None if m is None or plans.get(k) is not None else
+                 torch.zeros(m.shape, dtype=self.dtype, device=self.device).masked_fill_(~m, float("-inf"))
+                 .expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
+                 for k, m in masks.items()}
         x = self.embed_tokens(tokens)  # [N, hidden]
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
@@ -355,7 +355,7 @@ class Decoder(nn.Module):
                 cache.k[i, :, start:end] = k
                 cache.v[i, :, start:end] = v
                 lo = first[local]
-                plan = None if plans is None else plans[local]
+                plan = plans.get(local)
                 if plan is not None:  # a decode step in bf16: row-invariant attention (attention.py)
                     a = attention.decode_attention(q.view(Hkv, G, n, D), k, v, cache.k[i], cache.v[i], start, plan,
                                                    cfg.attn_scale or D ** -0.5)

@@ -75,13 +75,14 @@ class PackedWeight:
         self.min_rows = 1  # 2 for row-invariant decoding (Decoder.set_row_invariant)
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
-        if 0 < x.shape[0] < self.min_rows:
+        rows = x.shape[0]
+        if 0 < rows < self.min_rows:
             # oneDNN takes another kernel for a single row, whose sums differ in the last bits from
             # the one every other row count shares (docs/BENCHMARKS.md, session 25). Row-invariant
             # decoding (Decoder.set_row_invariant) therefore runs a one-row step as two rows.
-            return torch.ops.mkldnn._linear_pointwise(x.expand(self.min_rows, -1).contiguous(), self.packed, None,
-                                                      "none", [], "")[:x.shape[0]]
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")
+            x = x.expand(self.min_rows, -1)
+        y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")
+        return y if y.shape[0] == rows else y[:rows]
 
     def dense(self) -> torch.Tensor:
         """The original [out, in] weight (a new tensor)."""
@@ -116,6 +117,14 @@ def dense_weight(w) -> torch.Tensor:
 
 
 PRODUCTS = ("qkv", "o", "gate_up", "down")
+
+
+def set_min_rows(model, rows: int) -> None:
+    """The fewest rows each packed product of a decoder (its layers' and its LM head's) runs:
+    2 for row-invariant decoding (Decoder.set_row_invariant), else 1."""
+    for w in [getattr(layer, name).weight for layer in model.layers for name in PRODUCTS] + [model.fast_head]:
+        if isinstance(w, PackedWeight):
+            w.min_rows = rows
 
 
 def pack_linears(module: nn.Module) -> None:
