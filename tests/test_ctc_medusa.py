@@ -138,10 +138,10 @@ def test_medusa_tree_takes_the_most_probable_paths():
     assert sorted(got.values(), reverse=True) == pytest.approx(sorted(allp.values(), reverse=True)[:10])
 
 
-def tiny_heads(kind, model, seed=0, frames=5, feature_layers=()):
+def tiny_heads(kind, model, seed=0, frames=5, feature_layers=(), layers=1):
     cfg = HeadConfig(kind=kind, base_model="tiny", hidden_size=model.cfg.hidden_size, vocab_size=model.cfg.vocab_size,
                      frames=frames, window=4, num_heads=4, intermediate_size=48, draft_vocab=60,
-                     feature_layers=feature_layers)
+                     feature_layers=feature_layers, layers=layers)
     torch.manual_seed(seed)
     m = make_module(cfg)
     with torch.no_grad():
@@ -151,13 +151,14 @@ def tiny_heads(kind, model, seed=0, frames=5, feature_layers=()):
     return m.eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "medusa"])
+@pytest.mark.parametrize("kind", ["ctc", "ctc+layers", "ctc+deep", "medusa"])
 @pytest.mark.parametrize("tree,pack", [("prefix", False), ("beam", False), ("prefix", True)])
 @pytest.mark.parametrize("seed", range(3))
 def test_trained_head_drafters_are_lossless(kind, tree, pack, seed):
     """Random heads draft garbage, duplicates and empty drafts; output must equal plain."""
     model = tiny_decoder(layers=2, scale=0.2)
-    heads = tiny_heads(kind.split("+")[0], model, seed, feature_layers=(1, 0) if "+" in kind else ())
+    heads = tiny_heads(kind.split("+")[0], model, seed, feature_layers=(1, 0) if "+layers" in kind else (),
+                       layers=3 if "+deep" in kind else 1)
     d = head_drafter(kind, heads, model, topk=3, beams=6, max_nodes=12, tree=tree, pack=pack)
     plain, _ = generate_ids(model, PROMPT, max_new_tokens=40)
     out, stats = generate_ids(model, PROMPT, max_new_tokens=40, drafter=d)
@@ -254,6 +255,18 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path):
     assert torch.equal(back.vocab, heads.vocab)
     for k, v in heads.state_dict().items():
         assert torch.equal(back.state_dict()[k], v)
+    deep = tiny_heads("ctc", model, layers=3)  # layers after the first: their own weights, saved and read back
+    assert set(deep.state_dict()) - set(heads.state_dict()) == {
+        f"more.{i}.{n}" for i in range(2) for n in ("attn_norm", "qkv.weight", "o.weight", "mlp_norm",
+                                                     "gate_up.weight", "down.weight")}
+    save_module(deep, tmp_path / "deep", dtype=torch.float32)
+    back, _ = load_module(tmp_path / "deep", model.cfg.hidden_size, model.cfg.vocab_size)
+    args = (torch.randn(2, 4, model.cfg.hidden_size), torch.randint(0, model.cfg.vocab_size, (2, 4)), torch.ones(2, 4, dtype=torch.bool),
+            model.embed.weight)
+    assert back.cfg.layers == 3 and torch.equal(back.features(*args), deep.features(*args))
+    assert not torch.allclose(deep.features(*args), tiny_heads("ctc", model).features(*args))
+    with pytest.raises(SpecdraftError, match="at least one layer"):
+        tiny_heads("ctc", model, layers=0)
     with pytest.raises(SpecdraftError, match="trained for tiny"):
         load_module(tmp_path / "c", 64, model.cfg.vocab_size)
     with pytest.raises(SpecdraftError, match="no config.json"):
@@ -484,10 +497,10 @@ def test_train_cli_passes_the_layer_shape(tmp_path, tiny_qwen_dir):
     out = tmp_path / "ctc"
     assert main(["train", "ctc", "--model", str(tiny_qwen_dir), "--data", str(tmp_path / "main"), "--out", str(out),
                  "--steps", "2", "--batch-size", "8", "--frames", "3", "--max-labels", "2",
-                 "--intermediate-size", "40", "--window", "5"]) == 0
+                 "--intermediate-size", "40", "--window", "5", "--layers", "2"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["specdraft_head"]["intermediate_size"] == 40 and cfg["specdraft_head"]["frames"] == 3
-    assert cfg["specdraft_head"]["window"] == 5
+    assert cfg["specdraft_head"]["window"] == 5 and cfg["specdraft_head"]["layers"] == 2
     assert cfg["training"]["train"]["intermediate_size"] == 40
 
 
@@ -501,9 +514,9 @@ def test_train_cli_defaults_are_the_library_defaults():
     for kind in ("ctc", "medusa"):
         assert train_config(build_parser().parse_args(["train", kind, "--out", "x"])) == TrainConfig(kind)
     a = build_parser().parse_args(["train", "ctc", "--out", "x", "--epochs", "3", "--window", "7", "--kd", "0.5",
-                                   "--eval-every", "9", "--feature-layers", "2,5"])
+                                   "--eval-every", "9", "--feature-layers", "2,5", "--layers", "2"])
     assert train_config(a) == replace(TrainConfig("ctc"), epochs=3.0, window=7, kd=0.5, eval_every=9,
-                                      feature_layers=(2, 5))
+                                      feature_layers=(2, 5), layers=2)
 
 
 def test_feature_layers_train_from_the_stored_states_and_need_them(tmp_path, tiny_qwen_dir):

@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "ctc":
             tk.add_argument("--frames", type=_positive_int, default=TC.frames)
             tk.add_argument("--intermediate-size", type=_positive_int, default=TC.intermediate_size, help="MLP width of the draft layer")
+            tk.add_argument("--layers", type=_positive_int, default=TC.layers,
+                            help="transformer layers of the draft module (default: %(default)s, the paper's; "
+                                 "layers after the first update the frames only)")
             tk.add_argument("--window", type=_positive_int, default=TC.window,
                             help="latest positions of the base model's states the draft layer attends to "
                                  "(default: %(default)s)")
@@ -618,7 +621,7 @@ def train_config(a):
     """The TrainConfig of a parsed `train ctc|medusa` command line."""
     from .train.config import TrainConfig
 
-    ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size,
+    ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size, "layers": a.layers,
                  "feature_layers": a.feature_layers, "window": a.window} if a.train_command == "ctc" else {})
     return TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        max_labels=a.max_labels, draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat,

@@ -9,7 +9,9 @@ CTC draft layer, for the position t whose hidden state h_t produced the root tok
   context c_j = W_in [emb(x_{j+1}) ; h_j] + rel[t - j]  for the last `window` positions j <= t
   frames  f_k = W_in [emb(r) ; h_t] + frame[k]           for k < frames
   one pre-norm transformer layer: frames attend to the context and to each other; then a trained
-  RMSNorm, and logits [frozen LM head ; blank] over V + 1 symbols.
+  RMSNorm, and logits [frozen LM head ; blank] over V + 1 symbols. With `layers` > 1, more such
+  layers follow, each updating the frames only (they attend to the same context entries c_j), so
+  a draft's cost grows by the frames' rows, not the window's.
 The frames are decoded with CTC (blanks removed, repeats merged) into the tokens after r.
 With `feature_layers` (as EAGLE-3 fuses low, middle and high layers), c_j also adds
 W_layers [norm(l_j^a) ; norm(l_j^b) ; ...], the base's residual states after those layers at j.
@@ -55,6 +57,7 @@ class HeadConfig:
     intermediate_size: int = 1536  # ctc: MLP width
     draft_vocab: int = 0  # size of the drafting vocabulary (the buffer `vocab` lists its token ids); 0 = all
     feature_layers: tuple[int, ...] = ()  # ctc: also read the base's residual states after these layers
+    layers: int = 1  # ctc: transformer layers; layers after the first update only the frames
 
     def __post_init__(self):
         object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
@@ -70,20 +73,49 @@ class HeadConfig:
             raise SpecdraftError(f"{where}: not a specdraft drafter config ({e})") from None
 
 
-class CTCDraftLayer(torch.nn.Module):
-    def __init__(self, cfg: HeadConfig):
+class FrameBlock(torch.nn.Module):
+    """A pre-norm transformer layer whose queries are the frames only: the frames attend to the
+    context entries and to each other, then an MLP."""
+
+    def __init__(self, d: int, heads: int, intermediate: int):
         super().__init__()
+        self._build(d, heads, intermediate)
+
+    def _build(self, d: int, heads: int, intermediate: int) -> None:
+        self.heads = heads
+        self.attn_norm = torch.nn.Parameter(torch.ones(d))
+        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
+        self.o = torch.nn.Linear(d, d, bias=False)
+        self.mlp_norm = torch.nn.Parameter(torch.ones(d))
+        self.gate_up = torch.nn.Linear(d, 2 * intermediate, bias=False)
+        self.down = torch.nn.Linear(intermediate, d, bias=False)
+
+    def forward(self, c: torch.Tensor, frames: torch.Tensor, keymask: torch.Tensor) -> torch.Tensor:
+        """c [B, W, d] context entries, frames [B, F, d], keymask [B, W + F] -> frames [B, F, d]."""
+        B, W, d = c.shape
+        nf = frames.shape[1]
+        h = _rms(torch.cat((c, frames), 1), self.attn_norm)
+        q, k, v = self.qkv(h).view(B, W + nf, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q[:, :, W:], k, v, attn_mask=keymask[:, None, None, :])
+        y = frames + self.o(a.transpose(1, 2).reshape(B, nf, d))
+        gate, up = self.gate_up(_rms(y, self.mlp_norm)).chunk(2, -1)
+        return y + self.down(F.silu(gate) * up)
+
+
+class CTCDraftLayer(FrameBlock):
+    def __init__(self, cfg: HeadConfig):
+        torch.nn.Module.__init__(self)
         self.cfg = cfg
         d = cfg.hidden_size
         self.w_in = torch.nn.Linear(2 * d, d, bias=False)
         self.rel = torch.nn.Parameter(torch.zeros(cfg.window, d))
         self.frame = torch.nn.Parameter(torch.randn(cfg.frames, d) * 0.02)
-        self.attn_norm = torch.nn.Parameter(torch.ones(d))
-        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
-        self.o = torch.nn.Linear(d, d, bias=False)
-        self.mlp_norm = torch.nn.Parameter(torch.ones(d))
-        self.gate_up = torch.nn.Linear(d, 2 * cfg.intermediate_size, bias=False)
-        self.down = torch.nn.Linear(cfg.intermediate_size, d, bias=False)
+        self._build(d, cfg.num_heads, cfg.intermediate_size)  # the first layer (after the above: same init draws)
+        if cfg.layers < 1:
+            raise SpecdraftError(f"a CTC draft module needs at least one layer, got {cfg.layers}")
+        # the first layer's weights are the module's own (checkpoints of one layer keep their names)
+        self.more = torch.nn.ModuleList(FrameBlock(d, cfg.num_heads, cfg.intermediate_size)
+                                        for _ in range(cfg.layers - 1))
         self.norm = torch.nn.Parameter(torch.ones(d))
         self.blank = torch.nn.Parameter(torch.zeros(d))
         self.blank_bias = torch.nn.Parameter(torch.zeros(()))
@@ -111,16 +143,10 @@ class CTCDraftLayer(torch.nn.Module):
             c = c + self.w_layers(_rms(ctx_layers.to(c.dtype), self.layer_norm.to(c.dtype)).flatten(-2))
         c = c + self.rel[:W].flip(0).to(c.dtype)  # rel[0] belongs to the newest position
         frames = c[:, -1:, :] + self.frame.to(c.dtype)  # [B, F, d]
-        x = torch.cat((c, frames), 1)  # [B, W + F, d]
-        H = self.cfg.num_heads
-        h = _rms(x, self.attn_norm)
-        q, k, v = self.qkv(h).view(B, x.shape[1], 3, H, d // H).permute(2, 0, 3, 1, 4)
-        q = q[:, :, W:]  # only the frames need outputs
         keymask = torch.cat((valid, torch.ones(B, self.cfg.frames, dtype=torch.bool, device=valid.device)), 1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keymask[:, None, None, :])
-        y = frames + self.o(a.transpose(1, 2).reshape(B, self.cfg.frames, d))
-        gate, up = self.gate_up(_rms(y, self.mlp_norm)).chunk(2, -1)
-        y = y + self.down(F.silu(gate) * up)
+        y = super().forward(c, frames, keymask)
+        for block in self.more:
+            y = block(c, y, keymask)
         return _rms(y, self.norm)
 
     def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

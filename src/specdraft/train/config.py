@@ -19,6 +19,7 @@ class TrainConfig:
     frames: int = 6  # ctc frames per draft
     max_labels: int = 4  # longest label sequence (ctc) = number of heads (medusa)
     intermediate_size: int = 1024  # ctc layer MLP width
+    layers: int = 1  # ctc: transformer layers (the paper's module has one; more update the frames only)
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
     window: int = 48  # ctc: latest positions attended to (48 measured +0.02 held-out tau over 16)
     feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them)

@@ -202,7 +202,8 @@ class Trainer:
                                vocab_size=base.cfg.vocab_size, draft_vocab=int(vocab.numel()),
                                frames=cfg.frames if cfg.kind == "ctc" else cfg.max_labels, window=cfg.window,
                                num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                               feature_layers=tuple(cfg.feature_layers) if cfg.kind == "ctc" else ())
+                               feature_layers=tuple(cfg.feature_layers) if cfg.kind == "ctc" else (),
+                               layers=cfg.layers if cfg.kind == "ctc" else 1)
         torch.manual_seed(cfg.seed)
         self.module = make_module(self.hcfg)
         self.module.vocab.copy_(vocab)
