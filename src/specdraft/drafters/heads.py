@@ -10,8 +10,8 @@ CTC draft layer, for the position t whose hidden state h_t produced the root tok
   frames  f_k = W_in [emb(r) ; h_t] + frame[k]           for k < frames
   one pre-norm transformer layer: frames attend to the context and to each other; then a trained
   RMSNorm, and logits [frozen LM head ; blank] over V + 1 symbols. With `layers` > 1, more such
-  layers follow, each updating the frames only (they attend to the same context entries c_j), so
-  a draft's cost grows by the frames' rows, not the window's.
+  layers follow, each updating the frames only: they attend to the same context entries c_j
+  (through their own projections), and their MLPs run on the frames' rows alone.
 The frames are decoded with CTC (blanks removed, repeats merged) into the tokens after r.
 With `feature_layers` (as EAGLE-3 fuses low, middle and high layers), c_j also adds
 W_layers [norm(l_j^a) ; norm(l_j^b) ; ...], the base's residual states after those layers at j.
@@ -73,49 +73,53 @@ class HeadConfig:
             raise SpecdraftError(f"{where}: not a specdraft drafter config ({e})") from None
 
 
+def _block_params(m: torch.nn.Module, d: int, intermediate: int) -> None:
+    """Give `m` the weights of one pre-norm transformer layer (attention, then a gated MLP)."""
+    m.attn_norm = torch.nn.Parameter(torch.ones(d))
+    m.qkv = torch.nn.Linear(d, 3 * d, bias=False)
+    m.o = torch.nn.Linear(d, d, bias=False)
+    m.mlp_norm = torch.nn.Parameter(torch.ones(d))
+    m.gate_up = torch.nn.Linear(d, 2 * intermediate, bias=False)
+    m.down = torch.nn.Linear(intermediate, d, bias=False)
+
+
+def _frame_layer(m: torch.nn.Module, c: torch.Tensor, frames: torch.Tensor, keymask: torch.Tensor,
+                 heads: int) -> torch.Tensor:
+    """One layer with `m`'s weights whose queries are the frames only: c [B, W, d] context entries,
+    frames [B, F, d], keymask [B, W + F] -> frames [B, F, d]. The frames attend to the context
+    and to each other, then the MLP runs on the frames."""
+    B, W, d = c.shape
+    nf = frames.shape[1]
+    h = _rms(torch.cat((c, frames), 1), m.attn_norm)
+    q, k, v = m.qkv(h).view(B, W + nf, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q[:, :, W:], k, v, attn_mask=keymask[:, None, None, :])
+    y = frames + m.o(a.transpose(1, 2).reshape(B, nf, d))
+    gate, up = m.gate_up(_rms(y, m.mlp_norm)).chunk(2, -1)
+    return y + m.down(F.silu(gate) * up)
+
+
 class FrameBlock(torch.nn.Module):
-    """A pre-norm transformer layer whose queries are the frames only: the frames attend to the
-    context entries and to each other, then an MLP."""
+    """The weights of a CTC draft module's layers after the first (`_frame_layer` runs them)."""
 
-    def __init__(self, d: int, heads: int, intermediate: int):
+    def __init__(self, d: int, intermediate: int):
         super().__init__()
-        self._build(d, heads, intermediate)
-
-    def _build(self, d: int, heads: int, intermediate: int) -> None:
-        self.heads = heads
-        self.attn_norm = torch.nn.Parameter(torch.ones(d))
-        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
-        self.o = torch.nn.Linear(d, d, bias=False)
-        self.mlp_norm = torch.nn.Parameter(torch.ones(d))
-        self.gate_up = torch.nn.Linear(d, 2 * intermediate, bias=False)
-        self.down = torch.nn.Linear(intermediate, d, bias=False)
-
-    def forward(self, c: torch.Tensor, frames: torch.Tensor, keymask: torch.Tensor) -> torch.Tensor:
-        """c [B, W, d] context entries, frames [B, F, d], keymask [B, W + F] -> frames [B, F, d]."""
-        B, W, d = c.shape
-        nf = frames.shape[1]
-        h = _rms(torch.cat((c, frames), 1), self.attn_norm)
-        q, k, v = self.qkv(h).view(B, W + nf, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q[:, :, W:], k, v, attn_mask=keymask[:, None, None, :])
-        y = frames + self.o(a.transpose(1, 2).reshape(B, nf, d))
-        gate, up = self.gate_up(_rms(y, self.mlp_norm)).chunk(2, -1)
-        return y + self.down(F.silu(gate) * up)
+        _block_params(self, d, intermediate)
 
 
-class CTCDraftLayer(FrameBlock):
+class CTCDraftLayer(torch.nn.Module):
     def __init__(self, cfg: HeadConfig):
-        torch.nn.Module.__init__(self)
+        super().__init__()
+        if cfg.layers < 1:
+            raise SpecdraftError(f"a CTC draft module needs at least one layer, got {cfg.layers}")
         self.cfg = cfg
         d = cfg.hidden_size
         self.w_in = torch.nn.Linear(2 * d, d, bias=False)
         self.rel = torch.nn.Parameter(torch.zeros(cfg.window, d))
         self.frame = torch.nn.Parameter(torch.randn(cfg.frames, d) * 0.02)
-        self._build(d, cfg.num_heads, cfg.intermediate_size)  # the first layer (after the above: same init draws)
-        if cfg.layers < 1:
-            raise SpecdraftError(f"a CTC draft module needs at least one layer, got {cfg.layers}")
-        # the first layer's weights are the module's own (checkpoints of one layer keep their names)
-        self.more = torch.nn.ModuleList(FrameBlock(d, cfg.num_heads, cfg.intermediate_size)
-                                        for _ in range(cfg.layers - 1))
+        # the first layer's weights are the module's own, made after the above (checkpoints of one
+        # layer keep their tensor names, and a seed its initial draws)
+        _block_params(self, d, cfg.intermediate_size)
+        self.more = torch.nn.ModuleList(FrameBlock(d, cfg.intermediate_size) for _ in range(cfg.layers - 1))
         self.norm = torch.nn.Parameter(torch.ones(d))
         self.blank = torch.nn.Parameter(torch.zeros(d))
         self.blank_bias = torch.nn.Parameter(torch.zeros(()))
@@ -144,9 +148,9 @@ class CTCDraftLayer(FrameBlock):
         c = c + self.rel[:W].flip(0).to(c.dtype)  # rel[0] belongs to the newest position
         frames = c[:, -1:, :] + self.frame.to(c.dtype)  # [B, F, d]
         keymask = torch.cat((valid, torch.ones(B, self.cfg.frames, dtype=torch.bool, device=valid.device)), 1)
-        y = super().forward(c, frames, keymask)
+        y = _frame_layer(self, c, frames, keymask, self.cfg.num_heads)
         for block in self.more:
-            y = block(c, y, keymask)
+            y = _frame_layer(block, c, y, keymask, self.cfg.num_heads)
         return _rms(y, self.norm)
 
     def logits(self, feats: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
