@@ -28,6 +28,7 @@ from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+BACKENDS = ("auto", "torch", "gguf")
 HOT = float("inf")  # a temperature above every recommendation's threshold (`auto` when sampling hot)
 
 
@@ -113,12 +114,33 @@ class GenerationResult:
         }
 
 
+def choose_backend(backend: str, path: Path, device: torch.device, dtype, exact: bool) -> str:
+    """The backend `backend` stands for. "auto" is "torch" for now (the gguf backend is opt-in
+    until its speed is measured against the float one on every zoo model). "gguf" needs a CPU, the
+    model's GGUF file and llama-cpp-python, and refuses what it cannot do (a dtype, --exact)."""
+    if backend == "auto":
+        return "torch"
+    if backend == "gguf":
+        from .runtime import llamacpp
+
+        if device.type != "cpu":
+            raise SpecdraftError("the gguf backend runs on a CPU: use --backend torch on a GPU")
+        if dtype not in (None, "auto"):
+            raise SpecdraftError("the gguf backend decodes the file's own weights: --dtype is a torch-backend option")
+        if exact:
+            raise SpecdraftError("--exact is a mode of the torch backend: use --backend torch")
+        if zoo.gguf_file(path) is None:
+            raise SpecdraftError(f"{path}: no GGUF file to run (the gguf backend takes a zoo model or a local .gguf file)")
+        llamacpp.check_available()
+    return backend
+
+
 class LLM:
     """A loaded target model with its tokenizer."""
 
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
                  dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True,
-                 pack: bool | None = None, exact: bool = False):
+                 pack: bool | None = None, exact: bool = False, backend: str = "auto"):
         """pack: reorder the weights for oneDNN's product on a CPU (runtime/packed.py: float32, and
         bfloat16 on a CPU with bf16 units);
         None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing.
@@ -126,15 +148,29 @@ class LLM:
         (`Decoder.set_row_invariant`), so that every drafter's greedy output equals plain
         decoding's in bfloat16 on a CPU too, as it does in float32 (qwen2.5-coder-1.5b's drafters
         run at the same speed, its plain decoding at 0.83x; SmolLM2's 0.63-0.89x, tree drafters the
-        most: docs/BENCHMARKS.md, session 25)."""
+        most: docs/BENCHMARKS.md, session 25).
+        backend: "torch" (float weights, the project's decoder), "gguf" (the model's GGUF file run by
+        llama.cpp from its low-bit weights, runtime/llamacpp.py; a CPU only) or "auto": see
+        `choose_backend`."""
         self.device = resolve_device(device)
+        if backend not in BACKENDS:
+            raise SpecdraftError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
         self.path: Path = zoo.resolve(model, progress=progress)
-        self.dtype = resolve_dtype(dtype or "auto", self.device, self.path)
         self.name = model if model in zoo.ZOO else (zoo.zoo_identity(self.path) or str(self.path))
         self.tokenizer = Tokenizer(self.path)
-        self.model = load_decoder(self.path, self.dtype, self.device)
-        self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
+        self.backend = choose_backend(backend, self.path, self.device, dtype, exact)
+        if self.backend == "gguf":
+            from .runtime.config import ModelConfig
+            from .runtime.llamacpp import LlamaCppDecoder
+
+            self.dtype = torch.float32  # of its logits; the weights are the file's
+            self.model = LlamaCppDecoder(zoo.gguf_file(self.path), ModelConfig.from_dir(self.path))
+            self.packed = False
+        else:
+            self.dtype = resolve_dtype(dtype or "auto", self.device, self.path)
+            self.model = load_decoder(self.path, self.dtype, self.device)
+            self.packed = (packed.wanted() if pack is None else pack) and packed.pack_decoder(self.model)
         if exact and self.device.type != "cpu":
             raise SpecdraftError("--exact is implemented for CPUs; on a GPU, --dtype float32 gives plain decoding's output")
         if exact and self.dtype == torch.bfloat16 and not self.packed:
@@ -165,7 +201,8 @@ class LLM:
 
     @property
     def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
+        """The weights' dtype: "float32", "bfloat16", or "gguf" (the file's low-bit weights)."""
+        return "gguf" if self.backend == "gguf" else dtype_name(self.dtype)
 
     def generate(
         self,

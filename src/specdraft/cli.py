@@ -84,6 +84,13 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
                         "SmolLM2-135M 0.63-0.89x (tree drafters the most)")
 
 
+def _backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "gguf"),
+                   help="torch: float weights in the project's decoder; gguf: the model's GGUF file run by "
+                        "llama.cpp from its low-bit weights (a CPU; drafters: lookup, draft-model:NAME and hybrids "
+                        "of them); auto (default): torch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specdraft", description="Lossless speculative decoding for LLM inference.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: %(default)s")
     _sampling_options(g, seed_help="default: a fresh random seed")
     _dtype_option(g)
+    _backend_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     g.add_argument("--no-chat", action="store_true", help="continue raw text instead of applying the chat template "
                    "(a model without one, a base model, always continues the text)")
@@ -108,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=_positive_int, default=512, help="per answer (default: %(default)s)")
     _sampling_options(c, seed_help="default: a fresh random seed; with a seed, answer N samples with seed + N")
     _dtype_option(c)
+    _backend_option(c)
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 
     b = sub.add_parser("bench", help="run methods side by side on a question suite; write tables, answers, plot")
@@ -121,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(b, seed=0, seed_help="with --temperature: each turn samples with a seed made from this one (default 0) "
                       "and the turn, the same for every method")
     _dtype_option(b)
+    _backend_option(b)
     b.add_argument("--device", default=None)
     b.add_argument("--repeats", type=_positive_int, default=1)
     b.add_argument("--mix", type=float, default=None,
@@ -136,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also $SPECDRAFT_API_KEY)")
     sv.add_argument("--served-name", default=None, help="model id clients use (default: the --model value)")
     _dtype_option(sv)
+    _backend_option(sv)
     sv.add_argument("--device", default=None)
     sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
     sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
@@ -325,7 +336,7 @@ def _load(a, sampling: bool):
     check_spec(a.drafter)
     if sampling:
         SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device, exact=a.exact)
+    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device, exact=a.exact, backend=a.backend)
 
 
 def cmd_generate(a) -> int:
@@ -474,7 +485,7 @@ def cmd_bench(a) -> int:
         from .bench.runner import mixed_stream
 
         questions = mixed_stream(questions, a.mix)
-    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=a.backend)
     hf_cache: dict = {}
     methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
     failures: dict[str, str] = {}

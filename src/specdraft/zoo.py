@@ -351,6 +351,17 @@ def pull(name: str, progress: bool = True) -> Path:
     return final
 
 
+def gguf_file(model_dir: Path) -> Path | None:
+    """The GGUF file a converted model directory came from (a zoo model's pinned file in the cache,
+    or a local file's path), or None when it is not there (an HF directory, a file moved away)."""
+    source = (read_marker(model_dir) or {}).get("gguf")
+    if not source:
+        return None
+    p = Path(source)
+    p = p if p.is_absolute() else home() / "gguf" / p
+    return p if p.is_file() else None
+
+
 def zoo_identity(path: Path) -> str | None:
     """The zoo name of a converted model directory whose GGUF file is that zoo model's pinned file
     (by sha256): a local copy of a zoo GGUF then uses the zoo model's shipped drafters."""

@@ -8,6 +8,7 @@ which draft passes (an assistant model, or early exit) never reach.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -105,9 +106,10 @@ class LlamaCppMethod:
         # logits_all must be passed explicitly with a draft model: llama-cpp-python 0.3.16 turns it
         # on internally but sizes its score buffer from the argument (n_batch rows), and so fails
         # with "could not broadcast ... into shape (0,)" once the context passes 512 tokens.
-        self.model = Llama(model_path=str(gguf), n_ctx=min(8192, llm.model.cfg.max_position_embeddings),
-                           n_threads=torch.get_num_threads(), draft_model=draft, logits_all=draft is not None,
-                           verbose=False)
+        with _no_amx_repack():
+            self.model = Llama(model_path=str(gguf), n_ctx=min(8192, llm.model.cfg.max_position_embeddings),
+                               n_threads=torch.get_num_threads(), draft_model=draft, logits_all=draft is not None,
+                               verbose=False)
 
     def generate(self, messages: list[dict], max_new_tokens: int, sampling: SamplingParams = GREEDY) -> TurnResult:
         ids = self.llm.tokenizer.encode_prompt(messages)
@@ -129,6 +131,32 @@ class LlamaCppMethod:
         dt = time.perf_counter() - t
         # llama-cpp-python does not expose its forward count: 0 makes tau "unknown" in the summary.
         return TurnResult(tuple(out), self.llm.tokenizer.decode(out), dt, 0)
+
+
+@contextlib.contextmanager
+def _no_amx_repack():
+    """Load with llama.cpp's weight repacking off where it would take its AMX kernels, which crash
+    on batches (runtime/llamacpp.py): llama-cpp-python's `Llama` has no argument for it, so its
+    default model parameters are switched for the call."""
+    from llama_cpp import llama_cpp  # the low-level module `Llama` reads its defaults from
+
+    from ..runtime.llamacpp import amx_repack_broken
+
+    if not amx_repack_broken():
+        yield
+        return
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_cpp.llama_model_default_params = default
 
 
 def make_peer(llm: LLM, spec: str, hf_cache: dict):

@@ -37,6 +37,8 @@ def recommended(llm: "LLM", temperature: float = 0.0) -> str:
     from .. import artifacts
 
     kind = llm.device.type
+    if getattr(llm, "backend", "torch") == "gguf":  # only what was measured on the gguf backend
+        return artifacts.recommendation(llm, "cpu/gguf", temperature) or AUTO_OTHER
     entry = artifacts.recommendation(llm, kind, temperature, getattr(llm, "dtype_name", None))
     if entry is not None:
         return entry
@@ -140,7 +142,29 @@ def _not_an_option(spec: str, kind: str, e: TypeError) -> SpecdraftError:
     return SpecdraftError(f"drafter {spec!r}: {str(e).split('argument ')[-1]} is not an option of {kind}")
 
 
+# What each backend's target can serve (runtime/llamacpp.py: llama.cpp gives no sublayer skipping
+# and no intermediate layers, and its weights are not torch tensors a drafter could share).
+GGUF_KINDS = ("plain", "lookup", "draft-model")
+GGUF_SERVES = "lookup, draft-model:NAME (another GGUF model with the same tokenizer) and hybrids of them"
+
+
+def _check_backend(kind: str, arg: str, llm: "LLM", options: dict) -> None:
+    if getattr(llm, "backend", "torch") != "gguf":
+        return
+    why = None
+    if kind not in GGUF_KINDS:
+        why = f"{kind} needs the target's float weights or layers"
+    elif kind == "draft-model" and arg == "self":
+        why = "draft-model:self copies the target's float weights"
+    elif kind == "draft-model" and (options.get("quant") or options.get("vocab")):
+        why = "quant= and vocab= change a float draft model (the gguf backend runs the draft model's own file)"
+    if why:
+        raise SpecdraftError(f"the gguf backend cannot run this drafter: {why}. It runs {GGUF_SERVES}; "
+                             "or load the model with --backend torch")
+
+
 def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
+    _check_backend(kind, arg, llm, options)
     if kind == "plain":
         return None
     if kind == "lookup":
@@ -199,7 +223,15 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
     # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
     # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
     model = llm.draft_models.get((str(path), quant))
-    if model is None:
+    if model is None and getattr(llm, "backend", "torch") == "gguf":
+        from ..runtime.config import ModelConfig
+        from ..runtime.llamacpp import LlamaCppDecoder
+
+        gguf = zoo.gguf_file(path)
+        if gguf is None:
+            raise SpecdraftError(f"draft model {name}: no GGUF file for the gguf backend to run")
+        model = llm.draft_models[(str(path), quant)] = LlamaCppDecoder(gguf, ModelConfig.from_dir(path))
+    elif model is None:
         if name == "self":
             model = llm.model
         else:
