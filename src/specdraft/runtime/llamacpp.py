@@ -298,11 +298,13 @@ class LlamaCppDecoder:
 
     def _batch_for(self, n: int):
         if n > self._batch_cap:
-            if self._batch is not None:
-                self.ll.llama_batch_free(self._batch)
             self._batch_cap = max(n, 64)
-            self._batch = self.ll.llama_batch_init(self._batch_cap, 0, TREE_SEQS + 1)
-            weakref.finalize(self, self.ll.llama_batch_free, self._batch)
+            batch = self.ll.llama_batch_init(self._batch_cap, 0, TREE_SEQS + 1)
+            if self._batch is not None:
+                self._batch_free.detach()
+                self.ll.llama_batch_free(self._batch)
+            self._batch = batch
+            self._batch_free = weakref.finalize(self, self.ll.llama_batch_free, batch)
         return self._batch
 
     def _decode(self, tokens: list[int], positions: list[int], seqs: list[list[int]], outputs: list[bool],
