@@ -51,11 +51,11 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
     # the shipped models: what their drafter.json says for the device type, where it says anything
     for model in ("smollm2-135m", "qwen2.5-coder-1.5b", "gemma3-270m"):
         shipped = json.loads((artifacts.ROOT / model / "drafter.json").read_text())
-        cpu = SimpleNamespace(name=model, device=torch.device("cpu"))
+        cpu = SimpleNamespace(name=model, device=torch.device("cpu"), backend="torch")
         assert recommended(cpu) == shipped["cpu"]["drafter"]
         check_spec(recommended(cpu))
         if "cuda" not in shipped:
-            assert recommended(SimpleNamespace(name=model, device=torch.device("cuda"))) == AUTO_OTHER
+            assert recommended(SimpleNamespace(name=model, device=torch.device("cuda"), backend="torch")) == AUTO_OTHER
     # a model with none: lookup + the int8 copy on a CPU, built and lossless
     llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
     assert recommended(llm) == AUTO_CPU
@@ -70,7 +70,7 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "drafter.json").write_text('{"cpu": {"spec": "ctc"}}')
     with pytest.raises(SpecdraftError, match="corrupt drafter recommendation"):
-        recommended(SimpleNamespace(name="m", device=torch.device("cpu")))
+        recommended(SimpleNamespace(name="m", device=torch.device("cpu"), backend="torch"))
 
 
 def test_auto_samples_with_the_drafter_measured_for_its_temperature(tiny_llm_dir, tmp_path, monkeypatch):
@@ -89,7 +89,7 @@ def test_auto_samples_with_the_drafter_measured_for_its_temperature(tiny_llm_dir
         table = json.loads((artifacts.ROOT / model / "drafter.json").read_text())
         for dtype in ("float32", "bfloat16"):
             entry = table.get(f"cpu/{dtype}", table["cpu"])
-            cpu = SimpleNamespace(name=model, device=torch.device("cpu"), dtype_name=dtype)
+            cpu = SimpleNamespace(name=model, device=torch.device("cpu"), dtype_name=dtype, backend="torch")
             hot = entry.get("sampled")
             for t in (0.0, 0.5, 0.7, 1.0, 1.5):
                 want = hot["drafter"] if hot and t > 0 and t >= hot["min_temperature"] else entry["drafter"]

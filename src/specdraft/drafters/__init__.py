@@ -37,7 +37,7 @@ def recommended(llm: "LLM", temperature: float = 0.0) -> str:
     from .. import artifacts
 
     kind = llm.device.type
-    if getattr(llm, "backend", "torch") == "gguf":  # only what was measured on the gguf backend
+    if llm.backend == "gguf":  # only what was measured on the gguf backend
         return artifacts.recommendation(llm, "cpu/gguf", temperature) or AUTO_OTHER
     entry = artifacts.recommendation(llm, kind, temperature, getattr(llm, "dtype_name", None))
     if entry is not None:
@@ -149,7 +149,7 @@ GGUF_SERVES = "lookup, draft-model:NAME (another GGUF model with the same tokeni
 
 
 def _check_backend(kind: str, arg: str, llm: "LLM", options: dict) -> None:
-    if getattr(llm, "backend", "torch") != "gguf":
+    if llm.backend != "gguf":
         return
     why = None
     if kind not in GGUF_KINDS:
@@ -223,7 +223,7 @@ def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **optio
     # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
     # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
     model = llm.draft_models.get((str(path), quant))
-    if model is None and getattr(llm, "backend", "torch") == "gguf":
+    if model is None and llm.backend == "gguf":
         from ..runtime.config import ModelConfig
         from ..runtime.llamacpp import LlamaCppDecoder
 

@@ -16,12 +16,11 @@ from .attention import slots_for
 from .config import ModelConfig
 
 
-class KVCache:
-    def __init__(self, cfg: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
-        # [L, H_kv, T, D]; T = capacity rounded up to whole blocks of the row-invariant attention
-        shape = (cfg.num_layers, cfg.num_kv_heads, slots_for(capacity), cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+class CacheLength:
+    """The committed length of a cache and its capacity, changed only by explicit calls: what every
+    backend's cache shares (this module's tensors, runtime/llamacpp.py's llama.cpp sequence)."""
+
+    def __init__(self, capacity: int):
         self.capacity = capacity
         self.length = 0
 
@@ -47,6 +46,15 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate to {length} (length {self.length})")
         self.length = length
+
+
+class KVCache(CacheLength):
+    def __init__(self, cfg: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        super().__init__(capacity)
+        # [L, H_kv, T, D]; T = capacity rounded up to whole blocks of the row-invariant attention
+        shape = (cfg.num_layers, cfg.num_kv_heads, slots_for(capacity), cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def compact(self, offsets: torch.Tensor | list[int]) -> None:
         """Move the accepted nodes of a verified tree into contiguous slots and commit them.

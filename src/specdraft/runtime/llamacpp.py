@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecdraftError
+from .cache import CacheLength
 from .config import ModelConfig
 from .model import PREFILL_CHUNK, ForwardOutput
 
@@ -90,15 +91,14 @@ CACHE_SEQS = 8
 TREE_SEQS = 120
 
 
-class LlamaCppCache:
+class LlamaCppCache(CacheLength):
     """One llama.cpp sequence as a KV cache that changes length only through explicit calls
     (cache.py's contract). Positions are slots: the committed prefix is positions [0, length)."""
 
     def __init__(self, model: "LlamaCppDecoder", capacity: int):
+        super().__init__(capacity)
         self.model = model
         self.seq = model._take_seq()
-        self.capacity = capacity
-        self.length = 0
         self.pending: list[list[int]] | None = None  # the last tree forward's sequences, by node
         self.order: list[int] = []  # the last tree forward's rows in batch (= cell) order
         self.tokens: list[int] = []  # and its tokens, by row
@@ -107,27 +107,10 @@ class LlamaCppCache:
         self.redo: list[int] = []
         weakref.finalize(self, model._free_seq, self.seq)
 
-    def room(self) -> int:
-        return self.capacity - self.length
-
-    def check_fits(self, start: int, n: int) -> None:
-        if start < self.length or start + n > self.capacity:
-            raise SpecdraftError(
-                f"KV cache overflow: writing {n} tokens at slot {start} (committed {self.length}, "
-                f"capacity {self.capacity})"
-            )
-
-    def commit(self, n: int) -> None:
-        if n < 0 or self.length + n > self.capacity:
-            raise ValueError(f"cannot commit {n} tokens at length {self.length} / {self.capacity}")
-        self.length += n
-
     def truncate(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate to {length} (length {self.length})")
         kept = self.length - len(self.redo)  # tokens whose cells are in the cache
+        super().truncate(length)
         self.redo = self.redo[:max(0, length - kept)]
-        self.length = length
         self.model._rm(self.seq, length)
 
     def compact(self, offsets: torch.Tensor | list[int]) -> None:
