@@ -172,3 +172,21 @@ def test_prefill_progress_reports_each_chunk(monkeypatch):
     seen = []
     generate_ids(model, prompt, max_new_tokens=3, on_prefill=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_the_engine_keeps_verification_within_the_backends_max_rows():
+    from conftest import tiny_decoder
+    from test_speculative import ScriptedDrafter
+
+    from specdraft.engine import generate_ids
+
+    target = tiny_decoder(vocab=97, seed=0)
+    prompt = [5, 6, 7]
+    ref, plain = generate_ids(target, prompt, max_new_tokens=24)
+    target.max_rows = 3  # the root and at most 2 drafted tokens per forward
+    try:
+        out, stats = generate_ids(target, prompt, max_new_tokens=24, drafter=ScriptedDrafter(prompt + ref, "right", 0, 97))
+    finally:
+        del target.max_rows
+    assert out == ref and stats.drafted <= 2 * (stats.target_forwards - 1)
+    assert stats.target_forwards == 1 + -(-(len(ref) - 1) // 3)  # every step commits 2 drafted + 1

@@ -206,7 +206,8 @@ def generate_ids(
             break
         # The root (last committed token) takes one slot; the tree may use the rest, but never
         # more than the tokens still wanted (an accepted path longer than that is wasted work).
-        step.budget = max(0, min(cache.capacity - cache.length - 1, max_new_tokens - len(out) - 1))
+        step.budget = max(0, min(cache.capacity - cache.length - 1, max_new_tokens - len(out) - 1,
+                                 model.max_rows - 1 if model.max_rows else cache.capacity))
         draft = Draft.empty()
         if drafter is not None and step.budget > 0:
             td = time.perf_counter()

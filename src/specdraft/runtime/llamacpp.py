@@ -29,6 +29,7 @@ norm) come from llama.cpp's embeddings output, switched on only for the forwards
 from __future__ import annotations
 
 import ctypes
+import random
 import threading
 import weakref
 from dataclasses import replace
@@ -83,6 +84,11 @@ def _init_backend() -> None:
         _STATE["log"] = quiet  # kept alive: llama.cpp holds the pointer
         ll.llama_log_set(quiet, ctypes.c_void_p())
         ll.llama_backend_init()
+
+
+# Batch sizes the probe checks: drafts longer than this do not pay on llama.cpp's kernels, whose
+# cost grows with the rows (docs/BENCHMARKS.md: 8 rows cost 2.7-2.9x one).
+PROBE_ROWS = 16
 
 
 # Sequences of one context: the first CACHE_SEQS are caches (a generation's, and those a PrefixStore
@@ -225,6 +231,15 @@ class LlamaCppDecoder:
         cp.embeddings = False
         cp.pooling_type = ll.LLAMA_POOLING_TYPE_NONE
         cp.no_perf = True
+        # Keys and values in Q8_0, through flash attention (which a quantized V cache needs). With an
+        # f16 or f32 cache, llama.cpp's CPU attention takes other paths by batch shape: one row over
+        # 512 cells or more splits the cells among the threads, 2+ rows do not (and larger batches
+        # take a tiled kernel), so a verification row rounds unlike plain decoding's one-row step
+        # once the context passes 256 tokens (measured: logits off by 0.4-0.8; one bench answer in
+        # six changed). With a quantized cache every row takes the same per-row path, bit for bit
+        # the one-row step's at any context and batch size (tests/test_gguf.py); measured no slower.
+        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cp.type_k = cp.type_v = ll.GGML_TYPE_Q8_0
         ctx = ll.llama_init_from_model(model, cp)
         if not ctx:
             ll.llama_model_free(model)
@@ -242,6 +257,32 @@ class LlamaCppDecoder:
         weakref.finalize(self, _free_all, ll, ctx, model)
         if self.n_vocab < cfg.vocab_size - 1024 or self.n_vocab > cfg.vocab_size:
             raise SpecdraftError(f"{gguf}: {self.n_vocab} tokens in the GGUF vocabulary, {cfg.vocab_size} in the config")
+        self.max_rows = exact_rows(self)
+
+    def probe_exact_rows(self, most: int = PROBE_ROWS) -> int:
+        """The largest k <= `most` such that a forward of every 2..k rows gives each row's logits bit
+        for bit as one-row steps do (1 if even 2 rows differ). llama.cpp picks its matrix kernels
+        by the number of rows: on qwen2.5-coder's Q4_K / Q6_K weights a batch of 8 rows or more
+        rounds unlike the one-row step, on SmolLM2's Q4_1 none up to 70 does (docs/BENCHMARKS.md)."""
+        rng = random.Random(0)
+        hi = max(2, min(self.n_vocab, 20000))
+        prompt = [rng.randrange(1, hi) for _ in range(24)]
+        toks = [rng.randrange(1, hi) for _ in range(most)]
+        cache = self.new_cache(len(prompt) + most)
+        self.prefill(prompt, cache)
+        start = cache.length
+        one = []
+        for i, t in enumerate(toks):
+            one.append(self.forward(torch.tensor([t]), torch.tensor([start + i]), cache).logits[0])
+            cache.commit(1)
+        cache.truncate(start)
+        best = 1
+        for k in range(2, most + 1):
+            rows = self.forward(torch.tensor(toks[:k]), torch.arange(start, start + k), cache).logits
+            if not torch.equal(rows, torch.stack(one[:k])):
+                break
+            best = k
+        return best
 
     # -- sequences --------------------------------------------------------------------------------
 
@@ -414,6 +455,43 @@ class LlamaCppDecoder:
         if n <= chunk:
             return fwd
         return ForwardOutput(logits=fwd.logits, final_hidden=torch.cat(finals) if final_hidden else None)
+
+
+def exact_rows(model: LlamaCppDecoder) -> int:
+    """`model.probe_exact_rows()`, measured once per GGUF file, CPU and llama.cpp build, and kept in
+    $SPECDRAFT_HOME/gguf/exact-rows.json (a probe takes 16 one-row steps and up to 15 batches)."""
+    import json
+
+    from ..paths import atomic_file, home
+
+    st = model.path.stat()
+    key = "|".join((str(model.path.resolve()), str(st.st_size), str(st.st_mtime_ns), _cpu_identity(),
+                    getattr(model.ll, "__version__", "?")))
+    path = home() / "gguf" / "exact-rows.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if not isinstance(table, dict) or not isinstance(table.get(key), int):
+        table = table if isinstance(table, dict) else {}
+        table[key] = model.probe_exact_rows()
+        with atomic_file(path, "w") as f:
+            json.dump(table, f, indent=1)
+    return table[key]
+
+
+def _cpu_identity() -> str:
+    """The CPU's model name and feature flags (kernels are chosen by them)."""
+    import hashlib
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _free_all(ll, ctx, model) -> None:

@@ -179,6 +179,10 @@ class Layer(nn.Module):
 
 
 class Decoder(nn.Module):
+    # The most rows a verification forward may have (None: any); a backend whose kernels round
+    # larger batches unlike one-row steps sets it (runtime/llamacpp.py), and the engine clamps drafts.
+    max_rows: int | None = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
