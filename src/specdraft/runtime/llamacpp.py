@@ -195,10 +195,6 @@ class LlamaCppDecoder:
     n_ctx: KV cells of the context, shared by every cache of this model (a prefix store's too).
     """
 
-    backend = "gguf"
-    row_invariant = False
-    fast_head = None
-
     def __init__(self, gguf: Path, cfg: ModelConfig, *, n_ctx: int | None = None, threads: int | None = None):
         _init_backend()
         ll = self.ll = _lib()
