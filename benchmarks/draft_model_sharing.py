@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--model", default="qwen2.5-coder-1.5b")
     p.add_argument("--spec", action="append", default=[], help=f"drafter spec (repeatable; default: {SPECS})")
     args = p.parse_args()
-    llm = LLM(args.model)
+    llm = LLM(args.model, backend="torch")
     specs = args.spec or SPECS
     t = time.perf_counter()
     for s in specs:

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--draft", default="qwen2.5-coder-0.5b")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     a = ap.parse_args()
-    llm = LLM(a.target)
+    llm = LLM(a.target, backend="torch")
     prompts = mini_prompts(("code", "math"))[::2]
     drafters = {k: build_drafter(f"draft-model:{a.draft}", llm, **v) for k, v in SETTINGS.items()}
     res = versus_plain(llm, prompts, drafters, a.max_new_tokens)

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--nodes", default="2,4,8,12,24")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     a = ap.parse_args()
-    llm = LLM(a.model)
+    llm = LLM(a.model, backend="torch")
     prompts = mini_prompts()
     drafters = {f"{k} max_nodes={n}": build_drafter(k, llm, max_nodes=int(n))
                 for k in a.kinds.split(",") for n in a.nodes.split(",")}

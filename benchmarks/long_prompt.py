@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--methods", default="plain,lookup?min_ngram=2+ctc")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     a = ap.parse_args()
-    llm = LLM(a.model)
+    llm = LLM(a.model, backend="torch")
     methods = ["plain"] + [m for m in a.methods.split(",") if m != "plain"]  # plain first: the reference
     llm.generate("hi", max_new_tokens=8, drafter=None)
     for m in methods:

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
 
-    llm = LLM(a.model, dtype=a.dtype)
+    llm = LLM(a.model, dtype=a.dtype, backend="torch")
     rss_ours = peak_rss_mb()
     hf = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=llm.dtype).eval()
     hf.generation_config.eos_token_id = None

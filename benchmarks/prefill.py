@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--chunks", default="0,512,1024,2048")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    llm = LLM(a.model, dtype=a.dtype)
+    llm = LLM(a.model, dtype=a.dtype, backend="torch")
     model = llm.model
     print(f"{a.model}, {llm.dtype_name}, packed {llm.packed}, {torch.get_num_threads()} threads\n")
     print("| prompt tokens | chunk | prefill (median) | tokens/s | peak memory above the model |")

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=10)
     ap.add_argument("--radii", default="", help="other fallback radii to count routes at, comma-separated")
     a = ap.parse_args()
-    llm = LLM(a.model)
+    llm = LLM(a.model, backend="torch")
     rows = []
     for q in per_category(read_questions(default_questions(progress=False)), a.per_category):
         route = llm.generate(q.turns[0], max_new_tokens=1, drafter=a.drafter).to_json()["route"]

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=600)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    llm = LLM(a.model)
+    llm = LLM(a.model, backend="torch")
     ids = [llm.tokenizer.encode_prompt(t) for t in pool_prompts(a.domain)[: a.prompts]]
     data = skipsearch.prepare(llm.model, ids, a.tokens)
     L = llm.model.cfg.num_layers

@@ -20,6 +20,7 @@ from specdraft.bench.metrics import summarize
 from specdraft.bench.questions import per_category, read_questions
 from specdraft.bench.report import fmt
 from specdraft.bench.runner import SpecdraftMethod, run_methods
+from specdraft.drafters import backend_for
 
 HERE = Path(__file__).parent
 
@@ -44,17 +45,18 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "gguf"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write summary.json and records.jsonl here")
     a = ap.parse_args()
 
     specs = list(dict.fromkeys(["plain", *a.methods.split(",")]))
-    llm = LLM(a.model, dtype=a.dtype)
+    llm = LLM(a.model, dtype=a.dtype, backend=backend_for(a.backend, specs))
     methods = [SpecdraftMethod(llm, s) for s in specs]
     questions = per_category(read_questions(a.questions), a.per_category)
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
     summary = summarize(records)
-    print(f"\nmodel {a.model}, {llm.dtype_name}, {len(questions)} questions, max {a.max_new_tokens} new tokens, "
+    print(f"\nmodel {a.model}, {llm.backend} {llm.dtype_name}, {len(questions)} questions, max {a.max_new_tokens} new tokens, "
           f"{a.repeats} repeat(s)\n")
     print(table(summary))
     if a.out:

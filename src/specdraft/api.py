@@ -114,12 +114,26 @@ class GenerationResult:
         }
 
 
-def choose_backend(backend: str, path: Path, device: torch.device, dtype, exact: bool) -> str:
-    """The backend `backend` stands for. "auto" is "torch" for now (the gguf backend is opt-in
-    until its speed is measured against the float one on every zoo model). "gguf" needs a CPU, the
-    model's GGUF file and llama-cpp-python, and refuses what it cannot do (a dtype, --exact)."""
+def choose_backend(backend: str, path: Path, device: torch.device, dtype, exact: bool,
+                   drafters: tuple[str, ...] = ("plain",)) -> str:
+    """The backend `backend` stands for. "gguf" needs a CPU, the model's GGUF file and
+    llama-cpp-python, and refuses what it cannot do (a dtype, --exact). "auto" is "gguf" wherever
+    it can run the model and every drafter asked for (llama.cpp's low-bit kernels decode faster
+    than our float weights on every CPU measured: docs/BENCHMARKS.md), else "torch": on a GPU, with
+    a dtype or --exact, for a model without a GGUF file, or for a drafter that needs the float
+    weights (knn-ssd, layerskip, ctc, medusa, draft-model:self)."""
     if backend == "auto":
-        return "torch"
+        from .drafters import runs_on_gguf
+        from .runtime import llamacpp
+
+        ok = (device.type == "cpu" and dtype in (None, "auto") and not exact and zoo.gguf_file(path) is not None
+              and all(isinstance(d, str) and runs_on_gguf(d) for d in drafters))
+        if ok:
+            try:
+                llamacpp.check_available()
+            except SpecdraftError:
+                ok = False
+        return "gguf" if ok else "torch"
     if backend == "gguf":
         from .runtime import llamacpp
 
@@ -159,7 +173,7 @@ class LLM:
         self.path: Path = zoo.resolve(model, progress=progress)
         self.name = model if model in zoo.ZOO else (zoo.zoo_identity(self.path) or str(self.path))
         self.tokenizer = Tokenizer(self.path)
-        self.backend = choose_backend(backend, self.path, self.device, dtype, exact)
+        self.backend = choose_backend(backend, self.path, self.device, dtype, exact, (drafter,))
         if self.backend == "gguf":
             from .runtime.config import ModelConfig
             from .runtime.llamacpp import LlamaCppDecoder

@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=zoo.DEFAULT_MODEL)
     b.add_argument("--methods", default="plain,lookup",
                    help="comma list of drafter specs and peers (hf-plain, hf-assisted:NAME, hf-lookup[:N], "
-                        "hf-early-exit[:L], llamacpp-plain, llamacpp-lookup[:N]); plain is always included")
+                        "hf-early-exit[:L]; llama-server, built by `make peers`: llamacpp-plain, llamacpp-draft:NAME, "
+                        "llamacpp-ngram[:TYPE]; llama-cpp-python: llamacpp-py-plain, llamacpp-py-lookup[:N]); "
+                        "plain is always included")
     b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
     b.add_argument("--per-category", type=_positive_int, default=None, help="first K questions of each category")
     b.add_argument("--max-new-tokens", type=_positive_int, default=256)
@@ -463,6 +465,7 @@ def cmd_bench(a) -> int:
 
     from .api import LLM, resolve_device, resolve_dtype
     from .bench.metrics import summarize
+    from .bench.llama_server import PeerUnavailable
     from .bench.peers import is_peer, make_peer
     from .bench.questions import per_category, read_questions
     from .bench.report import markdown_table, write_all
@@ -485,17 +488,28 @@ def cmd_bench(a) -> int:
         from .bench.runner import mixed_stream
 
         questions = mixed_stream(questions, a.mix)
-    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=a.backend)
+    from .drafters import backend_for
+
+    backend = backend_for(a.backend, [s for s in specs if not is_peer(s)])
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=backend)
+    print(f"backend: {llm.backend} ({llm.dtype_name})", file=sys.stderr)
     hf_cache: dict = {}
-    methods = [make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s) for s in specs]
+    methods, skipped = [], {}
+    for s in specs:
+        try:
+            methods.append(make_peer(llm, s, hf_cache) if is_peer(s) else SpecdraftMethod(llm, s))
+        except PeerUnavailable as e:
+            skipped[s] = str(e)
+            print(f"skipping {s}: {e}", file=sys.stderr)
     failures: dict[str, str] = {}
     records = run_methods(methods, questions, max_new_tokens=a.max_new_tokens, repeats=a.repeats, sampling=sampling,
                           failures=failures)
-    summary = {"model": llm.name, "dtype": llm.dtype_name, "packed_weights": llm.packed, "exact": llm.exact, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+    summary = {"model": llm.name, "backend": llm.backend, "dtype": llm.dtype_name, "packed_weights": llm.packed, "exact": llm.exact, "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
                "sampling": None if sampling.greedy else dataclasses.asdict(sampling),
                "mix": a.mix, "stream": [q.category for q in questions],
                "date": datetime.date.today().isoformat(),
-               "methods": summarize(records, compare_outputs=sampling.greedy), "failures": failures}
+               "methods": summarize(records, compare_outputs=sampling.greedy), "failures": failures,
+               "skipped": skipped}
     out = Path(a.out)
     write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     print(markdown_table(summary))
@@ -539,7 +553,7 @@ def cmd_search_skip(a) -> int:
     texts = pool_prompts(a.domain) if a.domain else [q.turns[0] for q in read_questions(a.prompts)]
     if len(texts) < a.num_prompts + a.heldout:
         raise SpecdraftError(f"{len(texts)} prompts; need {a.num_prompts} for the search + {a.heldout} held apart")
-    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend="torch")  # skipping sublayers
     ids = [llm.tokenizer.encode_prompt(t) for t in texts[: a.num_prompts + a.heldout]]
     data = skipsearch.prepare(llm.model, ids[: a.num_prompts], a.tokens)
     L = llm.model.cfg.num_layers
@@ -589,7 +603,7 @@ def cmd_knn(a) -> int:
         cands = tuple(s.strip() for s in a.candidates.split(",") if s.strip())
         for c in cands:
             check_spec(c)
-        llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact)
+        llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend="torch")  # hidden-state anchors
         dtype = llm.dtype_name
         if a.knn_command == "routes":
             from .train.knn_build import remeasure

@@ -1,9 +1,12 @@
 """Peers measured in the same run: transformers' own `generate` (plain, assistant model, prompt
-lookup, early-exit self-speculation) and llama.cpp (plain and prompt-lookup speculation).
+lookup, early-exit self-speculation), llama.cpp's server (plain, its draft model, its n-gram
+speculation: bench/llama_server.py) and llama.cpp through llama-cpp-python (plain and
+prompt-lookup speculation).
 
-Specs: hf-plain, hf-assisted:NAME, hf-lookup[:N], hf-early-exit[:LAYER], llamacpp-plain,
-llamacpp-lookup[:N]. Target forwards are counted by a hook on the target's last decoder layer,
-which draft passes (an assistant model, or early exit) never reach.
+Specs: hf-plain, hf-assisted:NAME, hf-lookup[:N], hf-early-exit[:LAYER]; llamacpp-plain,
+llamacpp-draft:NAME, llamacpp-ngram[:TYPE]; llamacpp-py-plain, llamacpp-py-lookup[:N]. The hf-*
+peers count target forwards by a hook on the target's last decoder layer, which draft passes (an
+assistant model, or early exit) never reach.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from ..errors import SpecdraftError
 from ..runtime.sampling import SamplingParams
 from .runner import GREEDY, TurnResult
 
-PEER_KINDS = ("hf-plain", "hf-assisted", "hf-lookup", "hf-early-exit", "llamacpp-plain", "llamacpp-lookup")
+from .llama_server import SERVER_KINDS, LlamaServerMethod, PeerUnavailable, build_hint, find_server
+
+PEER_KINDS = ("hf-plain", "hf-assisted", "hf-lookup", "hf-early-exit", *SERVER_KINDS, "llamacpp-py-plain",
+              "llamacpp-py-lookup")
 
 
 def is_peer(spec: str) -> bool:
@@ -85,6 +91,16 @@ class HFMethod:
         return TurnResult(tuple(new), self.llm.tokenizer.decode(new), dt, self.forwards.n)
 
 
+def _gguf_of(model_dir: Path, what: str) -> Path:
+    from .. import zoo
+
+    gguf = zoo.gguf_file(model_dir)
+    if gguf is None:
+        raise SpecdraftError(f"llama.cpp peers need {what} converted from a GGUF file that is still there "
+                             "(a zoo model or a local .gguf)")
+    return gguf
+
+
 class LlamaCppMethod:
     """llama-cpp-python on the model's original GGUF file (its own quantized kernels)."""
 
@@ -93,16 +109,12 @@ class LlamaCppMethod:
             from llama_cpp import Llama
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
         except ImportError:
-            raise SpecdraftError("llama.cpp peers need llama-cpp-python: pip install llama-cpp-python") from None
-        from .. import paths, zoo
+            raise SpecdraftError("llama-cpp-python peers need llama-cpp-python: pip install -e '.[gguf]'") from None
 
         self.name, self.llm = spec, llm
-        source = (zoo.read_marker(llm.path) or {}).get("gguf")  # a zoo file's name, or a local file's path
-        if source is None:
-            raise SpecdraftError("llama.cpp peers need a model converted from a GGUF file (a zoo model or a local .gguf)")
-        gguf = Path(source) if Path(source).is_absolute() else paths.home() / "gguf" / source
+        gguf = _gguf_of(llm.path, "a model")
         kind, _, arg = spec.partition(":")
-        draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-lookup" else None
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=int(arg or 10)) if kind == "llamacpp-py-lookup" else None
         # logits_all must be passed explicitly with a draft model: llama-cpp-python 0.3.16 turns it
         # on internally but sizes its score buffer from the argument (n_batch rows), and so fails
         # with "could not broadcast ... into shape (0,)" once the context passes 512 tokens.
@@ -160,7 +172,16 @@ def _no_amx_repack():
 
 
 def make_peer(llm: LLM, spec: str, hf_cache: dict):
-    """A peer method; hf_cache shares loaded transformers models between the hf-* methods."""
-    if spec.startswith("llamacpp-"):
+    """A peer method; hf_cache shares loaded transformers models between the hf-* methods. Raises
+    `PeerUnavailable` for a peer this machine has not built (the caller skips it)."""
+    kind, _, arg = spec.partition(":")
+    if kind in SERVER_KINDS:
+        from .. import zoo
+
+        if find_server() is None:
+            raise PeerUnavailable(build_hint())
+        draft = _gguf_of(zoo.resolve(arg), f"the draft model {arg!r}") if kind == "llamacpp-draft" and arg else None
+        return LlamaServerMethod(llm, spec, gguf=_gguf_of(llm.path, "a model"), draft_gguf=draft)
+    if kind.startswith("llamacpp-py-"):
         return LlamaCppMethod(llm, spec)
     return HFMethod(llm, spec, hf_cache)

@@ -148,16 +148,39 @@ GGUF_KINDS = ("plain", "lookup", "draft-model")
 GGUF_SERVES = "lookup, draft-model:NAME (another GGUF model with the same tokenizer) and hybrids of them"
 
 
+def _gguf_refusal(kind: str, arg: str, options: dict) -> str | None:
+    """Why the gguf backend cannot run a (non-hybrid) drafter, or None when it can."""
+    if kind not in GGUF_KINDS:
+        return f"{kind} needs the target's float weights or layers"
+    if kind == "draft-model" and arg == "self":
+        return "draft-model:self copies the target's float weights"
+    if kind == "draft-model" and (options.get("quant") or options.get("vocab")):
+        return "quant= and vocab= change a float draft model (the gguf backend runs the draft model's own file)"
+    return None
+
+
+def runs_on_gguf(spec: str) -> bool:
+    """Whether the gguf backend can run a drafter spec (`auto` always: there it stands for a drafter
+    measured on that backend); hybrids when every part can."""
+    if spec in ("auto", "plain"):
+        return True
+    hybrid = split_hybrid(spec)
+    if hybrid:
+        return all(runs_on_gguf(p) for p in hybrid[0])
+    kind, arg, options = parse_spec(spec)
+    return _gguf_refusal(kind, arg, options) is None
+
+
+def backend_for(backend: str, specs) -> str:
+    """`backend` for a load that will run every drafter spec in `specs`: "auto" becomes "torch"
+    when one of them needs the float weights (LLM then settles "auto" for the rest)."""
+    return "torch" if backend == "auto" and not all(runs_on_gguf(s) for s in specs) else backend
+
+
 def _check_backend(kind: str, arg: str, llm: "LLM", options: dict) -> None:
     if llm.backend != "gguf":
         return
-    why = None
-    if kind not in GGUF_KINDS:
-        why = f"{kind} needs the target's float weights or layers"
-    elif kind == "draft-model" and arg == "self":
-        why = "draft-model:self copies the target's float weights"
-    elif kind == "draft-model" and (options.get("quant") or options.get("vocab")):
-        why = "quant= and vocab= change a float draft model (the gguf backend runs the draft model's own file)"
+    why = _gguf_refusal(kind, arg, options)
     if why:
         raise SpecdraftError(f"the gguf backend cannot run this drafter: {why}. It runs {GGUF_SERVES}; "
                              "or load the model with --backend torch")
