@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
-# The best drafter available for the model: `auto` is what its artifacts/MODEL/drafter.json names
-# as measured fastest (for smollm2-135m on a CPU: prompt lookup when the text repeats, else the
-# shipped CTC drafter; docs/BENCHMARKS.md, session 15), else lookup + an int8 copy of the model.
+# The best drafter available for the model: `auto` is what its artifacts/MODEL/drafter.json names as
+# measured fastest on the backend in use (on a CPU the GGUF file's own low-bit weights, where short
+# prompt-lookup drafts pay; docs/BENCHMARKS.md, "The gguf backend").
 DRAFTER ?= auto
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 

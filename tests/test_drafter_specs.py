@@ -42,7 +42,7 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
     import torch
 
     from specdraft import artifacts
-    from specdraft.drafters import AUTO_CPU, AUTO_OTHER, recommended
+    from specdraft.drafters import AUTO_CPU, AUTO_OTHER, recommended, runs_on_gguf
 
     check_spec("auto")
     for bad in ("auto:x", "auto?max_nodes=4", "lookup+auto"):
@@ -56,6 +56,13 @@ def test_auto_is_the_measured_recommendation_else_lookup_and_the_int8_copy(tiny_
         check_spec(recommended(cpu))
         if "cuda" not in shipped:
             assert recommended(SimpleNamespace(name=model, device=torch.device("cuda"), backend="torch")) == AUTO_OTHER
+        # on the gguf backend only what was measured there, and only what that backend runs
+        gguf = SimpleNamespace(name=model, device=torch.device("cpu"), backend="gguf")
+        for t in (0.0, 1.0):
+            entry = shipped.get("cpu/gguf")
+            hot = entry and entry.get("sampled")
+            want = (hot["drafter"] if hot and t >= hot["min_temperature"] else entry["drafter"]) if entry else AUTO_OTHER
+            assert recommended(gguf, t) == want and runs_on_gguf(want)
     # a model with none: lookup + the int8 copy on a CPU, built and lossless
     llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
     assert recommended(llm) == AUTO_CPU

@@ -160,7 +160,7 @@ def test_llm_on_the_gguf_backend_lookup_is_plain(smol_llm):
     plain = smol_llm.generate(p, max_new_tokens=40, drafter="plain")
     spec = smol_llm.generate(p, max_new_tokens=40, drafter="lookup?min_ngram=2")
     assert spec.token_ids == plain.token_ids and spec.dtype == "gguf"
-    assert smol_llm.drafter("auto").name.startswith("lookup")  # nothing measured for cpu/gguf: lookup
+    assert smol_llm.drafter("auto").name.startswith("lookup")  # what drafter.json's cpu/gguf names
 
 
 @pytest.mark.integration

@@ -26,10 +26,11 @@ def test_server_args_per_spec(tmp_path):
     assert plain[plain.index("-np") + 1] == "1"
     # the KV cache our gguf backend keeps, so greedy tokens compare like with like
     assert plain[plain.index("-ctk") + 1] == "q8_0" and plain[plain.index("-fa") + 1] == "on"
+    assert "--swa-full" in plain and "--kv-unified" in plain
     assert "--no-repack" not in plain and "--no-repack" in ls.server_args(g, "llamacpp-plain", threads=2, n_ctx=64,
                                                                           no_repack=True)
     draft = ls.server_args(g, "llamacpp-draft:small", threads=2, n_ctx=64, draft_gguf=d)
-    assert draft[draft.index("-md") + 1] == str(d)
+    assert draft[draft.index("-md") + 1] == str(d) and draft[draft.index("--spec-type") + 1] == "draft-simple"
     ngram = ls.server_args(g, "llamacpp-ngram", threads=2, n_ctx=64)
     assert ngram[ngram.index("--spec-type") + 1] == "ngram-mod"
     simple = ls.server_args(g, "llamacpp-ngram:ngram-simple", threads=2, n_ctx=64)
@@ -183,5 +184,21 @@ def test_llama_server_plain_gives_our_gguf_plain_tokens(smollm2_dir):
             messages = [{"role": "user", "content": q}]
             ours = llm.generate(messages, max_new_tokens=48).token_ids
             assert list(peer.generate(messages, 48).token_ids) == list(ours), q
+    finally:
+        peer.close()
+
+
+@pytest.mark.integration
+def test_llama_server_draft_model_peer_drafts(smollm2_dir):
+    if ls.find_server() is None:
+        pytest.skip(ls.build_hint())
+    from specdraft.api import LLM
+    from specdraft.bench.peers import make_peer
+
+    llm = LLM(str(smollm2_dir), backend="gguf")
+    peer = make_peer(llm, f"llamacpp-draft:{smollm2_dir}", {})  # the model as its own draft: all accepted
+    try:
+        r = peer.generate([{"role": "user", "content": "Write a haiku about the sea."}], 32)
+        assert r.drafted > 0 and r.accepted > 0 and r.target_forwards < len(r.token_ids)
     finally:
         peer.close()

@@ -36,3 +36,15 @@ def test_draft_continues_a_real_occurrence_of_the_suffix(ids, max_ngram, k):
 def test_from_sequences_dedupes_shared_prefixes():
     d = Draft.from_sequences([[1, 2, 3], [1, 2, 4], [5], [1, 2, 3], []])
     assert d.tokens == [1, 2, 3, 4, 5] and d.parents == [-1, 0, 1, 1, -1]
+
+
+def test_lookup_settings_that_can_never_match_are_refused():
+    import pytest
+
+    from specdraft.drafters.lookup import LookupDrafter
+    from specdraft.errors import SpecdraftError
+
+    for bad in ({"min_ngram": 4}, {"min_ngram": 0}, {"num_tokens": 0}, {"max_ngram": 2, "min_ngram": 3}):
+        with pytest.raises(SpecdraftError, match="min_ngram <= max_ngram"):
+            LookupDrafter(**bad)
+    assert LookupDrafter(max_ngram=4, min_ngram=4).name == "lookup?max_ngram=4&min_ngram=4"

@@ -115,6 +115,27 @@ def test_a_conversations_next_turn_reuses_the_cache(live, smol_llm):
     assert fresh.stats.cached_tokens == 0 and b.choices[0].message.content == fresh.text
 
 
+def test_the_server_on_the_gguf_backend_serves_auto_and_reuses_a_conversation(smollm2_dir):
+    pytest.importorskip("llama_cpp")
+    llm = LLM(str(smollm2_dir), drafter="auto", progress=False)  # backend auto: the GGUF file on a CPU
+    assert llm.backend == "gguf"
+    cfg = ServerConfig(model_name="smollm2-135m", drafter="auto", api_key=KEY, max_prompt_tokens=2048,
+                       max_tokens_limit=256, max_queue=8)
+    with Live(llm, cfg) as live:
+        c = live.client()
+        first = [{"role": "user", "content": "Name three fruits, then repeat the list."}]
+        a = c.chat.completions.create(model="smollm2-135m", messages=first, max_tokens=32, temperature=0)
+        assert a.model_extra["specdraft"]["drafter"] == llm.drafter("auto").name
+        turn = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                        {"role": "user", "content": "And three vegetables?"}]
+        b = c.chat.completions.create(model="smollm2-135m", messages=turn, max_tokens=32, temperature=0)
+        assert a.usage.prompt_tokens <= b.usage.prompt_tokens_details.cached_tokens < b.usage.prompt_tokens
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="smollm2-135m", messages=first, max_tokens=32, temperature=0, stream=True) if ch.choices)
+    assert a.choices[0].message.content == streamed == llm.generate(first, max_new_tokens=32, drafter="plain").text
+    assert b.choices[0].message.content == llm.generate(turn, max_new_tokens=32, drafter="plain").text
+
+
 def test_completion_streamed_and_not_and_stop(live, smol_llm):
     c = live.client()
     full = c.completions.create(model="smollm2-135m", prompt="The three primary colors are", max_tokens=24, temperature=0)

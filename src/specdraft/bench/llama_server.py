@@ -185,18 +185,22 @@ def server_args(gguf: Path, spec: str, *, threads: int, n_ctx: int, draft_gguf: 
                 no_repack: bool = False) -> list[str]:
     """llama-server's command line for one peer spec (without host and port): one slot, our
     thread count, no web UI, and the KV cache our gguf backend keeps (Q8_0 keys and values
-    through flash attention, runtime/llamacpp.py), so that its greedy tokens are ours token for
+    through flash attention, one cache for all sequences, sliding-window layers keeping every
+    cell: runtime/llamacpp.py), so that its greedy tokens are ours token for
     token and the bench's "same tokens" column compares like with like; then the draft model or
     the n-gram mode the spec names, at llama.cpp's default draft settings."""
     kind, _, arg = spec.partition(":")
     args = ["-m", str(gguf), "-t", str(threads), "-c", str(n_ctx), "-np", "1", "--no-webui",
-            "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--kv-unified"]
+            "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--kv-unified", "--swa-full"]
     if no_repack:
         args.append("--no-repack")
     if kind == "llamacpp-draft":
         if draft_gguf is None:
             raise SpecdraftError("llamacpp-draft needs a model: llamacpp-draft:NAME")
-        args += ["-md", str(draft_gguf), "-td", str(threads), "-ctkd", "q8_0", "-ctvd", "q8_0"]
+        # the type is explicit: llama-server infers one only from a draft file's metadata (EAGLE-3
+        # heads and the like), and with a plain model file would not draft at all
+        args += ["-md", str(draft_gguf), "--spec-type", "draft-simple", "-td", str(threads), "-ctkd", "q8_0",
+                 "-ctvd", "q8_0"]
     elif kind == "llamacpp-ngram":
         mode = arg or "ngram-mod"
         if mode not in NGRAM_TYPES:

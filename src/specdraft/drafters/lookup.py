@@ -10,6 +10,7 @@ import inspect
 
 import numpy as np
 
+from ..errors import SpecdraftError
 from ..verify.tree import Draft
 from . import format_spec
 from .base import Drafter, StepContext
@@ -37,6 +38,9 @@ def ngram_lookup(ids: list[int] | np.ndarray, max_ngram: int = 3, min_ngram: int
 
 class LookupDrafter(Drafter):
     def __init__(self, max_ngram: int = 3, num_tokens: int = 10, min_ngram: int = 1, adaptive: bool = False):
+        if not 1 <= min_ngram <= max_ngram or num_tokens < 1:
+            raise SpecdraftError(f"lookup needs 1 <= min_ngram <= max_ngram and at least one token "
+                                 f"(min_ngram={min_ngram}, max_ngram={max_ngram}, num_tokens={num_tokens})")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.num_tokens = num_tokens
