@@ -79,21 +79,25 @@ def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain,
         assert torch.equal(alone[:, :, 0], out[:, :, i]), f"row {i} at depth {depth[i]} differs"
 
 
-def test_a_chain_is_one_call_in_place_and_a_tree_one_call_per_path():
+def test_every_row_is_a_call_of_its_own_and_a_tree_writes_each_path_once():
+    step = attention.plan(10, [10], None, 2, BF16, "cpu", 64)
+    assert len(step.calls) == 1 and step.calls[0].path is None and step.calls[0].rows is None
     chain = attention.plan(10, [10, 11, 12], None, 2, BF16, "cpu", 64)
-    assert len(chain.calls) == 1 and chain.calls[0].path is None and chain.calls[0].rows is None
-    assert chain.calls[0].add.shape == (2 * 3, 64) and not chain.restore
-    # root 0 -> 1 -> 3 and 0 -> 2, at slots 62-65: one call per leaf, each writing its path in place
+    assert [c.rows.tolist() for c in chain.calls] == [[0], [1], [2]] and not chain.restore
+    assert all(c.path is None and c.add.shape == (2, 64) for c in chain.calls)  # a one-row step's shapes
+    assert [c.add.isinf().sum().item() for c in chain.calls] == [2 * 53, 2 * 52, 2 * 51]  # row r sees 0..10 + r
+    # root 0 -> 1 -> 3 and 0 -> 2, at slots 62-65: each path written in place once, every row computed once
     parents = [-1, 0, 0, 1]
     tree = attention.plan(62, [62, 63, 63, 64], _verify_mask(parents, 62), 3, BF16, "cpu", 128)
-    assert [c.path.tolist() for c in tree.calls] == [[0, 2], [0, 1, 3]]
-    assert [c.rows.tolist() for c in tree.calls] == [[0, 2], [1, 3]]  # every row computed once
+    assert [None if c.path is None else c.path.tolist() for c in tree.calls] == [[0, 2], None, [0, 1, 3], None]
+    assert [c.rows.tolist() for c in tree.calls] == [[0], [2], [1], [3]]
     assert tree.restore
     # node 3 sits at position 64: its products read two blocks, node 1's one
-    assert [(g.tolist(), a, b) for g, a, b in tree.calls[1].groups] == [([0], 0, 64), ([1], 0, 128)]
-    # a chain first, a sibling after: the chain's call needs no copy
+    by_row = {c.rows.item(): c for c in tree.calls}
+    assert [(a, b) for _, a, b in by_row[3].groups] == [(0, 128)] and [(a, b) for _, a, b in by_row[1].groups] == [(0, 64)]
+    # a chain first, a sibling after: the chain's calls need no copy
     first = attention.plan(62, [62, 63, 64, 63], _verify_mask([-1, 0, 1, 0], 62), 3, BF16, "cpu", 128)
-    assert first.calls[0].path is None and first.calls[0].rows.tolist() == [0, 1, 2]
+    assert [c.path is None for c in first.calls] == [True, True, True, False]
 
 
 def test_masks_that_are_not_positions_in_order_keep_the_fused_attention():
@@ -263,13 +267,12 @@ def test_exact_refuses_narrow_heads_in_bf16():
 def test_a_sliding_window_reads_from_its_first_keys_block():
     # rows at positions 100..102, window 40: first keys 61..63, in the block from 0 (61 // 64 = 0)
     chain = attention.plan(100, [100, 101, 102], None, 2, BF16, "cpu", 128, window=40)
-    call = chain.calls[0]
-    assert call.lo == 0 and [(g.tolist(), a, b) for g, a, b in call.groups] == [([0, 1, 2], 0, 128)]
-    # window 30: first keys 71..73 (block 64), positions 128..: reads [64, 192) and [64, 256)
-    far = attention.plan(127, [127, 128], None, 2, BF16, "cpu", 192, window=30).calls[0]
-    assert far.lo == 64 and [(g.tolist(), a, b) for g, a, b in far.groups] == [([0], 64, 128), ([1], 64, 192)]
-    hidden = far.add[:2].isinf()  # head 0's rows: keys 64.. hidden before the window and after the row
-    assert hidden[0, :98 - 64].all() and not hidden[0, 98 - 64:128 - 64].any() and hidden[0, 128 - 64:].all()
+    assert all(c.lo == 0 and [(a, b) for _, a, b in c.groups] == [(0, 128)] for c in chain.calls)
+    # window 30: first keys 98, 99 (block 64), positions 127, 128: reads [64, 128) and [64, 192)
+    far = attention.plan(127, [127, 128], None, 2, BF16, "cpu", 192, window=30).calls
+    assert [c.lo for c in far] == [64, 64] and [[(a, b) for _, a, b in c.groups] for c in far] == [[(64, 128)], [(64, 192)]]
+    hidden = far[1].add[0].isinf()  # row 1, head 0: keys 64.. hidden before the window and after the row
+    assert hidden[:99 - 64].all() and not hidden[99 - 64:129 - 64].any() and hidden[129 - 64:].all()
 
 
 @pytest.mark.integration

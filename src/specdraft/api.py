@@ -164,8 +164,8 @@ class LLM:
         run at the same speed, its plain decoding at 0.83x; SmolLM2's 0.63-0.89x, tree drafters the
         most: docs/BENCHMARKS.md, session 25).
         backend: "torch" (float weights, the project's decoder), "gguf" (the model's GGUF file run by
-        llama.cpp from its low-bit weights, runtime/llamacpp.py; a CPU only) or "auto": see
-        `choose_backend`."""
+        llama.cpp from its low-bit weights, runtime/llamacpp.py; a CPU only) or "auto" (gguf where it
+        can run the model and `drafter`, else torch: `choose_backend`)."""
         self.device = resolve_device(device)
         if backend not in BACKENDS:
             raise SpecdraftError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")

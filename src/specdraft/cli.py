@@ -88,7 +88,7 @@ def _backend_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "gguf"),
                    help="torch: float weights in the project's decoder; gguf: the model's GGUF file run by "
                         "llama.cpp from its low-bit weights (a CPU; drafters: lookup, draft-model:NAME and hybrids "
-                        "of them); auto (default): torch")
+                        "of them); auto (default): gguf on a CPU where it can run the model and the drafter, else torch")
 
 
 def build_parser() -> argparse.ArgumentParser:

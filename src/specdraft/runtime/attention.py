@@ -17,10 +17,11 @@ order only:
   being its slot; a tree is verified path by path, each root-to-leaf path's keys and values
   written in place of the tree for the call that computes its rows (`DecodePlan`);
 - the attention is transformers' eager one: scores = q k^T (one bf16 product, scaled, plus the
-  additive mask), a float32 softmax, probabilities (cast to bf16) times v. oneDNN's bf16 product
-  gives a row the same bits at any row count from 2 (rows here are at least the query heads of
-  a kv head, two or more) and whatever the padded key count; the softmax's sums over whole
-  blocks do not change with trailing hidden keys (tested: tests/test_invariant.py).
+  additive mask), a float32 softmax, probabilities (cast to bf16) times v, computed for each row
+  in a call of its own whose shapes are the one-row step's (the query heads of a kv head, two at
+  least): oneDNN chooses its bf16 kernel by shape, and on a CPU with AMX several rows in one call
+  rounded unlike the one-row step. The softmax's sums over whole blocks do not change with
+  trailing hidden keys (tested: tests/test_invariant.py).
 So a one-row step and a verification row at the same position compute the same bits, and the
 greedy tokens of every drafter equal plain decoding's in bfloat16 too. It costs about what
 torch's fused kernel does on a decode step (faster past ~1000 keys; benchmarks/invariant_cost.py).
@@ -56,8 +57,8 @@ class Call:
     """One attention call of a forward: the rows of one root-to-leaf path of the draft.
 
     path:   the path's rows (root first) to write at slots start, start + 1, ... before the call;
-            None when they are there already (a chain, the tree's first path);
-    rows:   the rows this call computes (None = all, in order);
+            None when they are there already (a chain, the tree's first path, a path's later rows);
+    rows:   the row this call computes (None = all: a one-row step);
     lo:     the first slot the scores read (a block boundary; 0 but for sliding windows);
     add:    [heads * len(rows), keys] additive mask (0 or -inf) in the model's dtype, rows ordered
             head-major as the queries are; keys = the slots [lo, lo + keys) the scores read;
@@ -126,8 +127,13 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
     for r, p in enumerate(positions):  # the new rows a row sees: positions start, ..., p in order
         if [positions[i] for i in seen[r]] != list(range(start, p + 1)):
             return None
-    if all(s == list(range(r + 1)) for r, s in enumerate(seen)):  # a chain: one call, in place
-        return DecodePlan((_call(None, None, [p + 1 for p in positions], window, heads, dtype, device),))
+    if n == 1:  # a one-row step: one call, in place
+        return DecodePlan((_call(None, None, [positions[0] + 1], window, heads, dtype, device),))
+    # Every row in a call of its own, shaped as its one-row step's: oneDNN picks its bf16 kernel by
+    # the product's shape, and on a CPU with AMX a call of several rows (queries heads x rows) took
+    # another kernel than the one-row step's and rounded a row differently (a 6-row chain, 6 query
+    # heads per kv head: tests/test_invariant.py). A chain reads the cache in place; a tree writes
+    # each root-to-leaf path over it once, before its first row's call.
     leaves = [r for r in range(n) if not any(r in seen[c] for c in range(n) if c != r)]
     done: set[int] = set()
     calls = []
@@ -135,9 +141,10 @@ def plan(start: int, positions: list[int], mask: torch.Tensor | None, heads: int
         path = seen[leaf]
         rows = [i for i in path if i not in done]
         done.update(rows)
-        in_place = path == list(range(len(path)))
-        calls.append(_call(None if in_place else torch.tensor(path, device=device), rows,
-                           [start + path.index(i) + 1 for i in rows], window, heads, dtype, device))
+        write = None if path == list(range(len(path))) else torch.tensor(path, device=device)
+        for j, i in enumerate(rows):
+            calls.append(_call(write if j == 0 else None, [i], [start + path.index(i) + 1], window, heads, dtype,
+                               device))
     return DecodePlan(tuple(calls))
 
 
