@@ -114,7 +114,7 @@ def test_a_peer_drives_the_server_over_http_and_stops_it(fake_server, tiny_llm_d
     llm = LLM(str(tiny_llm_dir), dtype="float32")
     eos = min(llm.tokenizer.eos_ids)
     monkeypatch.setenv("EOS", str(eos))
-    m = ls.LlamaServerMethod(llm, "llamacpp-ngram", gguf=tmp_path / "t.gguf")
+    m = ls.LlamaServerMethod(llm, "llamacpp-ngram", binary=exe, gguf=tmp_path / "t.gguf")
     try:
         args = json.loads(argv.read_text())
         assert args[args.index("-m") + 1] == str(tmp_path / "t.gguf") and "ngram-mod" in args

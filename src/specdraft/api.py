@@ -114,6 +114,25 @@ class GenerationResult:
         }
 
 
+def _gguf_obstacle(path: Path, device: torch.device, dtype, exact: bool) -> str | None:
+    """Why the gguf backend cannot run this load, or None when it can."""
+    from .runtime import llamacpp
+
+    if device.type != "cpu":
+        return "the gguf backend runs on a CPU: use --backend torch on a GPU"
+    if dtype not in (None, "auto"):
+        return "the gguf backend decodes the file's own weights: --dtype is a torch-backend option"
+    if exact:
+        return "--exact is a mode of the torch backend: use --backend torch"
+    if zoo.gguf_file(path) is None:
+        return f"{path}: no GGUF file to run (the gguf backend takes a zoo model or a local .gguf file)"
+    try:
+        llamacpp.check_available()
+    except SpecdraftError as e:
+        return str(e)
+    return None
+
+
 def choose_backend(backend: str, path: Path, device: torch.device, dtype, exact: bool,
                    drafters: tuple[str, ...] = ("plain",)) -> str:
     """The backend `backend` stands for. "gguf" needs a CPU, the model's GGUF file and
@@ -122,30 +141,17 @@ def choose_backend(backend: str, path: Path, device: torch.device, dtype, exact:
     than our float weights on every CPU measured: docs/BENCHMARKS.md), else "torch": on a GPU, with
     a dtype or --exact, for a model without a GGUF file, or for a drafter that needs the float
     weights (knn-ssd, layerskip, ctc, medusa, draft-model:self)."""
+    if backend == "torch":
+        return backend
     if backend == "auto":
         from .drafters import runs_on_gguf
-        from .runtime import llamacpp
 
-        ok = (device.type == "cpu" and dtype in (None, "auto") and not exact and zoo.gguf_file(path) is not None
-              and all(isinstance(d, str) and runs_on_gguf(d) for d in drafters))
-        if ok:
-            try:
-                llamacpp.check_available()
-            except SpecdraftError:
-                ok = False
-        return "gguf" if ok else "torch"
-    if backend == "gguf":
-        from .runtime import llamacpp
-
-        if device.type != "cpu":
-            raise SpecdraftError("the gguf backend runs on a CPU: use --backend torch on a GPU")
-        if dtype not in (None, "auto"):
-            raise SpecdraftError("the gguf backend decodes the file's own weights: --dtype is a torch-backend option")
-        if exact:
-            raise SpecdraftError("--exact is a mode of the torch backend: use --backend torch")
-        if zoo.gguf_file(path) is None:
-            raise SpecdraftError(f"{path}: no GGUF file to run (the gguf backend takes a zoo model or a local .gguf file)")
-        llamacpp.check_available()
+        if not all(isinstance(d, str) and runs_on_gguf(d) for d in drafters):
+            return "torch"
+        return "torch" if _gguf_obstacle(path, device, dtype, exact) else "gguf"
+    why = _gguf_obstacle(path, device, dtype, exact)
+    if why:
+        raise SpecdraftError(why)
     return backend
 
 

@@ -471,7 +471,7 @@ def cmd_bench(a) -> int:
     from .bench.report import markdown_table, write_all
     from .bench.runner import SpecdraftMethod, run_methods
     from .data.build import default_questions
-    from .drafters import check_spec
+    from .drafters import backend_for, check_spec
     from .runtime.sampling import SamplingParams
 
     resolve_dtype(a.dtype)
@@ -488,8 +488,6 @@ def cmd_bench(a) -> int:
         from .bench.runner import mixed_stream
 
         questions = mixed_stream(questions, a.mix)
-    from .drafters import backend_for
-
     backend = backend_for(a.backend, [s for s in specs if not is_peer(s)])
     llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=backend)
     print(f"backend: {llm.backend} ({llm.dtype_name})", file=sys.stderr)

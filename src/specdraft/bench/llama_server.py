@@ -245,13 +245,10 @@ class LlamaServerMethod:
     """A llama-server peer on the model's original GGUF file; tokens/s from each request's wall
     clock (HTTP included, prefill included), as ours."""
 
-    def __init__(self, llm, spec: str, *, gguf: Path, draft_gguf: Path | None = None):
-        binary = find_server()
-        if binary is None:
-            raise PeerUnavailable(build_hint())
-        from ..runtime.llamacpp import amx_repack_broken
-
+    def __init__(self, llm, spec: str, *, binary: Path, gguf: Path, draft_gguf: Path | None = None):
         import torch
+
+        from ..runtime.llamacpp import amx_repack_broken
 
         self.name, self.llm = spec, llm
         threads = torch.get_num_threads()  # what our backends run on

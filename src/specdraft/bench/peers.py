@@ -20,9 +20,8 @@ import torch
 from ..api import LLM
 from ..errors import SpecdraftError
 from ..runtime.sampling import SamplingParams
-from .runner import GREEDY, TurnResult
-
 from .llama_server import SERVER_KINDS, LlamaServerMethod, PeerUnavailable, build_hint, find_server
+from .runner import GREEDY, TurnResult
 
 PEER_KINDS = ("hf-plain", "hf-assisted", "hf-lookup", "hf-early-exit", *SERVER_KINDS, "llamacpp-py-plain",
               "llamacpp-py-lookup")
@@ -178,10 +177,11 @@ def make_peer(llm: LLM, spec: str, hf_cache: dict):
     if kind in SERVER_KINDS:
         from .. import zoo
 
-        if find_server() is None:
+        binary = find_server()
+        if binary is None:
             raise PeerUnavailable(build_hint())
         draft = _gguf_of(zoo.resolve(arg), f"the draft model {arg!r}") if kind == "llamacpp-draft" and arg else None
-        return LlamaServerMethod(llm, spec, gguf=_gguf_of(llm.path, "a model"), draft_gguf=draft)
+        return LlamaServerMethod(llm, spec, binary=binary, gguf=_gguf_of(llm.path, "a model"), draft_gguf=draft)
     if kind.startswith("llamacpp-py-"):
         return LlamaCppMethod(llm, spec)
     return HFMethod(llm, spec, hf_cache)

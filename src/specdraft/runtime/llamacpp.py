@@ -145,8 +145,7 @@ class LlamaCppCache(CacheLength):
         self.commit(n)
 
     def grown(self, capacity: int) -> "LlamaCppCache":
-        if capacity > self.model.n_ctx:
-            raise SpecdraftError(f"{capacity} tokens do not fit the llama.cpp context of {self.model.n_ctx}")
+        self.model._check_ctx(capacity)
         self.capacity = max(self.capacity, capacity)
         return self
 
@@ -305,9 +304,12 @@ class LlamaCppDecoder:
             self.ll.llama_memory_seq_rm(self._mem, CACHE_SEQS + k, -1, -1)
         self._leaves = 0
 
-    def new_cache(self, capacity: int) -> LlamaCppCache:
+    def _check_ctx(self, capacity: int) -> None:
         if capacity > self.n_ctx:
             raise SpecdraftError(f"{capacity} tokens do not fit the llama.cpp context of {self.n_ctx}")
+
+    def new_cache(self, capacity: int) -> LlamaCppCache:
+        self._check_ctx(capacity)
         return LlamaCppCache(self, capacity)
 
     # -- forwards ---------------------------------------------------------------------------------
