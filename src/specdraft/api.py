@@ -168,7 +168,7 @@ class LLM:
         (`Decoder.set_row_invariant`), so that every drafter's greedy output equals plain
         decoding's in bfloat16 on a CPU too, as it does in float32 (qwen2.5-coder-1.5b's drafters
         run at the same speed, its plain decoding at 0.83x; SmolLM2's 0.63-0.89x, tree drafters the
-        most: docs/BENCHMARKS.md, session 25).
+        most: docs/BENCHMARKS.md, "`--exact`").
         backend: "torch" (float weights, the project's decoder), "gguf" (the model's GGUF file run by
         llama.cpp from its low-bit weights, runtime/llamacpp.py; a CPU only) or "auto" (gguf where it
         can run the model and `drafter`, else torch: `choose_backend`)."""
