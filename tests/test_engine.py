@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from specdraft import engine
 from specdraft.engine import check_lengths, generate_ids
 from specdraft.errors import SpecdraftError
 from specdraft.runtime.loader import load_decoder
@@ -119,12 +120,22 @@ def test_generation_with_a_chunked_prompt_equals_plain(monkeypatch):
         calls.append(len(tokens))
         return real(self, tokens, cache, **{**kw, "chunk": 4})
 
+    chunks = []
+    real_run = model_module.Decoder._run
+
+    def spy_run(self, segs, skip, head):
+        chunks.extend(s.tokens.shape[0] for s in segs if s.prefill)
+        return real_run(self, segs, skip, head)
+
     monkeypatch.setattr(model_module.Decoder, "prefill", spy)
+    monkeypatch.setattr(model_module.Decoder, "_run", spy_run)
+    monkeypatch.setattr(engine, "PREFILL_CHUNK", 4)
     monkeypatch.setattr(draft_module, "PREFILL_CHUNK", 4)
     assert generate_ids(model, prompt, max_new_tokens=24)[0] == plain
+    assert chunks == [4] * 7 + [2]  # the target's prompt in chunks of 4
     assert generate_ids(model, prompt, max_new_tokens=24,
                         drafter=DraftModelDrafter(tiny_decoder(layers=1), "d"))[0] == drafted == plain
-    assert calls == [30, 30, 30]  # target, target, then the draft model's own cache: the prompt, not the root
+    assert calls == [30]  # the draft model's own cache: the prompt, not the root
 
 
 def test_a_client_gone_during_a_long_prefill_stops_it_between_chunks(monkeypatch):
@@ -151,9 +162,7 @@ def test_a_client_gone_during_a_long_prefill_stops_it_between_chunks(monkeypatch
     out, stats = generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: True)
     assert (len(out), stats.stop_reason) == (1, "cancelled")  # a prompt of one chunk: its token, then cancelled
     plain = generate_ids(model, prompt, max_new_tokens=8)[0]
-    real = model_module.Decoder.prefill
-    monkeypatch.setattr(model_module.Decoder, "prefill", lambda self, tokens, cache, **kw: real(self, tokens, cache,
-                                                                                              **{**kw, "chunk": 4}))
+    monkeypatch.setattr(engine, "PREFILL_CHUNK", 4)
     out, stats = generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: True)
     assert (out, stats.stop_reason, stats.target_forwards) == ([], "cancelled", 0)  # stopped after the first chunk
     assert generate_ids(model, prompt, max_new_tokens=8, should_stop=lambda: False)[0] == plain
@@ -166,9 +175,7 @@ def test_prefill_progress_reports_each_chunk(monkeypatch):
 
     model = tiny_decoder(layers=2)
     prompt = torch.randint(0, 97, (10,), generator=torch.Generator().manual_seed(6)).tolist()
-    real = model_module.Decoder.prefill
-    monkeypatch.setattr(model_module.Decoder, "prefill", lambda self, tokens, cache, **kw: real(self, tokens, cache,
-                                                                                              **{**kw, "chunk": 4}))
+    monkeypatch.setattr(engine, "PREFILL_CHUNK", 4)
     seen = []
     generate_ids(model, prompt, max_new_tokens=3, on_prefill=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 10), (8, 10), (10, 10)]

@@ -281,6 +281,51 @@ class LLM:
             packed_weights=self.packed, exact=self.exact,
         )
 
+    def generate_batch(
+        self,
+        prompts: list[str | Messages | list[int]],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        chat: bool | None = None,
+        drafter: str | Drafter | None = "default",
+        max_batch: int | None = None,
+        progress: bool = False,
+    ) -> list[GenerationResult]:
+        """Generate a completion for every prompt, `max_batch` at a time in one forward per step
+        (continuous batching: batch.py); results in the prompts' order. Each prompt gets the tokens
+        `generate` gives it alone (with `seed`, the same seed each), up to the backend's rounding
+        (docs/BENCHMARKS.md, "Serving many users"). max_batch: default `batch.default_max_batch`.
+        progress: a progress bar over the prompts."""
+        from .batch import BatchEngine, default_max_batch
+        from .engine import Generation
+
+        spec = self.default_drafter if drafter == "default" else drafter
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        d = self.drafter(spec, temperature=params.temperature)
+        ids = [list(p) if isinstance(p, list) and p and isinstance(p[0], int) else self.tokenizer.encode_prompt(p, chat=chat)
+               for p in prompts]
+        engine = BatchEngine(self.model, max_batch or default_max_batch(self.model))
+        gens = [Generation(self.model, p, max_new_tokens=max_new_tokens, params=params,
+                           eos_ids=self.tokenizer.eos_ids, drafter=None if d is None else d.fork()) for p in ids]
+        for g in gens:
+            engine.add(g)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(gens), desc="generate", unit="prompt")
+        engine.run(on_done=None if bar is None else lambda g: bar.update(1))
+        if bar is not None:
+            bar.close()
+        return [GenerationResult(text=self.tokenizer.decode(g.out), token_ids=g.out, prompt_tokens=len(p),
+                                 stats=g.stats, model=self.name, drafter=d.name if d is not None else "plain",
+                                 dtype=self.dtype_name, packed_weights=self.packed, exact=self.exact)
+                for g, p in zip(gens, ids)]
+
     def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:
         """Yield text pieces as they are committed (generation runs in a worker thread)."""
         q: queue.Queue = queue.Queue()

@@ -13,6 +13,7 @@ Life cycle per generation: `start` once after the prefill, then `propose` / `obs
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -72,3 +73,10 @@ class Drafter:
     def describe(self) -> dict:
         """Extra per-generation facts for the JSON output (route taken, draft length, ...)."""
         return {}
+
+    def fork(self) -> "Drafter":
+        """A drafter for one more concurrent generation: the same weights and settings, its own
+        per-generation state (a batch runs one fork per sequence). `start` resets that state, so a
+        shallow copy serves every drafter whose mutable state `start` replaces; a drafter that
+        keeps mutable parts across generations (sub-drafters, a vocabulary) copies them."""
+        return copy.copy(self)

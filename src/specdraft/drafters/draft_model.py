@@ -23,6 +23,8 @@ needs catching up after another drafter's step in a hybrid.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..errors import SpecdraftError
@@ -60,6 +62,12 @@ class DraftVocab:
         """Back to the base tokens (a new request)."""
         self.members = set(self.base)
         self.n = len(self.base)
+
+    def fork(self) -> "DraftVocab":
+        """The same base rows, with spare rows of its own (another request's context)."""
+        out = copy.copy(self)
+        out.ids, out.spare_rows, out.members = self.ids.clone(), torch.zeros_like(self.spare_rows), set(self.members)
+        return out
 
     def add(self, tokens: list[int]) -> None:
         nb = len(self.base)
@@ -194,6 +202,13 @@ class DraftModelDrafter(Drafter):
             self.length = min(self.length + 2, self.max_length)
         else:
             self.length = max(1, self.length - 1)
+
+    def fork(self) -> "DraftModelDrafter":
+        out = super().fork()
+        out.cache = None
+        if self.vocab is not None:
+            out.vocab = self.vocab.fork()
+        return out
 
     def describe(self) -> dict:
         return {"draft_length": self.length, "tree_width": self.tree_width, "branch": self.branch,

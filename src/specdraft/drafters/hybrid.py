@@ -121,6 +121,11 @@ class HybridDrafter(Drafter):
         for p in self.parts:
             p.catch_up(ctx)
 
+    def fork(self) -> "HybridDrafter":
+        out = super().fork()
+        out.parts = [p.fork() for p in self.parts]
+        return out
+
     def describe(self) -> dict:
         out: dict = {"hybrid": {"mode": self.mode, "steps_by_part": dict(zip((p.name for p in self.parts), self.used))}}
         for p in self.parts:

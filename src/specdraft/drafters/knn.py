@@ -156,7 +156,8 @@ class KNNDrafter(Drafter):
         vec = ctx.rows.float().mean(0)
         domain, dist = self.router.route(vec)
         fallback = dist > self.max_distance
-        spec, self.inner = self._route_drafter(None if fallback else domain)
+        spec, inner = self._route_drafter(None if fallback else domain)
+        self.inner = None if inner is None else inner.fork()  # (the route's drafter is shared with the LLM)
         self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
                      "radius": round(self.max_distance, 4), "fallback": fallback, "drafter": spec,
                      "timed_in": self.routes["dtype"]}
@@ -173,6 +174,11 @@ class KNNDrafter(Drafter):
     def catch_up(self, ctx: StepContext) -> None:
         if self.inner is not None:
             self.inner.catch_up(ctx)
+
+    def fork(self) -> "KNNDrafter":
+        out = super().fork()
+        out.inner, out.last = None, {}
+        return out
 
     def describe(self) -> dict:
         out = {"route": dict(self.last)}

@@ -91,9 +91,10 @@ def _init_backend() -> None:
 PROBE_ROWS = 16
 
 
-# Sequences of one context: the first CACHE_SEQS are caches (a generation's, and those a PrefixStore
-# keeps), the rest are the leaves of a verified tree (a tree has at most that many leaves).
-CACHE_SEQS = 8
+# Sequences of one context: the first CACHE_SEQS are caches (the generations of a batch, and those
+# a PrefixStore keeps), the rest are the leaves of a verified tree (a tree has at most that many
+# leaves). llama.cpp allows 256 sequences a context.
+CACHE_SEQS = 24
 TREE_SEQS = 120
 
 
@@ -253,6 +254,11 @@ class LlamaCppDecoder:
         if self.n_vocab < cfg.vocab_size - 1024 or self.n_vocab > cfg.vocab_size:
             raise SpecdraftError(f"{gguf}: {self.n_vocab} tokens in the GGUF vocabulary, {cfg.vocab_size} in the config")
         self.max_rows = exact_rows(self)
+
+    @property
+    def max_caches(self) -> int:
+        """Caches (sequences) this context holds at once: a batch's, a prefix store's, a probe's."""
+        return CACHE_SEQS
 
     def probe_exact_rows(self, most: int = PROBE_ROWS) -> int:
         """The largest k <= `most` such that a forward of every 2..k rows gives each row's logits bit
@@ -425,6 +431,79 @@ class LlamaCppDecoder:
         return ForwardOutput(logits=logits if rows else None, final_hidden=hid)
 
     __call__ = forward
+
+    def forward_many(self, segments: list) -> list[ForwardOutput]:
+        """`Decoder.forward_many`: several caches' segments (runtime.model.Segment) in one
+        llama_decode, each on its cache's sequence. Chains are batched together up to `max_rows`
+        rows a decode (the most whose rows round as one-row steps do); a tree, a segment after a
+        re-decoded path, or one longer than that runs by itself."""
+        out: list[ForwardOutput | None] = [None] * len(segments)
+        cap = self.max_rows or PROBE_ROWS
+        group: list[int] = []
+        rows = 0
+
+        def flush():
+            nonlocal rows
+            if len(group) == 1:
+                out[group[0]] = self._segment(segments[group[0]])
+            elif group:
+                for i, fwd in zip(group, self._chains([segments[i] for i in group])):
+                    out[i] = fwd
+            group.clear()
+            rows = 0
+
+        for i, seg in enumerate(segments):
+            n = int(seg.tokens.shape[0])
+            if seg.tree_mask is not None or seg.cache.redo or n > cap or seg.hidden_layers:
+                out[i] = self._segment(seg)
+                continue
+            if rows + n > cap:
+                flush()
+            group.append(i)
+            rows += n
+        flush()
+        return out
+
+    def _segment(self, seg) -> ForwardOutput:
+        kw = {} if seg.start is None else {"start": seg.start}
+        return self.forward(seg.tokens, seg.positions, seg.cache, tree_mask=seg.tree_mask, logits_at=seg.logits_at,
+                            final_hidden=seg.final_hidden, hidden_layers=seg.hidden_layers, **kw)
+
+    def _chains(self, segs: list) -> list[ForwardOutput]:
+        """Chain segments of distinct caches, none with a re-decoded path, in one decode."""
+        toks, pos, seqs, outputs, wanted = [], [], [], [], []
+        self._drop_trees()
+        hidden = any(s.final_hidden for s in segs)
+        for s in segs:
+            cache = s.cache
+            n = int(s.tokens.shape[0])
+            start = cache.length if s.start is None else s.start
+            cache.check_fits(start, n)
+            p = s.positions.tolist()
+            if p != list(range(start, start + n)):
+                raise SpecdraftError("the gguf backend writes a chain at consecutive positions from its start slot")
+            self._rm(cache.seq, start)
+            cache.pending = None
+            rows = list(range(n)) if s.logits_at is None else list(range(n))[s.logits_at]
+            outs = [hidden] * n  # with hidden states on, every row comes out (each segment keeps its own)
+            for r in rows:
+                outs[r] = True
+            toks += s.tokens.tolist()
+            pos += p
+            seqs += [[cache.seq]] * n
+            outputs += outs
+            wanted.append((rows, outs))
+        logits, hid = self._decode(toks, pos, seqs, outputs, hidden)
+        result, at = [], 0
+        for s, (rows, outs) in zip(segs, wanted):
+            m = sum(outs)
+            lg = None if logits is None else logits[at:at + m]
+            hd = None if hid is None else hid[at:at + m]
+            if lg is not None and m != len(rows):  # every row came out: keep the asked ones
+                lg = lg[rows] if rows else None
+            result.append(ForwardOutput(logits=lg if rows else None, final_hidden=hd if s.final_hidden else None))
+            at += m
+        return result
 
     def prefill(self, tokens: list[int], cache: LlamaCppCache, *, chunk: int = PREFILL_CHUNK,
                 final_hidden: bool = False, hidden_layers: tuple[int, ...] = (),

@@ -311,17 +311,31 @@ class Decoder(nn.Module):
         head: torch.Tensor | None = None,  # [V', hidden] rows of the LM head to use; default all
         prefill: bool = False,  # a prompt's chunk: torch's fused attention even when row-invariant
     ) -> ForwardOutput:
+        seg = Segment(tokens, positions, cache, start=start, tree_mask=tree_mask, mask=mask, logits_at=logits_at,
+                      final_hidden=final_hidden, hidden_layers=hidden_layers, prefill=prefill)
+        return self._run([seg], skip, head)[0]
+
+    def forward_many(self, segments: list["Segment"]) -> list[ForwardOutput]:
+        """One forward over several sequences' new tokens, each segment into its own cache: the
+        products (q/k/v, output, MLP, LM head) run once over every segment's rows, where a decode
+        step's cost lies (reading the weights); attention runs per segment, as `forward` runs it.
+        Returns each segment's `ForwardOutput`, as `forward` would."""
+        return self._run(list(segments), None, None) if segments else []
+
+    def _prepare(self, seg: "Segment") -> "_Prepared":
+        """A segment's slots, RoPE tables, masks and row-invariant plans, by layer kind."""
         cfg = self.cfg
-        n = tokens.shape[0]
-        start = cache.length if start is None else start
+        positions = seg.positions
+        n = seg.tokens.shape[0]
+        cache = seg.cache
+        start = cache.length if seg.start is None else seg.start
         cache.check_fits(start, n)
         end = start + n
-        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        G = H // Hkv
+        G = cfg.num_heads // cfg.num_kv_heads
 
         # Tables and masks by layer kind: False = full attention, True = sliding window (Gemma 3).
         rope = {False: self.rope(positions)}
-        mask = self.attention_mask(start, n, tree_mask) if mask is None else mask.to(self.device, torch.bool)
+        mask = self.attention_mask(start, n, seg.tree_mask) if seg.mask is None else seg.mask.to(self.device, torch.bool)
         masks = {False: mask}
         first = {False: 0, True: 0}  # the first cache slot a layer of the kind attends to
         if cfg.has_sliding:
@@ -338,7 +352,7 @@ class Decoder(nn.Module):
                 masks[True] = near if mask is None else mask[:, lo:] & near
                 first[True] = lo
         plans = {}  # by layer kind, as the masks: the row-invariant attention's calls (attention.py)
-        if self.row_invariant and not prefill and attention.applies(self.dtype, self.device):
+        if self.row_invariant and not seg.prefill and attention.applies(self.dtype, self.device):
             pos = positions.tolist()
             plans = {local: attention.plan(start, pos, mask, G, self.dtype, self.device, cache.k.shape[2],
                                            window=cfg.sliding_window if local else None) for local in masks}
@@ -350,33 +364,96 @@ class Decoder(nn.Module):
                  torch.zeros(m.shape, dtype=self.dtype, device=self.device).masked_fill_(~m, float("-inf"))
                  .expand(G, *m.shape).reshape(G * m.shape[0], m.shape[1])
                  for k, m in masks.items()}
-        x = self.embed_tokens(tokens)  # [N, hidden]
+        return _Prepared(start, n, rope, masks, first, plans)
+
+    def _run(self, segs: list["Segment"], skip: SkipSet | None, head) -> list[ForwardOutput]:
+        cfg = self.cfg
+        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        G = H // Hkv
+        preps = [self._prepare(s) for s in segs]
+        one = len(segs) == 1
+        bounds, at = [], 0  # each segment's rows [a, b) in the batch
+        for p in preps:
+            bounds.append((at, at + p.n))
+            at += p.n
+        if one:
+            rope = preps[0].rope
+            x = self.embed_tokens(segs[0].tokens)  # [N, hidden]
+        else:
+            rope = {k: tuple(torch.cat([p.rope[k][j] for p in preps]) for j in range(2)) for k in preps[0].rope}
+            x = self.embed_tokens(torch.cat([s.tokens.to(self.device) for s in segs]))
+        wanted = set().union(*(s.hidden_layers for s in segs))
         layer_hidden = {}
         for i, layer in enumerate(self.layers):
             if skip is None or not skip.attn[i]:
                 local = cfg.is_sliding(i)
                 q, k, v = layer.qkv_heads(x, *rope[local])  # [H, N, D], [Hkv, N, D], [Hkv, N, D]
-                cache.k[i, :, start:end] = k
-                cache.v[i, :, start:end] = v
-                lo = first[local]
-                plan = plans.get(local)
-                if plan is not None:  # a decode step in bf16: row-invariant attention (attention.py)
-                    a = attention.decode_attention(q.view(Hkv, G, n, D), k, v, cache.k[i], cache.v[i], start, plan,
-                                                   cfg.attn_scale or D ** -0.5)
-                else:
-                    # With a batch axis, torch (2.13) picks its CPU flash kernel for long prompts, not the
-                    # math path that builds every score (2000 tokens: 105 ms a layer, not 265).
-                    a = F.scaled_dot_product_attention(q.reshape(1, Hkv, G * n, D), cache.k[None, i, :, lo:end],
-                                                       cache.v[None, i, :, lo:end], attn_mask=masks[local],
-                                                       scale=cfg.attn_scale)
-                x = layer.attn_residual(x, a.reshape(H, n, D).transpose(0, 1).reshape(n, H * D))
+                outs = []
+                for seg, p, (a, b) in zip(segs, preps, bounds):
+                    qs, ks, vs = (q, k, v) if one else (q[:, a:b], k[:, a:b], v[:, a:b])
+                    cache, start, n = seg.cache, p.start, p.n
+                    end = start + n
+                    cache.k[i, :, start:end] = ks
+                    cache.v[i, :, start:end] = vs
+                    lo = p.first[local]
+                    plan = p.plans.get(local)
+                    if plan is not None:  # a decode step in bf16: row-invariant attention (attention.py)
+                        att = attention.decode_attention(qs.reshape(Hkv, G, n, D), ks, vs, cache.k[i], cache.v[i], start,
+                                                         plan, cfg.attn_scale or D ** -0.5)
+                    else:
+                        # With a batch axis, torch (2.13) picks its CPU flash kernel for long prompts, not the
+                        # math path that builds every score (2000 tokens: 105 ms a layer, not 265).
+                        att = F.scaled_dot_product_attention(qs.reshape(1, Hkv, G * n, D), cache.k[None, i, :, lo:end],
+                                                             cache.v[None, i, :, lo:end], attn_mask=p.masks[local],
+                                                             scale=cfg.attn_scale)
+                    outs.append(att.reshape(H, n, D).transpose(0, 1).reshape(n, H * D))
+                x = layer.attn_residual(x, outs[0] if one else torch.cat(outs))
             if skip is None or not skip.mlp[i]:
                 x = layer.mlp_residual(x)
-            if i in hidden_layers:
+            if i in wanted:
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
-        rows = x if logits_at is None else x[logits_at]
         if head is None:
             head = self.head_weight() if self.fast_head is None else self.fast_head
-        logits = linear(rows, head).float() if rows.shape[0] else None
-        return ForwardOutput(logits=logits, final_hidden=x if final_hidden else None, layer_hidden=layer_hidden)
+        if one:
+            s = segs[0]
+            rows = x if s.logits_at is None else x[s.logits_at]
+            logits = linear(rows, head).float() if rows.shape[0] else None
+            return [ForwardOutput(logits=logits, final_hidden=x if s.final_hidden else None,
+                                  layer_hidden={i: layer_hidden[i] for i in s.hidden_layers})]
+        picked = [x[a:b] if s.logits_at is None else x[a:b][s.logits_at] for s, (a, b) in zip(segs, bounds)]
+        sizes = [r.shape[0] for r in picked]
+        all_logits = linear(torch.cat(picked), head).float() if sum(sizes) else None
+        out, at = [], 0
+        for s, (a, b), m in zip(segs, bounds, sizes):
+            out.append(ForwardOutput(logits=all_logits[at:at + m] if m else None,
+                                     final_hidden=x[a:b] if s.final_hidden else None,
+                                     layer_hidden={i: layer_hidden[i][a:b] for i in s.hidden_layers}))
+            at += m
+        return out
+
+
+@dataclass
+class Segment:
+    """One sequence's part of a `Decoder.forward_many`: `forward`'s arguments for that sequence."""
+
+    tokens: torch.Tensor  # [N] long
+    positions: torch.Tensor  # [N] long
+    cache: KVCache
+    start: int | None = None
+    tree_mask: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    logits_at: slice | torch.Tensor | None = None
+    final_hidden: bool = False
+    hidden_layers: tuple[int, ...] = ()
+    prefill: bool = False
+
+
+@dataclass
+class _Prepared:
+    start: int
+    n: int
+    rope: dict
+    masks: dict
+    first: dict
+    plans: dict

@@ -1,0 +1,203 @@
+"""Continuous batching: several generations advanced by one target forward per step.
+
+Each `Generation` (engine.py) keeps its own KV cache, drafter, draft, sampling generator and stop
+conditions; a step asks every running generation for its segment (a prompt chunk, or its root
+and draft), runs them all in one `forward_many` (the products read the weights once for every
+row; attention runs per sequence) and hands each its rows back. Verification is the same pure
+function per sequence, so a request's tokens are those it gets alone wherever the backend's
+products give a row the same bits whatever the other rows (tested; docs/BENCHMARKS.md says where
+they do not). A generation that finishes leaves at once and a waiting one joins at the next
+step; a long prompt is prefilled a chunk per step, between the others' decoding steps.
+
+How much to draft. Alone, a sequence drafts as it always does. In a batch, drafted rows compete
+for the forward's rows: `plan_drafts` gives each sequence the draft length that maximises the
+batch's expected tokens per second, from each sequence's recent acceptance rate and the row
+costs `RowCost` measured on this machine's backend (a few forwards at the engine's start).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Generation, run_segment
+from .runtime.model import ForwardOutput, Segment
+
+# The acceptance rate a sequence is assumed to have before its first verified draft.
+PRIOR_ACCEPTANCE = 0.5
+# Sequences a batch runs at once by default (the server's --max-batch): 8 single-row steps cost
+# 1.1-1.2x one on the float backend's packed products and 2.7-2.9x on llama.cpp's (docs/BENCHMARKS.md).
+DEFAULT_MAX_BATCH = 8
+# The longest draft the batch's rule considers for a sequence (gains past it are negligible).
+MAX_PLANNED = 16
+
+
+@dataclass(frozen=True)
+class RowCost:
+    """Seconds of one target forward by its number of rows, measured at `rows` and interpolated
+    linearly between them (extrapolated from the last two past the end)."""
+
+    rows: tuple[int, ...]
+    seconds: tuple[float, ...]
+
+    def __call__(self, n: int) -> float:
+        r, s = self.rows, self.seconds
+        if n <= r[0]:
+            return s[0]
+        for i in range(1, len(r)):
+            if n <= r[i]:
+                f = (n - r[i - 1]) / (r[i] - r[i - 1])
+                return s[i - 1] + f * (s[i] - s[i - 1])
+        slope = (s[-1] - s[-2]) / (r[-1] - r[-2]) if len(r) > 1 else s[-1]
+        return s[-1] + (n - r[-1]) * max(slope, 0.0)
+
+
+def measure_row_cost(model, sequences: int = DEFAULT_MAX_BATCH, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+                     context: int = 64, repeats: int = 1) -> RowCost:
+    """Time forwards of each number of `rows`, spread over up to `sequences` sequences as a batch's
+    roots and drafts are (chains of `context` cached tokens each); the best of `repeats` a size."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = min(model.cfg.vocab_size, 1000)
+    most = max(rows)
+    caches = []
+    for _ in range(max(1, min(sequences, most))):
+        c = model.new_cache(context + most)
+        model.prefill(torch.randint(1, vocab, (context,), generator=gen).tolist(), c)
+        caches.append(c)
+    out = []
+    dev = model.device
+    for n in rows:
+        k = min(n, len(caches))
+        sizes = [n // k + (i < n % k) for i in range(k)]
+        segs = [Segment(torch.randint(1, vocab, (m,), generator=gen, device=dev),
+                        torch.arange(context, context + m, device=dev), caches[i]) for i, m in enumerate(sizes)]
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is a warm-up
+            t = time.perf_counter()
+            forward_many(model, segs)
+            best = min(best, time.perf_counter() - t)
+        out.append(best)
+    return RowCost(tuple(rows), tuple(out))
+
+
+def row_cost(model, sequences: int) -> RowCost:
+    """`measure_row_cost` once per model and batch size (kept on the model: a server measures it
+    at start, a second `generate_batch` reuses it)."""
+    kept = model.__dict__.setdefault("_row_costs", {})
+    if sequences not in kept:
+        kept[sequences] = measure_row_cost(model, sequences)
+    return kept[sequences]
+
+
+def default_max_batch(model) -> int:
+    """The batch size a server or `LLM.generate_batch` uses unless told: DEFAULT_MAX_BATCH, within
+    what the backend's context holds (llama.cpp's sequences)."""
+    most = getattr(model, "max_caches", None)
+    return DEFAULT_MAX_BATCH if most is None else max(1, min(DEFAULT_MAX_BATCH, most))
+
+
+def forward_many(model, segments: list[Segment]) -> list[ForwardOutput]:
+    """The backend's batched forward, or one forward per segment where it has none."""
+    if hasattr(model, "forward_many"):
+        return model.forward_many(segments)
+    return [run_segment(model, s) for s in segments]
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a step commits with a k-token chain drafted at per-token acceptance alpha:
+    1 + alpha + ... + alpha^k."""
+    return sum(alpha ** j for j in range(k + 1))
+
+
+def plan_drafts(acceptance: list[float], limits: list[int], cost: RowCost) -> list[int]:
+    """Draft lengths for a batch's sequences that maximise expected tokens per second: each
+    sequence's next drafted token adds acceptance^(k+1) expected tokens and one row; rows are
+    added best first while the batch's tokens per second rises (a row's cost is the measured
+    curve's slope there). limits: each sequence's most (its budget)."""
+    b = len(acceptance)
+    ks = [0] * b
+    gains = sorted(((a ** (j + 1), i) for i, (a, lim) in enumerate(zip(acceptance, limits)) for j in range(lim)),
+                   reverse=True)  # a sequence's gains fall with j, so taking the best first keeps each prefix
+    tokens = float(b)
+    best_rate, best_ks, rows = tokens / cost(b), list(ks), b
+    for g, i in gains:
+        if g <= 0:
+            break
+        ks[i] += 1
+        rows += 1
+        tokens += g
+        rate = tokens / cost(rows)
+        if rate > best_rate:
+            best_rate, best_ks = rate, list(ks)
+    return best_ks
+
+
+class BatchEngine:
+    """Runs generations together, `max_batch` at most at once; the rest wait in order.
+
+    Call `add` to queue a `Generation` and `step` to advance every running one by one forward
+    (it returns the generations that finished); `run` steps until all are done."""
+
+    def __init__(self, model, max_batch: int = 8, *, cost: RowCost | None = None, adaptive: bool = True):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model, self.max_batch, self.adaptive = model, max_batch, adaptive
+        self.cost = cost
+        self.waiting: deque[Generation] = deque()
+        self.running: list[Generation] = []
+        self.steps = 0
+        self.rows = 0  # rows of every forward so far (mean batch rows = rows / steps)
+        self.last_batch = 0
+
+    def add(self, g: Generation) -> None:
+        self.waiting.append(g)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _caps(self, decoding: list[Generation]) -> list[int | None]:
+        if len(self.running) <= 1 or not self.adaptive or all(g.drafter is None for g in decoding):
+            return [None] * len(decoding)  # alone (as generate_ids drafts), or nothing to plan
+        if self.cost is None:
+            self.cost = row_cost(self.model, self.max_batch)
+        limits = [min(g.room(), MAX_PLANNED) for g in decoding]
+        alphas = [PRIOR_ACCEPTANCE if g.acceptance is None else g.acceptance for g in decoding]
+        return plan_drafts(alphas, limits, self.cost)
+
+    @torch.inference_mode()
+    def step(self) -> list[Generation]:
+        while self.waiting and len(self.running) < self.max_batch:
+            self.running.append(self.waiting.popleft())
+        done: list[Generation] = []
+        decoding = [g for g in self.running if g.phase == "decode"]
+        caps = dict(zip(map(id, decoding), self._caps(decoding)))
+        work: list[tuple[Generation, Segment]] = []
+        for g in self.running:
+            seg = g.segment(caps.get(id(g)))
+            if seg is None:
+                done.append(g)
+            else:
+                work.append((g, seg))
+        if work:
+            t = time.perf_counter()
+            outs = forward_many(self.model, [s for _, s in work])
+            dt = time.perf_counter() - t
+            self.steps += 1
+            self.last_batch = len(work)
+            self.rows += sum(int(s.tokens.shape[0]) for _, s in work)
+            for (g, _), fwd in zip(work, outs):
+                g.consume(fwd, dt)
+                if g.finish_if_done():  # an EOS or its last token: leave now, free the slot
+                    done.append(g)
+        self.running = [g for g in self.running if not g.finished]
+        return done
+
+    def run(self, on_done=None) -> None:
+        while self.busy:
+            for g in self.step():
+                if on_done is not None:
+                    on_done(g)
