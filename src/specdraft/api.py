@@ -160,7 +160,8 @@ class LLM:
 
     def __init__(self, model: str = zoo.DEFAULT_MODEL, *, drafter: str = "plain",
                  dtype: str | torch.dtype | None = None, device: str | None = None, progress: bool = True,
-                 pack: bool | None = None, exact: bool = False, backend: str = "auto"):
+                 pack: bool | None = None, exact: bool = False, backend: str = "auto", max_batch: int = 1,
+                 prefix_cache: int = 1):
         """pack: reorder the weights for oneDNN's product on a CPU (runtime/packed.py: float32, and
         bfloat16 on a CPU with bf16 units);
         None (default) = yes unless the environment sets SPECDRAFT_PACK=0. Elsewhere it does nothing.
@@ -171,7 +172,14 @@ class LLM:
         most: docs/BENCHMARKS.md, "`--exact`").
         backend: "torch" (float weights, the project's decoder), "gguf" (the model's GGUF file run by
         llama.cpp from its low-bit weights, runtime/llamacpp.py; a CPU only) or "auto" (gguf where it
-        can run the model and `drafter`, else torch: `choose_backend`)."""
+        can run the model and `drafter`, else torch: `choose_backend`).
+        max_batch: the most sequences `generate_batch` (and a server) decodes together. On the gguf
+        backend it sizes llama.cpp's context: above 1, every sequence gets a KV stream of its own
+        (runtime/llamacpp.py: the exact batch), holding chains only.
+        prefix_cache: the caches `reuse_prefix` keeps (`self.prefix`)."""
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise SpecdraftError(f"max_batch must be a positive integer, got {max_batch!r}")
+        self.max_batch = max_batch
         self.device = resolve_device(device)
         if backend not in BACKENDS:
             raise SpecdraftError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -185,7 +193,8 @@ class LLM:
             from .runtime.llamacpp import LlamaCppDecoder
 
             self.dtype = torch.float32  # of its logits; the weights are the file's
-            self.model = LlamaCppDecoder(zoo.gguf_file(self.path), ModelConfig.from_dir(self.path))
+            self.model = LlamaCppDecoder(zoo.gguf_file(self.path), ModelConfig.from_dir(self.path),
+                                         streams=max_batch + prefix_cache + 1 if max_batch > 1 else 0)
             self.packed = False
         else:
             self.dtype = resolve_dtype(dtype or "auto", self.device, self.path)
@@ -200,7 +209,7 @@ class LLM:
         self.model.set_row_invariant(exact)
         self._drafters: dict[str, Drafter | None] = {}
         self.draft_models: dict[tuple[str, str], object] = {}  # (path, quant) -> Decoder, shared by drafters
-        self.prefix = PrefixStore()  # the last `reuse_prefix` generations' caches (one slot; a server sets more)
+        self.prefix = PrefixStore(prefix_cache)  # the last `reuse_prefix` generations' caches
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
         if drafter == "auto":
@@ -298,17 +307,22 @@ class LLM:
         """Generate a completion for every prompt, `max_batch` at a time in one forward per step
         (continuous batching: batch.py); results in the prompts' order. Each prompt gets the tokens
         `generate` gives it alone (with `seed`, the same seed each), up to the backend's rounding
-        (docs/BENCHMARKS.md, "Serving many users"). max_batch: default `batch.default_max_batch`.
+        (docs/BENCHMARKS.md, "Serving many users"). max_batch: at most this LLM's (its default).
         progress: a progress bar over the prompts."""
-        from .batch import BatchEngine, default_max_batch
+        from .batch import BatchEngine
         from .engine import Generation
+
+        max_batch = max_batch or self.max_batch
+        if max_batch > self.max_batch and self.backend == "gguf":
+            raise SpecdraftError(f"this LLM was loaded for batches of {self.max_batch} on the gguf backend: "
+                                 f"load it with LLM(..., max_batch={max_batch})")
 
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         d = self.drafter(spec, temperature=params.temperature)
         ids = [list(p) if isinstance(p, list) and p and isinstance(p[0], int) else self.tokenizer.encode_prompt(p, chat=chat)
                for p in prompts]
-        engine = BatchEngine(self.model, max_batch or default_max_batch(self.model))
+        engine = BatchEngine(self.model, max_batch)
         gens = [Generation(self.model, p, max_new_tokens=max_new_tokens, params=params,
                            eos_ids=self.tokenizer.eos_ids, drafter=None if d is None else d.fork()) for p in ids]
         for g in gens:

@@ -28,8 +28,8 @@ from .runtime.model import ForwardOutput, Segment
 
 # The acceptance rate a sequence is assumed to have before its first verified draft.
 PRIOR_ACCEPTANCE = 0.5
-# Sequences a batch runs at once by default (the server's --max-batch): 8 single-row steps cost
-# 1.1-1.2x one on the float backend's packed products and 2.7-2.9x on llama.cpp's (docs/BENCHMARKS.md).
+# Sequences a server runs at once unless told (--max-batch): 8 single-row steps cost 1.1-1.2x one on
+# the float backend's packed products and 2.7-4x on llama.cpp's (docs/BENCHMARKS.md).
 DEFAULT_MAX_BATCH = 8
 # The longest draft the batch's rule considers for a sequence (gains past it are negligible).
 MAX_PLANNED = 16
@@ -90,13 +90,6 @@ def row_cost(model, sequences: int) -> RowCost:
     if sequences not in kept:
         kept[sequences] = measure_row_cost(model, sequences)
     return kept[sequences]
-
-
-def default_max_batch(model) -> int:
-    """The batch size a server or `LLM.generate_batch` uses unless told: DEFAULT_MAX_BATCH, within
-    what the backend's context holds (llama.cpp's sequences)."""
-    most = getattr(model, "max_caches", None)
-    return DEFAULT_MAX_BATCH if most is None else max(1, min(DEFAULT_MAX_BATCH, most))
 
 
 def forward_many(model, segments: list[Segment]) -> list[ForwardOutput]:
@@ -177,21 +170,38 @@ class BatchEngine:
         caps = dict(zip(map(id, decoding), self._caps(decoding)))
         work: list[tuple[Generation, Segment]] = []
         for g in self.running:
-            seg = g.segment(caps.get(id(g)))
+            try:
+                seg = g.segment(caps.get(id(g)))
+            except Exception as e:  # noqa: BLE001 -- this sequence's failure (its drafter, its input), not the batch's
+                g.fail(e)
+                seg = None
             if seg is None:
                 done.append(g)
             else:
                 work.append((g, seg))
         if work:
             t = time.perf_counter()
-            outs = forward_many(self.model, [s for _, s in work])
+            try:
+                outs = forward_many(self.model, [s for _, s in work])
+            except Exception:  # noqa: BLE001 -- find whose segment failed: each alone (uncommitted slots are scratch)
+                outs = []
+                for g, s in work:
+                    try:
+                        outs.append(run_segment(self.model, s))
+                    except Exception as e:  # noqa: BLE001
+                        g.fail(e)
+                        outs.append(None)
             dt = time.perf_counter() - t
             self.steps += 1
             self.last_batch = len(work)
             self.rows += sum(int(s.tokens.shape[0]) for _, s in work)
             for (g, _), fwd in zip(work, outs):
-                g.consume(fwd, dt)
-                if g.finish_if_done():  # an EOS or its last token: leave now, free the slot
+                if fwd is not None:
+                    try:
+                        g.consume(fwd, dt)
+                    except Exception as e:  # noqa: BLE001
+                        g.fail(e)
+                if g.error is not None or g.finish_if_done():  # failed, an EOS or its last token: leave now
                     done.append(g)
         self.running = [g for g in self.running if not g.finished]
         return done

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
     sv.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens accepted")
     sv.add_argument("--max-queue", type=_positive_int, default=64, help="requests waiting or running before 429")
+    sv.add_argument("--max-batch", type=_positive_int, default=None, metavar="N",
+                    help="requests decoded together, one forward per step for all (default: 8; 1: one request "
+                         "at a time)")
     sv.add_argument("--prefix-cache", type=_nonnegative_int, default=4, metavar="N",
                     help="keep the KV caches of the last N requests: a prompt that begins like one of them (a "
                          "conversation's next turn) prefills only the rest (default: %(default)s; 0: off)")
@@ -326,7 +329,7 @@ class _PrefillBar:
             self.bar.close()
 
 
-def _load(a, sampling: bool):
+def _load(a, sampling: bool, **kw):
     """The LLM of `generate`, `chat` or `serve`, after checking the cheap arguments (dtype,
     device, drafter spec and, with `sampling`, the sampling options) before the slow load."""
     from .api import LLM, resolve_device, resolve_dtype
@@ -338,7 +341,7 @@ def _load(a, sampling: bool):
     check_spec(a.drafter)
     if sampling:
         SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device, exact=a.exact, backend=a.backend)
+    return LLM(a.model, drafter=a.drafter, dtype=a.dtype, device=a.device, exact=a.exact, backend=a.backend, **kw)
 
 
 def cmd_generate(a) -> int:
@@ -517,22 +520,40 @@ def cmd_bench(a) -> int:
 
 def cmd_serve(a) -> int:
     import os
+    import signal
+    import threading
 
     import uvicorn
 
+    from .batch import DEFAULT_MAX_BATCH
     from .server.app import ServerConfig, create_app, drafter_name
 
-    llm = _load(a, sampling=False)
+    max_batch = a.max_batch or DEFAULT_MAX_BATCH
+    llm = _load(a, sampling=False, max_batch=max_batch, prefix_cache=a.prefix_cache)
     cfg = ServerConfig(model_name=a.served_name or a.model, drafter=a.drafter,
                        api_key=a.api_key or os.environ.get("SPECDRAFT_API_KEY"),
                        max_prompt_tokens=a.max_prompt_tokens, max_tokens_limit=a.max_tokens_limit, max_queue=a.max_queue,
-                       prefix_cache=a.prefix_cache)
+                       prefix_cache=a.prefix_cache, max_batch=max_batch)
     name, hot = drafter_name(llm, cfg.drafter), drafter_name(llm, cfg.drafter, temperature=1.0)
     shown = cfg.drafter if name == cfg.drafter else f"{cfg.drafter}: {name}"
     if hot != name:
         shown += f"; {hot} at temperature 1"
-    print(f"serving {cfg.model_name} (drafter {shown}) on http://{a.host}:{a.port}/v1", file=sys.stderr)
-    uvicorn.run(create_app(llm, cfg), host=a.host, port=a.port, log_level="warning")
+    print(f"serving {cfg.model_name} (drafter {shown}; {llm.backend} backend; up to {cfg.max_batch} requests "
+          f"at once) on http://{a.host}:{a.port}/v1", file=sys.stderr)
+    app = create_app(llm, cfg, engine_thread=False)
+    # The engine on this (the main) thread, where the model was loaded: its kernels run at half speed
+    # on another (server/scheduler.py); the HTTP server on a thread of its own.
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
+    web = threading.Thread(target=server.run, name="specdraft-http", daemon=True)
+    signal.signal(signal.SIGTERM, lambda *_: app.state.scheduler.close())
+    web.start()
+    try:
+        app.state.scheduler.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        web.join(10)
     return 0
 
 

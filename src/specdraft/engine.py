@@ -169,14 +169,14 @@ class Generation:
         self.phase = "prefill"  # "prefill" | "decode"
         # Capacity: the prompt and every new token; each draft is clamped to fit (step.budget).
         self.capacity = len(prompt_ids) + self.max_new_tokens
-        self.reused, cache, self.old_rows = prefix.take(prompt_ids, self.needs) if prefix is not None else (0, None, None)
-        self.cache = model.new_cache(self.capacity) if cache is None else cache.grown(self.capacity)
-        self.stats.cached_tokens = self.reused
-        self.filled = self.reused  # prompt tokens in the cache
+        self.cache = None  # taken at the first step (`_begin`): a batch's waiting sequences hold none
+        self.reused = self.filled = 0  # prompt tokens whose keys and values a PrefixStore held; in the cache
+        self.old_rows = None
         self.finals: list[torch.Tensor] = []
         self.layers: dict[int, list[torch.Tensor]] = {i: [] for i in self.needs.hidden_layers}
         self.draft: Draft | None = None
         self.acceptance: float | None = None  # recent acceptance of drafted tokens (BatchEngine's rule)
+        self.error: Exception | None = None  # what ended it, if a step failed (`fail`)
 
     # -- the forward this sequence needs next -------------------------------------------------
 
@@ -232,8 +232,18 @@ class Generation:
             self._finish("length")
         return self.finished
 
+    def _begin(self) -> None:
+        self.t0 = time.perf_counter()
+        prefix = self.prefix
+        self.reused, cache, self.old_rows = (prefix.take(self.prompt_ids, self.needs) if prefix is not None
+                                             else (0, None, None))
+        self.cache = self.model.new_cache(self.capacity) if cache is None else cache.grown(self.capacity)
+        self.stats.cached_tokens = self.filled = self.reused
+
     def _prefill_segment(self) -> Segment | None:
-        if self.filled > self.reused and self.should_stop is not None and self.should_stop():
+        if self.cache is None:
+            self._begin()
+        elif self.filled > self.reused and self.should_stop is not None and self.should_stop():
             return self._finish("cancelled")  # between two chunks of a long prompt: no token
         lo, n = self.filled, len(self.prompt_ids)
         hi = min(n, lo + self.chunk)
@@ -338,6 +348,7 @@ class Generation:
         _sync(self.model.device)
         if self.phase == "prefill":  # cancelled between two chunks of a long prompt
             stats.wall_s = stats.prefill_s = time.perf_counter() - self.t0
+            self._release()
             return None
         if self.prefix is not None and not self.needs.hidden_layers:
             self.prefix.put(self.kv_ids, self.cache, torch.cat(self.kv_rows) if self.needs.final_hidden else None)
@@ -345,7 +356,25 @@ class Generation:
         stats.wall_s = time.perf_counter() - self.t0
         if self.drafter is not None:
             stats.extra.update(self.drafter.describe())
+        self._release()
         return None
+
+    def _release(self) -> None:
+        """Let go of the KV cache and the drafter's state now (not when a caller's reference cycle
+        is collected): a batch's next sequence takes the memory, or llama.cpp's sequence."""
+        self.cache = self.step = self.draft = None
+        self.kv_rows = self.finals = self.old_rows = None
+        if self.drafter is not None:
+            self.drafter = None
+
+    def fail(self, error: Exception) -> None:
+        """End the generation with an error (a step of it failed; a batch goes on without it)."""
+        self.error = error
+        self.finished = True
+        self._release()
+        self.stats.stop_reason = "error"
+        self.stats.new_tokens = len(self.out)
+        self.stats.wall_s = time.perf_counter() - self.t0
 
     def result(self) -> tuple[list[int], GenerationStats]:
         return self.out, self.stats

@@ -182,15 +182,16 @@ class LlamaServer:
 
 
 def server_args(gguf: Path, spec: str, *, threads: int, n_ctx: int, draft_gguf: Path | None = None,
-                no_repack: bool = False) -> list[str]:
-    """llama-server's command line for one peer spec (without host and port): one slot, our
+                no_repack: bool = False, parallel: int = 1) -> list[str]:
+    """llama-server's command line for one peer spec (without host and port): `parallel` slots
+    (one by default) sharing `n_ctx` cells, our
     thread count, no web UI, and the KV cache our gguf backend keeps (Q8_0 keys and values
     through flash attention, one cache for all sequences, sliding-window layers keeping every
     cell: runtime/llamacpp.py), so that its greedy tokens are ours token for
     token and the bench's "same tokens" column compares like with like; then the draft model or
     the n-gram mode the spec names, at llama.cpp's default draft settings."""
     kind, _, arg = spec.partition(":")
-    args = ["-m", str(gguf), "-t", str(threads), "-c", str(n_ctx), "-np", "1", "--no-webui",
+    args = ["-m", str(gguf), "-t", str(threads), "-c", str(n_ctx), "-np", str(parallel), "--no-webui",
             "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--kv-unified", "--swa-full"]
     if no_repack:
         args.append("--no-repack")

@@ -94,8 +94,10 @@ PROBE_ROWS = 16
 # Sequences of one context: the first CACHE_SEQS are caches (the generations of a batch, and those
 # a PrefixStore keeps), the rest are the leaves of a verified tree (a tree has at most that many
 # leaves). llama.cpp allows 256 sequences a context.
-CACHE_SEQS = 24
+CACHE_SEQS = 8
 TREE_SEQS = 120
+# Cells of each cache in a context with a KV stream per sequence (`streams`), unless told.
+STREAM_CTX = 4096
 
 
 class LlamaCppCache(CacheLength):
@@ -192,10 +194,19 @@ class LlamaCppDecoder:
     """A GGUF model run by llama.cpp, behind the float `Decoder`'s forward / prefill / cache API.
 
     cfg: the model's ModelConfig (its context window is clamped to the llama.cpp context's).
-    n_ctx: KV cells of the context, shared by every cache of this model (a prefix store's too).
+    n_ctx: KV cells of the context, shared by every cache of this model (a prefix store's too);
+      with `streams`, the cells of each cache.
+    streams: 0 for one KV cache shared by every sequence (unified: token trees are verified as
+      leaf sequences that tag the prefix's cells); else that many caches, each with cells of its
+      own (llama.cpp's non-unified cache). A batch needs streams: in the shared cache, sequences
+      that come and go leave holes that the others' next tokens fill, a sequence's cells stop
+      being in position order, and llama.cpp's attention, which sums in cell order, rounds unlike
+      the sequence decoded alone (24 requests 8 at a time: 16 of 24 answers changed). Streams
+      hold chains only (no trees).
     """
 
-    def __init__(self, gguf: Path, cfg: ModelConfig, *, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, gguf: Path, cfg: ModelConfig, *, n_ctx: int | None = None, threads: int | None = None,
+                 streams: int = 0):
         _init_backend()
         ll = self.ll = _lib()
         self.path = Path(gguf)
@@ -215,14 +226,15 @@ class LlamaCppDecoder:
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
         self.hidden = ll.llama_model_n_embd(model)
         train_ctx = ll.llama_model_n_ctx_train(model)
-        self.n_ctx = min(n_ctx or min(train_ctx, 16384), train_ctx)
+        self.n_ctx = min(n_ctx or min(train_ctx, STREAM_CTX if streams else 16384), train_ctx)
+        self.streams = streams
         threads = threads or torch.get_num_threads()
         cp = ll.llama_context_default_params()
-        cp.n_ctx = self.n_ctx
+        cp.n_ctx = self.n_ctx * (streams or 1)
         cp.n_batch = cp.n_ubatch = PREFILL_CHUNK
-        cp.n_seq_max = CACHE_SEQS + TREE_SEQS
+        cp.n_seq_max = streams or CACHE_SEQS + TREE_SEQS
         cp.n_threads = cp.n_threads_batch = threads
-        cp.kv_unified = True  # sequences share cells: a tree's leaves tag the prefix, nothing is copied
+        cp.kv_unified = not streams  # sequences share cells: a tree's leaves tag the prefix, nothing is copied
         cp.swa_full = True  # sliding-window layers keep every cell, so any position can be rolled back
         cp.embeddings = False
         cp.pooling_type = ll.LLAMA_POOLING_TYPE_NONE
@@ -243,7 +255,7 @@ class LlamaCppDecoder:
         self._ctx = ctx
         self._mem = ll.llama_get_memory(ctx)
         self._embeddings = False
-        self._free = list(range(CACHE_SEQS - 1, -1, -1))
+        self._free = list(range(self.max_caches - 1, -1, -1))
         self._leaves = 0  # leaf sequences of the last tree forward still in the KV cache
         self._batch_cap = 0
         self._batch = None
@@ -258,7 +270,7 @@ class LlamaCppDecoder:
     @property
     def max_caches(self) -> int:
         """Caches (sequences) this context holds at once: a batch's, a prefix store's, a probe's."""
-        return CACHE_SEQS
+        return self.streams or CACHE_SEQS
 
     def probe_exact_rows(self, most: int = PROBE_ROWS) -> int:
         """The largest k <= `most` such that a forward of every 2..k rows gives each row's logits bit
@@ -289,8 +301,11 @@ class LlamaCppDecoder:
 
     def _take_seq(self) -> int:
         if not self._free:
-            raise SpecdraftError(f"the llama.cpp context holds at most {CACHE_SEQS} caches at once")
-        seq = self._free.pop()
+            raise SpecdraftError(f"the llama.cpp context holds at most {self.max_caches} caches at once")
+        # The lowest free one: with a stream per sequence, llama.cpp decodes consecutive sequence
+        # ids in one graph (a gap splits the batch), so a batch's sequences are kept together.
+        seq = min(self._free)
+        self._free.remove(seq)
         self._rm(seq, 0)
         return seq
 
@@ -396,6 +411,9 @@ class LlamaCppDecoder:
             if pos != list(range(start, start + n)):
                 raise SpecdraftError("the gguf backend writes a chain at consecutive positions from its start slot")
             seqs = [[cache.seq]] * n
+        elif self.streams:
+            raise SpecdraftError("a token tree on a llama.cpp context with a KV stream per sequence (batched): "
+                                 "use a chain drafter (lookup) or --max-batch 1")
         else:
             leaves = _tree_seqs(tree_mask)
             if max((max(s) for s in leaves if s), default=0) >= TREE_SEQS:
@@ -452,7 +470,9 @@ class LlamaCppDecoder:
             group.clear()
             rows = 0
 
-        for i, seg in enumerate(segments):
+        # by sequence id: with a stream per sequence, llama.cpp splits a batch wherever the ids of
+        # its sequences are not consecutive
+        for i, seg in sorted(enumerate(segments), key=lambda s: s[1].cache.seq):
             n = int(seg.tokens.shape[0])
             if seg.tree_mask is not None or seg.cache.redo or n > cap or seg.hidden_layers:
                 out[i] = self._segment(seg)

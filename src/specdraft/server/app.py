@@ -38,18 +38,22 @@ class ServerConfig:
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_queue: int = 64
+    max_batch: int = 1  # requests run together in one forward per step (batch.py)
     prefix_cache: int = 4  # KV caches of recent requests kept for prompts that begin like them (0: none)
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
 
-def error_response(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+def error_response(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
+                   headers: dict[str, str] | None = None):
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 def drafter_name(llm: LLM, spec: str, temperature: float = 0.0) -> str:
@@ -59,14 +63,25 @@ def drafter_name(llm: LLM, spec: str, temperature: float = 0.0) -> str:
     return "plain" if d is None else d.name
 
 
-def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
+def create_app(llm: LLM, cfg: ServerConfig, engine_thread: bool = True) -> FastAPI:
+    """The app; engine_thread: run the engine on a thread of its own (else the caller runs
+    `app.state.scheduler.run()`, on the thread that loaded the model: server/scheduler.py)."""
     metrics = Metrics()
     for t in (0.0, 1.0):  # knn-ssd: build every route's drafter now, not during a request
         d = llm.drafter(cfg.drafter, temperature=t)
         if hasattr(d, "build_routes"):
             d.build_routes()
+    most = getattr(llm.model, "max_caches", None)
+    if most is not None and cfg.max_batch + cfg.prefix_cache > most:
+        raise SpecdraftError(f"{cfg.max_batch} requests at once and {cfg.prefix_cache} kept caches need "
+                             f"{cfg.max_batch + cfg.prefix_cache} llama.cpp sequences; this model was loaded with "
+                             f"{most}: load it with LLM(..., max_batch={cfg.max_batch}, prefix_cache={cfg.prefix_cache})")
     llm.prefix.slots = cfg.prefix_cache
-    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics)
+    if cfg.max_batch > 1 and any(llm.drafter(cfg.drafter, temperature=t) is not None for t in (0.0, 1.0)):
+        from ..batch import row_cost
+
+        row_cost(llm.model, cfg.max_batch)  # the batch's draft-length rule reads it: measured now, not mid-request
+    scheduler = Scheduler(llm, cfg.drafter, cfg.max_queue, metrics, cfg.max_batch, thread=engine_thread)
     # What the spec became (`auto` names its choices): for greedy requests, and for requests at
     # temperature 1 (the API's default).
     drafts_with = {"drafts_with": drafter_name(llm, cfg.drafter),
@@ -85,7 +100,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
         metrics.requests.labels(request.url.path, str(e.status)).inc()
-        return error_response(e.status, e.message, e.type, e.param, e.code)
+        return error_response(e.status, e.message, e.type, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -150,8 +165,9 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
         try:
             scheduler.submit(job)
         except QueueFull:
-            raise APIError(429, f"the server is busy ({cfg.max_queue} requests queued): retry later",
-                           "rate_limit_error", code="queue_full") from None
+            wait = scheduler.retry_after()
+            raise APIError(429, f"the server is busy ({cfg.max_queue} requests queued): retry in {wait} s",
+                           "rate_limit_error", code="queue_full", headers={"Retry-After": str(wait)}) from None
         return job
 
     async def collect(job: Job, request: Request) -> Outcome:
@@ -229,7 +245,7 @@ def create_app(llm: LLM, cfg: ServerConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": cfg.model_name, "drafter": cfg.drafter, **drafts_with,
-                "queue_depth": scheduler.depth}
+                "queue_depth": scheduler.depth, "max_batch": scheduler.max_batch}
 
     @app.get("/metrics")
     async def prometheus():

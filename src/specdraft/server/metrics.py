@@ -24,6 +24,14 @@ class Metrics:
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
         self.ttft = Histogram("specdraft_time_to_first_token_seconds", "Time to first token (queue included)",
                               registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.batch_size = Gauge("specdraft_batch_size", "Sequences in the last batched forward", registry=r)
+        self.queue_wait = Histogram("specdraft_queue_wait_seconds", "Time a request waited for a batch slot",
+                                    registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+        self.request_tau = Histogram("specdraft_request_tau", "Tokens per target forward, per request", registry=r,
+                                     buckets=(1, 1.1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 6))
+        self.request_acceptance = Histogram("specdraft_request_acceptance_rate",
+                                            "Accepted / drafted tokens, per request that drafted", registry=r,
+                                            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
         self._tokens = self._forwards = self._drafted = self._accepted = 0
 
     def observe_generation(self, s: GenerationStats) -> None:
@@ -36,6 +44,10 @@ class Metrics:
         self._forwards += s.target_forwards
         self._drafted += s.drafted
         self._accepted += s.accepted
+        if s.tau is not None:
+            self.request_tau.observe(s.tau)
+        if s.acceptance_rate is not None:
+            self.request_acceptance.observe(s.acceptance_rate)
         if self._forwards:
             self.tau.set(self._tokens / self._forwards)
         if self._drafted:

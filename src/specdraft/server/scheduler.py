@@ -1,7 +1,14 @@
-"""One worker thread runs generations one at a time, first come first served (batch size 1 is the
-engine's design). Jobs talk to the async side through an asyncio queue; a job whose client went
-away is cancelled between two decoding steps (or two prefill chunks of a long prompt), and its KV
-cache is freed with it."""
+"""One worker thread runs every request in a `BatchEngine` (batch.py): up to `max_batch` at once,
+one target forward per step for all of them; the rest wait in order. Jobs talk to the async side
+through an asyncio queue. A job whose client went away is cancelled at the next step (or between
+two prefill chunks of a long prompt) and its slot and KV cache go to the next waiting job; a job
+that fails (a bad stop string, a cache that overflows) ends alone with its error, never the batch.
+
+Which thread runs the engine matters on a CPU: torch's and llama.cpp's OpenMP kernels ran at half
+speed on a thread other than the one that had loaded the model and run its first forwards
+(SmolLM2, 8 sequences: 57 instead of 128 tokens/s with torch, 75 instead of 126 with llama.cpp).
+`specdraft serve` therefore runs the engine (`run`) on the main thread and the HTTP server on
+another; `thread=True` (tests, embedding) runs it on a thread of its own."""
 
 from __future__ import annotations
 
@@ -12,7 +19,10 @@ import time
 from dataclasses import dataclass, field
 
 from ..api import LLM
+from ..batch import BatchEngine
+from ..engine import Generation
 from ..runtime.sampling import SamplingParams
+from ..text import Detokenizer
 from .metrics import Metrics
 from .stops import StopMatcher
 
@@ -45,14 +55,80 @@ class Outcome:
     cached_tokens: int = 0  # prompt tokens whose keys and values an earlier request left
 
 
+class _Running:
+    """A job's generation and its text side: detokenizer, stop strings, what was sent."""
+
+    def __init__(self, job: Job, llm: LLM, drafter_spec: str, metrics: Metrics, reuse_prefix: bool):
+        self.job, self.metrics = job, metrics
+        self.stops = StopMatcher(job.stops)
+        self.detok = Detokenizer(llm.tokenizer)
+        self.pieces: list[str] = []
+        self.first = True
+        d = llm.drafter(drafter_spec, temperature=job.params.temperature)
+        self.drafter_name = "plain" if d is None else d.name
+        self.gen = Generation(llm.model, job.prompt_ids, max_new_tokens=job.max_tokens, params=job.params,
+                              eos_ids=llm.tokenizer.eos_ids, drafter=None if d is None else d.fork(),
+                              on_tokens=self.on_tokens, should_stop=self.should_stop,
+                              prefix=llm.prefix if reuse_prefix else None)
+
+    def should_stop(self) -> bool:
+        return self.job.cancel.is_set() or self.stops.stopped
+
+    def on_tokens(self, new: list[int]) -> None:
+        self.text(self.detok.push(new))
+
+    def text(self, piece: str) -> None:
+        out = self.stops.push(piece) if piece else ""
+        if out:
+            if self.first:
+                self.metrics.ttft.observe(time.perf_counter() - self.job.submitted)
+                self.first = False
+            self.pieces.append(out)
+            self.job.emit("text", out)
+
+    def finish(self) -> None:
+        g, job, m = self.gen, self.job, self.metrics
+        if g.error is not None:
+            job.emit("error", g.error)
+            return
+        self.text(self.detok.flush())
+        tail = self.stops.flush()
+        if tail:
+            self.pieces.append(tail)
+            job.emit("text", tail)
+        s = g.stats
+        if job.cancel.is_set():
+            reason = "cancelled"
+            m.cancelled.inc()
+        elif self.stops.stopped or s.stop_reason == "eos":
+            reason = "stop"
+        else:
+            reason = "length"
+        m.observe_generation(s)
+        stats = {"tau": s.tau, "acceptance_rate": s.acceptance_rate, "target_forwards": s.target_forwards,
+                 "drafter": self.drafter_name, "tokens_per_s": s.tokens_per_s, **s.extra}
+        job.emit("done", Outcome("".join(self.pieces), s.new_tokens, reason, stats, s.cached_tokens))
+
+
 class Scheduler:
-    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics):
+    """Takes jobs (at most `max_queue` waiting or running) and runs them `max_batch` at a time."""
+
+    def __init__(self, llm: LLM, drafter: str, max_queue: int, metrics: Metrics, max_batch: int = 1,
+                 thread: bool = True):
         self.llm, self.drafter, self.max_queue, self.metrics = llm, drafter, max_queue, metrics
+        self.engine = BatchEngine(llm.model, max_batch)
+        self._running: dict[int, _Running] = {}  # by id of the generation
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self.depth = 0  # waiting + running
-        self._thread = threading.Thread(target=self._work, name="specdraft-engine", daemon=True)
-        self._thread.start()
+        self.finished = 0  # requests ended, and their seconds (for Retry-After)
+        self.seconds = 0.0
+        if thread:
+            threading.Thread(target=self.run, name="specdraft-engine", daemon=True).start()
+
+    @property
+    def max_batch(self) -> int:
+        return self.engine.max_batch
 
     def submit(self, job: Job) -> None:
         with self._lock:
@@ -62,56 +138,66 @@ class Scheduler:
             self.metrics.queue_depth.set(self.depth)
         self._q.put(job)
 
+    def retry_after(self) -> int:
+        """Seconds a client turned away should wait: the queue ahead of it, at the mean request
+        time so far, `max_batch` at a time (at least 1)."""
+        with self._lock:
+            mean = self.seconds / self.finished if self.finished else 1.0
+            return max(1, round(mean * self.depth / self.max_batch))
+
     def close(self) -> None:
         self._q.put(None)
 
-    def _work(self) -> None:
-        while (job := self._q.get()) is not None:
-            try:
-                self._run(job)
-            except Exception as e:  # noqa: BLE001 -- delivered to the request, which answers 500
-                job.emit("error", e)
-            finally:
-                with self._lock:
-                    self.depth -= 1
-                    self.metrics.queue_depth.set(self.depth)
+    def _done(self, r: _Running) -> None:
+        try:
+            r.finish()
+        except Exception as e:  # noqa: BLE001 -- delivered to the request, which answers 500
+            r.job.emit("error", e)
+        with self._lock:
+            self.depth -= 1
+            self.finished += 1
+            self.seconds += time.perf_counter() - r.job.submitted
+            self.metrics.queue_depth.set(self.depth)
 
-    def _run(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
+        """Give a job its generation in the engine (or end it: cancelled while queued, bad input)."""
+        self.metrics.queue_wait.observe(time.perf_counter() - job.submitted)
         if job.cancel.is_set():
             self.metrics.cancelled.inc()
             job.emit("done", Outcome("", 0, "cancelled", {}))
+            with self._lock:
+                self.depth -= 1
+                self.metrics.queue_depth.set(self.depth)
             return
-        stops = StopMatcher(job.stops)
-        pieces: list[str] = []
-        first = [True]
+        try:
+            r = _Running(job, self.llm, self.drafter, self.metrics, reuse_prefix=self.llm.prefix.slots > 0)
+        except Exception as e:  # noqa: BLE001
+            job.emit("error", e)
+            with self._lock:
+                self.depth -= 1
+                self.metrics.queue_depth.set(self.depth)
+            return
+        self._running[id(r.gen)] = r
+        self.engine.add(r.gen)
 
-        def on_text(piece: str) -> None:
-            out = stops.push(piece)
-            if out:
-                if first[0]:
-                    self.metrics.ttft.observe(time.perf_counter() - job.submitted)
-                    first[0] = False
-                pieces.append(out)
-                job.emit("text", out)
-
-        r = self.llm.generate(job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.params.temperature,
-                              top_p=job.params.top_p, top_k=job.params.top_k, seed=job.params.seed,
-                              drafter=self.drafter, on_text=on_text,
-                              should_stop=lambda: job.cancel.is_set() or stops.stopped,
-                              reuse_prefix=self.llm.prefix.slots > 0)  # (llm.prefix.slots: the server's --prefix-cache)
-        tail = stops.flush()
-        if tail:
-            pieces.append(tail)
-            job.emit("text", tail)
-        s = r.stats
-        if job.cancel.is_set():
-            finish = "cancelled"
-            self.metrics.cancelled.inc()
-        elif stops.stopped or s.stop_reason == "eos":
-            finish = "stop"
-        else:
-            finish = "length"
-        self.metrics.observe_generation(s)
-        stats = {"tau": s.tau, "acceptance_rate": s.acceptance_rate, "target_forwards": s.target_forwards,
-                 "drafter": r.drafter, "tokens_per_s": s.tokens_per_s, **s.extra}
-        job.emit("done", Outcome("".join(pieces), s.new_tokens, finish, stats, s.cached_tokens))
+    def run(self) -> None:
+        """The engine loop, until `close`: on the thread that calls it (see the module doc)."""
+        eng = self.engine
+        waiting: list[Job] = []
+        while True:
+            # Block for work only when there is none; otherwise take what arrived since the last step.
+            try:
+                while True:
+                    job = self._q.get(block=not (eng.busy or waiting))
+                    if job is None:
+                        return
+                    waiting.append(job)
+            except queue.Empty:
+                pass
+            while waiting and len(eng.running) + len(eng.waiting) < eng.max_batch:
+                self._start(waiting.pop(0))
+            if not eng.busy:
+                continue
+            for g in eng.step():
+                self._done(self._running.pop(id(g)))
+            self.metrics.batch_size.set(eng.last_batch)
