@@ -197,3 +197,22 @@ def test_a_corrupt_gguf_file_is_a_clear_error(tmp_path):
     with pytest.raises(SpecdraftError, match="cannot load this GGUF"):
         llamacpp.LlamaCppDecoder(bad, cfg)
 
+
+
+@pytest.mark.integration
+def test_a_batch_with_sequences_coming_and_going_gives_each_its_tokens_alone(smollm2_dir):
+    """A KV stream per sequence (LLM(max_batch=...)): 10 requests 4 at a time, each leaving when it
+    ends and the next taking its place, get the tokens each gets alone. (In one shared cache the
+    holes they leave reorder the others' cells, and answers changed: runtime/llamacpp.py.)"""
+    from specdraft import LLM
+    from specdraft.errors import SpecdraftError
+
+    llm = LLM(str(smollm2_dir), backend="gguf", drafter="lookup:4?min_ngram=3", max_batch=4, progress=False)
+    assert llm.model.streams
+    prompts = [f"Write {n} short sentences about the number {n}." for n in range(10)]
+    lengths = [20 + 7 * i for i in range(10)]
+    alone = [llm.generate(p, max_new_tokens=n).token_ids for p, n in zip(prompts, lengths)]
+    batch = llm.generate_batch(prompts, max_new_tokens=max(lengths))
+    assert [b.token_ids[:len(a)] for a, b in zip(alone, batch)] == alone
+    with pytest.raises(SpecdraftError, match="max_batch=8"):
+        llm.generate_batch(prompts, max_batch=8)

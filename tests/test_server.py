@@ -248,6 +248,7 @@ def test_queue_limit_answers_429(tiny_llm_dir):
                 return 200
             except openai.RateLimitError as e:
                 assert e.body["code"] == "queue_full"
+                assert int(e.response.headers["retry-after"]) >= 1
                 return e.status_code
 
         with ThreadPoolExecutor(6) as pool:
@@ -294,3 +295,39 @@ def test_prefix_cache_slots_keep_alternating_conversations(tiny_llm_dir, slots):
                 cached.append(r.usage.prompt_tokens_details.cached_tokens)
                 talks[who] += r.choices[0].text + " and then"
         assert cached[:2] == [0, 0] and all((n > 0) == (slots > 0) for n in cached[2:])
+
+
+def test_a_batched_server_answers_each_request_as_alone_and_survives_leavers(tiny_llm_dir):
+    """--max-batch 4: 12 concurrent streaming requests of different lengths; the odd ones leave
+    after a few chunks. Each that stays gets the text `generate` gives it alone; /metrics and
+    /health show the batch."""
+    llm = LLM(str(tiny_llm_dir), dtype="float32", drafter="lookup", progress=False)
+    prompts = [f"def add(a, b): return a + b  # {i}" if i % 2 else f"The quick brown fox {i}" for i in range(12)]
+    lengths = [8 + 3 * i for i in range(12)]
+    alone = [llm.generate([{"role": "user", "content": p}], max_new_tokens=n).text for p, n in zip(prompts, lengths)]
+    with Live(llm, ServerConfig(model_name="tiny", drafter="lookup", max_batch=4, prefix_cache=0)) as s:
+        def one(i):
+            stream = s.client().chat.completions.create(model="tiny", max_tokens=lengths[i], temperature=0, stream=True,
+                                                        messages=[{"role": "user", "content": prompts[i]}])
+            text = []
+            for ch in stream:
+                if ch.choices and ch.choices[0].delta.content:
+                    text.append(ch.choices[0].delta.content)
+                if i % 2 and len(text) >= 2:
+                    stream.close()
+                    return None
+            return "".join(text)
+
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(one, range(12)))
+        assert [g for i, g in enumerate(got) if i % 2 == 0] == [a for i, a in enumerate(alone) if i % 2 == 0]
+        health = httpx.get(s.url + "/health").json()
+        assert health["max_batch"] == 4
+        deadline = time.time() + 20
+        while httpx.get(s.url + "/health").json()["queue_depth"]:
+            assert time.time() < deadline, "the leavers' slots were not freed"
+            time.sleep(0.1)
+        assert s.metric("specdraft_queue_wait_seconds_count") >= 12
+        assert s.metric("specdraft_request_tau_count") >= 6
+        text = httpx.get(s.url + "/metrics").text
+        assert "specdraft_batch_size" in text

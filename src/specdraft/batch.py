@@ -153,20 +153,28 @@ class BatchEngine:
         return bool(self.waiting or self.running)
 
     def _caps(self, decoding: list[Generation]) -> list[int | None]:
-        if len(self.running) <= 1 or not self.adaptive or all(g.drafter is None for g in decoding):
+        """Each decoding sequence's most drafted nodes this step; None: as it drafts alone. A
+        request sampled with a seed always drafts as alone: the draft decides which random numbers
+        verification draws, so its tokens stay those of the seed whatever the batch."""
+        planned = [g for g in decoding if g.drafter is not None and (g.params.greedy or g.params.seed is None)]
+        if len(self.running) <= 1 or not self.adaptive or not planned:
             return [None] * len(decoding)  # alone (as generate_ids drafts), or nothing to plan
         if self.cost is None:
-            self.cost = row_cost(self.model, self.max_batch)
-        limits = [min(g.room(), MAX_PLANNED) for g in decoding]
-        alphas = [PRIOR_ACCEPTANCE if g.acceptance is None else g.acceptance for g in decoding]
-        return plan_drafts(alphas, limits, self.cost)
+            return [None] * len(decoding)  # (measured before the first sequence started: `step`)
+        limits = [min(g.room(), MAX_PLANNED) for g in planned]
+        alphas = [PRIOR_ACCEPTANCE if g.acceptance is None else g.acceptance for g in planned]
+        caps = dict(zip(map(id, planned), plan_drafts(alphas, limits, self.cost)))
+        return [caps.get(id(g)) for g in decoding]
 
     @torch.inference_mode()
     def step(self) -> list[Generation]:
+        if (self.cost is None and self.adaptive and self.max_batch > 1 and not self.running
+                and any(g.drafter is not None for g in self.waiting)):
+            self.cost = row_cost(self.model, self.max_batch)  # while no sequence holds a cache
         while self.waiting and len(self.running) < self.max_batch:
             self.running.append(self.waiting.popleft())
         done: list[Generation] = []
-        decoding = [g for g in self.running if g.phase == "decode"]
+        decoding = [g for g in self.running if g.phase == "decode" and not g.finished]
         caps = dict(zip(map(id, decoding), self._caps(decoding)))
         work: list[tuple[Generation, Segment]] = []
         for g in self.running:
