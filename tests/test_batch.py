@@ -216,3 +216,27 @@ def test_drafter_forks_keep_their_own_state():
     f = h.fork()
     assert all(x is not y for x, y in zip(f.parts, h.parts))
     assert Draft.empty() is not None
+
+
+def test_stream_runs_on_the_callers_thread_and_stops_where_the_caller_stops(tiny_llm_dir):
+    import threading
+
+    from specdraft import LLM
+
+    llm = LLM(str(tiny_llm_dir), dtype="float32", drafter="lookup", progress=False)
+    full = llm.generate("The quick brown fox", max_new_tokens=24)
+    threads = []
+    seen = llm.model.forward
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread())
+        return seen(*a, **k)
+
+    llm.model.forward = spy
+    assert "".join(llm.stream("The quick brown fox", max_new_tokens=24)) == full.text
+    assert set(threads) == {threading.current_thread()}
+    it = llm.stream("The quick brown fox", max_new_tokens=24)
+    next(it)
+    calls = len(threads)
+    it.close()  # the caller stops: no more forwards
+    assert len(threads) == calls

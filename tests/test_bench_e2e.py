@@ -122,3 +122,20 @@ def test_every_method_samples_a_turn_with_the_same_seed():
     d = Recorder("plain")
     run_methods([d], qs, max_new_tokens=4, warmup=False, progress=False)
     assert all(s.greedy for _, s in d.seen)
+
+
+def test_bench_concurrency_answers_the_first_turns_n_at_a_time(tiny_llm_dir, tmp_path, capsys):
+    qfile = tmp_path / "q.jsonl"
+    qs = [{"question_id": f"q{i}", "category": "chat", "turns": [f"Tell me about the quick brown fox number {i}."]}
+          for i in range(5)]
+    qfile.write_text("\n".join(json.dumps(q) for q in qs) + "\n")
+    out = tmp_path / "run"
+    rc = main(["bench", "--model", str(tiny_llm_dir), "--methods", "lookup", "--questions", str(qfile),
+               "--max-new-tokens", "10", "--dtype", "float32", "--concurrency", "3", "--out", str(out)])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["concurrency"]}
+    assert set(rows) == {"plain", "lookup"}
+    for r in rows.values():
+        assert r["prompts"] == 5 and r["concurrency"] == 3 and r["same_answers"] == 5  # lossless in fp32
+        assert r["alone_tokens_per_s"] > 0 and r["batch_tokens_per_s"] > 0
+    assert "3 at a time" in capsys.readouterr().out

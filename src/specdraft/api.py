@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,7 +18,7 @@ import torch
 
 from . import zoo
 from .drafters import Drafter, build_drafter
-from .engine import GenerationStats, PrefixStore, generate_ids
+from .engine import Generation, GenerationStats, PrefixStore, run_generation, run_segment
 from .errors import SpecdraftError
 from .runtime import packed
 from .runtime.loader import count_params, decode_dtype, load_decoder
@@ -263,6 +261,20 @@ class LLM:
         to the order of summation, so the output may differ from a fresh prefill's where two
         tokens nearly tie.
         """
+        g, flush = self._generation(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                    top_k=top_k, seed=seed, chat=chat, drafter=drafter, on_text=on_text,
+                                    should_stop=should_stop, on_prefill=on_prefill, reuse_prefix=reuse_prefix)
+        run_generation(self.model, g)
+        flush()
+        return self._result(g)
+
+    def _generation(self, prompt, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                    top_k: int = 0, seed: int | None = None, chat: bool | None = None,
+                    drafter: str | Drafter | None = "default", on_text: Callable[[str], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, on_prefill: Callable[[int, int], None] | None = None,
+                    reuse_prefix: bool = False) -> tuple[Generation, Callable[[], None]]:
+        """`generate`'s generation, not run yet, and the call that sends on_text the text held
+        back at the end."""
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         d = self.drafter(spec, temperature=params.temperature)
@@ -277,18 +289,20 @@ class LLM:
             if piece:
                 on_text(piece)
 
-        out, stats = generate_ids(
-            self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
-            drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop, on_prefill=on_prefill,
-            prefix=self.prefix if reuse_prefix else None,
-        )
-        if detok is not None and (rest := detok.flush()):
-            on_text(rest)  # the streamed pieces then add up to the text, even if it ends mid-character
-        return GenerationResult(
-            text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), stats=stats,
-            model=self.name, drafter=d.name if d is not None else "plain", dtype=self.dtype_name,
-            packed_weights=self.packed, exact=self.exact,
-        )
+        def flush() -> None:
+            if detok is not None and (rest := detok.flush()):
+                on_text(rest)  # the streamed pieces then add up to the text, even if it ends mid-character
+
+        g = Generation(self.model, ids, max_new_tokens=max_new_tokens, params=params, eos_ids=self.tokenizer.eos_ids,
+                       drafter=d, on_tokens=on_tokens if detok else None, should_stop=should_stop,
+                       on_prefill=on_prefill, prefix=self.prefix if reuse_prefix else None)
+        return g, flush
+
+    def _result(self, g: Generation) -> GenerationResult:
+        d = g.drafter_name
+        return GenerationResult(text=self.tokenizer.decode(g.out), token_ids=g.out, prompt_tokens=len(g.prompt_ids),
+                                stats=g.stats, model=self.name, drafter=d, dtype=self.dtype_name,
+                                packed_weights=self.packed, exact=self.exact)
 
     def generate_batch(
         self,
@@ -310,7 +324,6 @@ class LLM:
         (docs/BENCHMARKS.md, "Serving many users"). max_batch: at most this LLM's (its default).
         progress: a progress bar over the prompts."""
         from .batch import BatchEngine
-        from .engine import Generation
 
         max_batch = max_batch or self.max_batch
         if max_batch > self.max_batch and self.backend == "gguf":
@@ -335,29 +348,27 @@ class LLM:
         engine.run(on_done=None if bar is None else lambda g: bar.update(1))
         if bar is not None:
             bar.close()
-        return [GenerationResult(text=self.tokenizer.decode(g.out), token_ids=g.out, prompt_tokens=len(p),
-                                 stats=g.stats, model=self.name, drafter=d.name if d is not None else "plain",
-                                 dtype=self.dtype_name, packed_weights=self.packed, exact=self.exact)
-                for g, p in zip(gens, ids)]
+        return [self._result(g) for g in gens]
 
     def stream(self, prompt: str | Messages, **kwargs) -> Iterator[str]:
-        """Yield text pieces as they are committed (generation runs in a worker thread)."""
-        q: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        done = object()
-
-        def work():
-            try:
-                self.generate(prompt, on_text=q.put, should_stop=stop.is_set, **kwargs)
-                q.put(done)
-            except BaseException as e:  # re-raised in the consumer
-                q.put(e)
-
-        threading.Thread(target=work, daemon=True).start()
+        """Yield text pieces as they are committed. `generate`'s keyword arguments but on_text;
+        the generation advances as the pieces are taken, on the caller's thread (the thread that
+        loaded the model: the kernels ran at half speed on another, server/scheduler.py), and
+        stops where the caller stops taking them."""
+        if "on_text" in kwargs:
+            raise TypeError("stream() yields the text: it takes no on_text")
+        pieces: list[str] = []
+        g, flush = self._generation(prompt, on_text=pieces.append, **kwargs)
         try:
-            while (item := q.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while True:
+                with torch.inference_mode():
+                    seg = g.segment()
+                    if seg is None:
+                        break
+                    g.consume(run_segment(self.model, seg))
+                yield from pieces
+                pieces.clear()
+            flush()
+            yield from pieces
         finally:
-            stop.set()
+            g.cancel()  # (nothing if it ended) the caller stopped taking pieces

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int, default=1)
     b.add_argument("--mix", type=float, default=None,
                    help="order the questions as a mixed-domain stream: chance of switching category after each prompt")
+    b.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
+                   help="also answer every question's first turn N at a time (LLM.generate_batch) and one at a "
+                        "time, per drafter: aggregate tokens/s, ratio, unchanged answers (summary.json 'concurrency')")
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (loopback by default)")
@@ -492,7 +495,7 @@ def cmd_bench(a) -> int:
 
         questions = mixed_stream(questions, a.mix)
     backend = backend_for(a.backend, [s for s in specs if not is_peer(s)])
-    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=backend)
+    llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend=backend, max_batch=a.concurrency or 1)
     print(f"backend: {llm.backend} ({llm.dtype_name})", file=sys.stderr)
     hf_cache: dict = {}
     methods, skipped = [], {}
@@ -511,9 +514,18 @@ def cmd_bench(a) -> int:
                "date": datetime.date.today().isoformat(),
                "methods": summarize(records, compare_outputs=sampling.greedy), "failures": failures,
                "skipped": skipped}
+    if a.concurrency:
+        from .bench import concurrency
+
+        rows = concurrency.measure(llm, [s for s in specs if not is_peer(s)], [q.turns[0] for q in questions],
+                                   max_new_tokens=a.max_new_tokens, concurrency=a.concurrency, sampling=sampling)
+        summary["concurrency"] = rows
     out = Path(a.out)
     write_all(summary, records, out, "specdraft " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     print(markdown_table(summary))
+    if a.concurrency:
+        print(f"\n{a.concurrency} at a time (LLM.generate_batch) against one at a time, first turns:\n")
+        print(concurrency.table(summary["concurrency"]))
     print(f"\nwritten: {out}/summary.json, report.md, speedup.png, answers/", file=sys.stderr)
     return 0
 

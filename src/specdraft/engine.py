@@ -159,6 +159,7 @@ class Generation:
         self.max_new_tokens = check_lengths(len(prompt_ids), max_new_tokens, model.cfg.max_position_embeddings)
         self.prompt_ids = list(prompt_ids)
         self.params, self.eos_ids, self.drafter = params, eos_ids, drafter
+        self.drafter_name = "plain" if drafter is None else drafter.name
         self.on_tokens, self.should_stop, self.on_prefill, self.prefix = on_tokens, should_stop, on_prefill, prefix
         self.chunk = chunk or PREFILL_CHUNK  # (the module's value at the call: tests set it)
         self.needs = drafter.needs if drafter is not None else Needs()
@@ -367,6 +368,11 @@ class Generation:
         if self.drafter is not None:
             self.drafter = None
 
+    def cancel(self) -> None:
+        """End the generation now (the caller is gone); nothing if it has ended."""
+        if not self.finished:
+            self._finish("cancelled")
+
     def fail(self, error: Exception) -> None:
         """End the generation with an error (a step of it failed; a batch goes on without it)."""
         self.error = error
@@ -408,6 +414,12 @@ def generate_ids(
     g = Generation(model, prompt_ids, max_new_tokens=max_new_tokens, params=params, eos_ids=eos_ids,
                    drafter=drafter, on_tokens=on_tokens, should_stop=should_stop, on_prefill=on_prefill,
                    prefix=prefix)
+    return run_generation(model, g)
+
+
+@torch.inference_mode()
+def run_generation(model, g: Generation) -> tuple[list[int], GenerationStats]:
+    """Run a generation alone to its end, one forward per step."""
     while (seg := g.segment()) is not None:
         t = time.perf_counter()
         fwd = run_segment(model, seg)
