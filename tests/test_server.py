@@ -193,6 +193,19 @@ def test_wrong_key_malformed_json_and_wrong_types(live):
         r = httpx.post(live.url + url, json=body, headers=h)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", body
     assert httpx.get(live.url + "/v1/nothing-here").status_code == 404
+    # hostile bodies: 4xx, and the server still answers
+    deep = b'{"model": "smollm2-135m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(live.url + "/v1/chat/completions", content=deep, headers=h)
+    assert r.status_code == 400 and r.json()["error"]["message"]
+    r = httpx.post(live.url + "/v1/chat/completions", content=b"x" * (5 * 1024 * 1024), headers=h)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(live.url + "/v1/chat/completions", headers=h, json={
+        "model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "stop": ["a"] * 100_000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+    r = httpx.post(live.url + "/v1/chat/completions", headers=h, json={
+        "model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "n": 10 ** 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert httpx.get(live.url + "/health").status_code == 200
 
 
 def test_disconnect_cancels_generation(live):

@@ -1,7 +1,7 @@
 """A preallocated KV cache that changes length only through explicit calls.
 
-Batch size is 1 by design (speculative decoding is a batch-1 latency technique; the server queues
-requests). Slots [0, length) hold the committed prefix. A forward writes its N new tokens at
+One cache holds one sequence; a batch of sequences is a list of caches, each written by its own
+segment of `Decoder.forward_many` (batch.py). Slots [0, length) hold the committed prefix. A forward writes its N new tokens at
 slots [start, start + N) with start >= length (default: start = length) and attends to every slot
 before them, but never changes `length`: the caller commits, truncates or compacts afterwards.
 Rolling back a rejected draft is therefore free -- the next forward simply overwrites it.

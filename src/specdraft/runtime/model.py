@@ -6,9 +6,11 @@ What speculative decoding needs, and HF modeling code makes awkward:
 - a per-sublayer skip set given per call (self-speculation skips attention and MLP blocks);
 - the hidden states the caller asks for, beside the logits of the rows it asks for.
 
-Batch size is 1 by design: tokens are a 1-D tensor [N]; see cache.py. The per-layer pieces
-(`Layer.qkv_heads`, `Layer.attn_residual`, `Layer.mlp_residual`) work on any leading shape and are
-shared with the batched forward that builds training data (batched.py).
+A forward's tokens are a 1-D tensor [N] of one sequence (see cache.py); `forward_many` runs
+several sequences' segments in one forward (their products over every row at once, attention per
+sequence: the continuous batching of batch.py). The per-layer pieces (`Layer.qkv_heads`,
+`Layer.attn_residual`, `Layer.mlp_residual`) work on any leading shape and are shared with the
+padded batched forward that builds training data (batched.py).
 
 Gemma 3 differs from the llama layout in ways the config names (config.py): embeddings scaled by
 sqrt(hidden), RMSNorm over each head's queries and keys, a norm on each block's output before the

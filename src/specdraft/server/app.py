@@ -39,6 +39,7 @@ class ServerConfig:
     default_max_tokens: int = 512
     max_queue: int = 64
     max_batch: int = 1  # requests run together in one forward per step (batch.py)
+    max_body_bytes: int = 4 * 1024 * 1024  # a larger request body is refused (413) before it is read
     prefix_cache: int = 4  # KV caches of recent requests kept for prompts that begin like them (0: none)
 
 
@@ -96,6 +97,15 @@ def create_app(llm: LLM, cfg: ServerConfig, engine_thread: bool = True) -> FastA
     app.state.scheduler, app.state.metrics, app.state.config = scheduler, metrics, cfg
     context = llm.model.cfg.max_position_embeddings
     max_prompt = min(cfg.max_prompt_tokens, context - 1)
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
+            metrics.requests.labels(request.url.path, "413").inc()
+            return error_response(413, f"the request body is larger than {cfg.max_body_bytes} bytes",
+                                  code="body_too_large")
+        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
