@@ -272,12 +272,14 @@ class LLM:
                     top_k: int = 0, seed: int | None = None, chat: bool | None = None,
                     drafter: str | Drafter | None = "default", on_text: Callable[[str], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, on_prefill: Callable[[int, int], None] | None = None,
-                    reuse_prefix: bool = False) -> tuple[Generation, Callable[[], None]]:
+                    reuse_prefix: bool = False, fork: bool = False) -> tuple[Generation, Callable[[], None]]:
         """`generate`'s generation, not run yet, and the call that sends on_text the text held
-        back at the end."""
+        back at the end. fork: a drafter of its own (`Drafter.fork`), to run beside others."""
         spec = self.default_drafter if drafter == "default" else drafter
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         d = self.drafter(spec, temperature=params.temperature)
+        if fork and d is not None:
+            d = d.fork()
         if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
             ids = list(prompt)
         else:
@@ -330,14 +332,9 @@ class LLM:
             raise SpecdraftError(f"this LLM was loaded for batches of {self.max_batch} on the gguf backend: "
                                  f"load it with LLM(..., max_batch={max_batch})")
 
-        spec = self.default_drafter if drafter == "default" else drafter
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        d = self.drafter(spec, temperature=params.temperature)
-        ids = [list(p) if isinstance(p, list) and p and isinstance(p[0], int) else self.tokenizer.encode_prompt(p, chat=chat)
-               for p in prompts]
         engine = BatchEngine(self.model, max_batch)
-        gens = [Generation(self.model, p, max_new_tokens=max_new_tokens, params=params,
-                           eos_ids=self.tokenizer.eos_ids, drafter=None if d is None else d.fork()) for p in ids]
+        gens = [self._generation(p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                 seed=seed, chat=chat, drafter=drafter, fork=True)[0] for p in prompts]
         for g in gens:
             engine.add(g)
         bar = None

@@ -20,7 +20,7 @@ import torch
 
 from .errors import SpecdraftError
 from .runtime.cache import KVCache
-from .runtime.model import PREFILL_CHUNK, Decoder, ForwardOutput, Segment
+from .runtime.model import PREFILL_CHUNK, Decoder, ForwardOutput, Segment, run_segment
 from .drafters.base import Drafter, Needs, StepContext
 from .runtime.sampling import SamplingParams, next_token
 from .verify.tree import Draft, accepted_slots, depths, verify_mask
@@ -363,10 +363,8 @@ class Generation:
     def _release(self) -> None:
         """Let go of the KV cache and the drafter's state now (not when a caller's reference cycle
         is collected): a batch's next sequence takes the memory, or llama.cpp's sequence."""
-        self.cache = self.step = self.draft = None
+        self.cache = self.step = self.draft = self.drafter = None
         self.kv_rows = self.finals = self.old_rows = None
-        if self.drafter is not None:
-            self.drafter = None
 
     def cancel(self) -> None:
         """End the generation now (the caller is gone); nothing if it has ended."""
@@ -384,15 +382,6 @@ class Generation:
 
     def result(self) -> tuple[list[int], GenerationStats]:
         return self.out, self.stats
-
-
-def run_segment(model, seg: Segment) -> ForwardOutput:
-    """`model.forward` over one segment (any backend's decoder)."""
-    kw = {"start": seg.start} if seg.start is not None else {}
-    if seg.tree_mask is not None:
-        kw["tree_mask"] = seg.tree_mask
-    return model(seg.tokens, seg.positions, seg.cache, logits_at=seg.logits_at, final_hidden=seg.final_hidden,
-                 hidden_layers=seg.hidden_layers, prefill=seg.prefill, **kw)
 
 
 @torch.inference_mode()

@@ -42,7 +42,7 @@ import torch
 from ..errors import SpecdraftError
 from .cache import CacheLength
 from .config import ModelConfig
-from .model import PREFILL_CHUNK, ForwardOutput
+from .model import PREFILL_CHUNK, ForwardOutput, run_segment
 
 
 def check_available() -> None:
@@ -463,7 +463,7 @@ class LlamaCppDecoder:
         def flush():
             nonlocal rows
             if len(group) == 1:
-                out[group[0]] = self._segment(segments[group[0]])
+                out[group[0]] = run_segment(self, segments[group[0]])
             elif group:
                 for i, fwd in zip(group, self._chains([segments[i] for i in group])):
                     out[i] = fwd
@@ -475,7 +475,7 @@ class LlamaCppDecoder:
         for i, seg in sorted(enumerate(segments), key=lambda s: s[1].cache.seq):
             n = int(seg.tokens.shape[0])
             if seg.tree_mask is not None or seg.cache.redo or n > cap or seg.hidden_layers:
-                out[i] = self._segment(seg)
+                out[i] = run_segment(self, seg)
                 continue
             if rows + n > cap:
                 flush()
@@ -483,11 +483,6 @@ class LlamaCppDecoder:
             rows += n
         flush()
         return out
-
-    def _segment(self, seg) -> ForwardOutput:
-        kw = {} if seg.start is None else {"start": seg.start}
-        return self.forward(seg.tokens, seg.positions, seg.cache, tree_mask=seg.tree_mask, logits_at=seg.logits_at,
-                            final_hidden=seg.final_hidden, hidden_layers=seg.hidden_layers, **kw)
 
     def _chains(self, segs: list) -> list[ForwardOutput]:
         """Chain segments of distinct caches, none with a re-decoded path, in one decode."""

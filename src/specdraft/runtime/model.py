@@ -451,6 +451,15 @@ class Segment:
     prefill: bool = False
 
 
+def run_segment(model, seg: Segment) -> ForwardOutput:
+    """`model.forward` over one segment (any backend's decoder)."""
+    kw = {"start": seg.start} if seg.start is not None else {}
+    if seg.tree_mask is not None:
+        kw["tree_mask"] = seg.tree_mask
+    return model(seg.tokens, seg.positions, seg.cache, logits_at=seg.logits_at, final_hidden=seg.final_hidden,
+                 hidden_layers=seg.hidden_layers, prefill=seg.prefill, **kw)
+
+
 @dataclass
 class _Prepared:
     start: int

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 
 from ..api import LLM
 from ..batch import BatchEngine
-from ..engine import Generation
 from ..runtime.sampling import SamplingParams
-from ..text import Detokenizer
 from .metrics import Metrics
 from .stops import StopMatcher
 
@@ -61,24 +59,19 @@ class _Running:
     def __init__(self, job: Job, llm: LLM, drafter_spec: str, metrics: Metrics, reuse_prefix: bool):
         self.job, self.metrics = job, metrics
         self.stops = StopMatcher(job.stops)
-        self.detok = Detokenizer(llm.tokenizer)
         self.pieces: list[str] = []
         self.first = True
-        d = llm.drafter(drafter_spec, temperature=job.params.temperature)
-        self.drafter_name = "plain" if d is None else d.name
-        self.gen = Generation(llm.model, job.prompt_ids, max_new_tokens=job.max_tokens, params=job.params,
-                              eos_ids=llm.tokenizer.eos_ids, drafter=None if d is None else d.fork(),
-                              on_tokens=self.on_tokens, should_stop=self.should_stop,
-                              prefix=llm.prefix if reuse_prefix else None)
+        p = job.params
+        self.gen, self.flush = llm._generation(job.prompt_ids, max_new_tokens=job.max_tokens, temperature=p.temperature,
+                                               top_p=p.top_p, top_k=p.top_k, seed=p.seed, drafter=drafter_spec,
+                                               on_text=self.text, should_stop=self.should_stop,
+                                               reuse_prefix=reuse_prefix, fork=True)
 
     def should_stop(self) -> bool:
         return self.job.cancel.is_set() or self.stops.stopped
 
-    def on_tokens(self, new: list[int]) -> None:
-        self.text(self.detok.push(new))
-
     def text(self, piece: str) -> None:
-        out = self.stops.push(piece) if piece else ""
+        out = self.stops.push(piece)
         if out:
             if self.first:
                 self.metrics.ttft.observe(time.perf_counter() - self.job.submitted)
@@ -91,7 +84,7 @@ class _Running:
         if g.error is not None:
             job.emit("error", g.error)
             return
-        self.text(self.detok.flush())
+        self.flush()
         tail = self.stops.flush()
         if tail:
             self.pieces.append(tail)
@@ -106,7 +99,7 @@ class _Running:
             reason = "length"
         m.observe_generation(s)
         stats = {"tau": s.tau, "acceptance_rate": s.acceptance_rate, "target_forwards": s.target_forwards,
-                 "drafter": self.drafter_name, "tokens_per_s": s.tokens_per_s, **s.extra}
+                 "drafter": g.drafter_name, "tokens_per_s": s.tokens_per_s, **s.extra}
         job.emit("done", Outcome("".join(self.pieces), s.new_tokens, reason, stats, s.cached_tokens))
 
 
@@ -154,9 +147,14 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 -- delivered to the request, which answers 500
             r.job.emit("error", e)
         with self._lock:
-            self.depth -= 1
             self.finished += 1
             self.seconds += time.perf_counter() - r.job.submitted
+        self._leave()
+
+    def _leave(self) -> None:
+        """A job is no longer waiting or running."""
+        with self._lock:
+            self.depth -= 1
             self.metrics.queue_depth.set(self.depth)
 
     def _start(self, job: Job) -> None:
@@ -165,17 +163,13 @@ class Scheduler:
         if job.cancel.is_set():
             self.metrics.cancelled.inc()
             job.emit("done", Outcome("", 0, "cancelled", {}))
-            with self._lock:
-                self.depth -= 1
-                self.metrics.queue_depth.set(self.depth)
+            self._leave()
             return
         try:
             r = _Running(job, self.llm, self.drafter, self.metrics, reuse_prefix=self.llm.prefix.slots > 0)
         except Exception as e:  # noqa: BLE001
             job.emit("error", e)
-            with self._lock:
-                self.depth -= 1
-                self.metrics.queue_depth.set(self.depth)
+            self._leave()
             return
         self._running[id(r.gen)] = r
         self.engine.add(r.gen)
