@@ -2,13 +2,15 @@
 every kind of drafter, with sequences of different lengths joining and leaving mid-way; a request
 that fails or is cancelled ends alone; the draft-length rule follows the measured costs."""
 
+import itertools
 import random
+import time
 
 import pytest
 import torch
 from conftest import tiny_decoder
 
-from specdraft.batch import BatchEngine, RowCost, expected_tokens, plan_drafts
+from specdraft.batch import BatchEngine, DraftCost, RowCost, expected_tokens, plan_drafts
 from specdraft.drafters.base import Drafter
 from specdraft.drafters.draft_model import DraftModelDrafter
 from specdraft.drafters.hybrid import HybridDrafter
@@ -169,6 +171,81 @@ def test_plan_drafts_follows_the_costs():
             other[i] += dk
             if 0 <= other[i] <= 8:
                 assert rate(ks) >= rate(other) - 1e-12
+
+
+def test_draft_cost_fits_the_proposals_times():
+    line = DraftCost.fit([(n, 0.004 + 0.002 * n) for n in (1, 2, 4, 4, 8)])
+    assert line.per_draft == pytest.approx(0.004) and line.per_node == pytest.approx(0.002)
+    assert line(0) == 0.0 and line(3) == pytest.approx(0.010)
+    # one size only: the time goes on the nodes; a fixed cost and nothing drafted: on the draft
+    assert DraftCost.fit([(3, 0.03), (3, 0.03)]) == DraftCost(0.0, pytest.approx(0.01))
+    assert DraftCost.fit([(0, 0.002), (0, 0.004)]) == DraftCost(pytest.approx(0.003), 0.0)
+    # never a negative term, whatever the noise
+    for pts in ([(1, 0.01), (8, 0.001)], [(1, 0.0), (2, 0.0), (9, 0.05)]):
+        c = DraftCost.fit(pts)
+        assert c.per_draft >= 0 and c.per_node >= 0
+    assert DraftCost.fit([]) == DraftCost()
+
+
+def test_plan_drafts_counts_the_drafters_time():
+    free = RowCost((1, 100), (0.05, 0.05))
+    # rows free, drafting free: all draft their most
+    assert plan_drafts([0.8, 0.8], [4, 4], free, [DraftCost(), DraftCost()]) == [4, 4]
+    # a drafter whose every node costs a forward (a self-drafter on a big target) never pays in a batch
+    assert plan_drafts([0.8, 0.8], [4, 4], free, [DraftCost(0.0, 0.05), DraftCost(0.0, 0.05)]) == [0, 0]
+    # only the cheap drafter drafts
+    ks = plan_drafts([0.8, 0.8], [4, 4], free, [DraftCost(0.0, 0.05), DraftCost(0.0005, 0.0)])
+    assert ks[0] == 0 and ks[1] == 4
+
+    # the plan beats every one-sequence change and every plan of 3 sequences of at most 4 nodes
+    cost = RowCost((1, 8, 32), (0.05, 0.06, 0.12))
+    rng = random.Random(3)
+    for _ in range(20):
+        alphas = [rng.uniform(0.1, 0.95) for _ in range(3)]
+        draft = [DraftCost(rng.choice([0.0, 0.004, 0.02]), rng.choice([0.0, 0.002, 0.01])) for _ in range(3)]
+
+        def rate(k):
+            return (sum(expected_tokens(a, x) for a, x in zip(alphas, k))
+                    / (cost(3 + sum(k)) + sum(d(x) for d, x in zip(draft, k))))
+
+        ks = plan_drafts(alphas, [4, 4, 4], cost, draft)
+        best = max(rate(k) for k in itertools.product(range(5), repeat=3))
+        assert rate(ks) >= best * 0.98
+
+
+class SlowDraftModel(DraftModelDrafter):
+    """The target as its own draft model (every drafted token accepted), its proposals taking
+    `delay` seconds a node; counts them in `calls`."""
+
+    def __init__(self, delay: float, calls: list):
+        super().__init__(tiny_decoder(layers=3, seed=2), "slow", length=3)
+        self.delay, self.calls = delay, calls
+
+    def propose(self, ctx):
+        self.calls.append(1)
+        draft = super().propose(ctx)
+        time.sleep(self.delay * len(draft))
+        return draft
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_a_batch_stops_drafting_where_drafting_costs_more_than_it_gains(target, delay):
+    """Four sequences in lockstep with forwards of 50 ms: a drafter at 50 ms a node drafts in the
+    first step only (then its measured cost says no); a free one keeps drafting. Tokens as alone."""
+    reqs = [([7 + i, 8, 9, 10, 11, 12], 12) for i in range(4)]
+    calls: list = []
+    d = SlowDraftModel(delay, calls)
+    eng = BatchEngine(target, 4, cost=RowCost((1, 64), (0.05, 0.05)))
+    gens = [Generation(target, p, max_new_tokens=m, drafter=d.fork()) for p, m in reqs]
+    for g in gens:
+        eng.add(g)
+    eng.run()
+    alone = [generate_ids(target, p, max_new_tokens=m, drafter=SlowDraftModel(0.0, []))[0] for p, m in reqs]
+    assert [g.out for g in gens] == alone
+    if delay:
+        assert len(calls) == 4
+    else:
+        assert len(calls) > 8
 
 
 def test_row_cost_interpolates_and_extrapolates():

@@ -10,9 +10,11 @@ they do not). A generation that finishes leaves at once and a waiting one joins 
 step; a long prompt is prefilled a chunk per step, between the others' decoding steps.
 
 How much to draft. Alone, a sequence drafts as it always does. In a batch, drafted rows compete
-for the forward's rows: `plan_drafts` gives each sequence the draft length that maximises the
-batch's expected tokens per second, from each sequence's recent acceptance rate and the row
-costs `RowCost` measured on this machine's backend (a few forwards at the engine's start).
+for the forward's rows, and drafting itself takes time the others wait for: `plan_drafts` gives
+each sequence the draft length that maximises the batch's expected tokens per second, from each
+sequence's recent acceptance rate, the row costs `RowCost` measured on this machine's backend (a
+few forwards at the engine's start) and its drafter's cost `DraftCost`, fitted to the time its
+recent proposals took.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ PRIOR_ACCEPTANCE = 0.5
 DEFAULT_MAX_BATCH = 8
 # The longest draft the batch's rule considers for a sequence (gains past it are negligible).
 MAX_PLANNED = 16
+# Recent proposals a drafter's cost is fitted to.
+DRAFT_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -105,11 +109,85 @@ def expected_tokens(alpha: float, k: int) -> float:
     return sum(alpha ** j for j in range(k + 1))
 
 
-def plan_drafts(acceptance: list[float], limits: list[int], cost: RowCost) -> list[int]:
-    """Draft lengths for a batch's sequences that maximise expected tokens per second: each
-    sequence's next drafted token adds acceptance^(k+1) expected tokens and one row; rows are
-    added best first while the batch's tokens per second rises (a row's cost is the measured
-    curve's slope there). limits: each sequence's most (its budget)."""
+@dataclass(frozen=True)
+class DraftCost:
+    """Seconds a drafter takes to propose k nodes: `per_draft` once if k > 0, plus `per_node` each
+    (a self-drafter runs the target once a node; a trained head once a draft; lookup nearly never)."""
+
+    per_draft: float = 0.0
+    per_node: float = 0.0
+
+    def __call__(self, k: int) -> float:
+        return self.per_draft + self.per_node * k if k > 0 else 0.0
+
+    @staticmethod
+    def fit(samples) -> "DraftCost":
+        """The least-squares line through (nodes, seconds) samples of a drafter's proposals, both
+        terms kept non-negative; all at one size: the time is put on the nodes (the dearer guess
+        for smaller drafts, where a self-drafter's cost lies)."""
+        pts = [(float(n), float(t)) for n, t in samples]
+        if not pts:
+            return DraftCost()
+        m = len(pts)
+        mn, mt = sum(n for n, _ in pts) / m, sum(t for _, t in pts) / m
+        var = sum((n - mn) ** 2 for n, _ in pts)
+        if var == 0:
+            return DraftCost(0.0, mt / mn) if mn > 0 else DraftCost(mt, 0.0)
+        b = sum((n - mn) * (t - mt) for n, t in pts) / var
+        a = mt - b * mn
+        if a < 0:
+            nn = sum(n * n for n, _ in pts)
+            return DraftCost(0.0, max(0.0, sum(n * t for n, t in pts) / nn))
+        if b < 0:
+            return DraftCost(max(0.0, mt), 0.0)
+        return DraftCost(a, b)
+
+
+def plan_drafts(acceptance: list[float], limits: list[int], cost: RowCost,
+                drafting: list[DraftCost] | None = None) -> list[int]:
+    """Draft lengths for a batch's sequences that maximise expected tokens per second: a
+    sequence's k-th drafted token adds acceptance^k expected tokens, one row of the forward (the
+    measured curve `cost`) and, with `drafting`, the seconds its drafter takes to propose it.
+    limits: each sequence's most (its budget).
+
+    Without drafting costs rows are added best first while the rate rises. With them (a draft's
+    first node may cost more than the rest) each sequence's length is then set in turn to its best
+    given the others', until none changes."""
+    ks = _plan_rows(acceptance, limits, cost)
+    if drafting is None or not any(d.per_draft or d.per_node for d in drafting):
+        return ks
+    return max((_ascend(acceptance, limits, cost, drafting, start) for start in (ks, [0] * len(ks))),
+               key=lambda r: r[0])[1]
+
+
+def _ascend(acceptance, limits, cost, drafting, ks) -> tuple[float, list[int]]:
+    ks = list(ks)
+    gain = [[0.0] + [a ** j for j in range(1, lim + 1)] for a, lim in zip(acceptance, limits)]
+    for g in gain:  # expected extra tokens of k drafted: a + a^2 + ... + a^k
+        for j in range(1, len(g)):
+            g[j] += g[j - 1]
+    b = len(ks)
+    tokens = b + sum(g[k] for g, k in zip(gain, ks))
+    rows = b + sum(ks)
+    extra = sum(d(k) for d, k in zip(drafting, ks))
+    best = tokens / (cost(rows) + extra)
+    for _ in range(4 * b + 4):
+        changed = False
+        for i in range(b):
+            k0 = ks[i]
+            t0, r0, e0 = tokens - gain[i][k0], rows - k0, extra - drafting[i](k0)
+            for k in range(limits[i] + 1):
+                rate = (t0 + gain[i][k]) / (cost(r0 + k) + e0 + drafting[i](k))
+                if rate > best + 1e-12:
+                    best, ks[i], changed = rate, k, True
+            k = ks[i]
+            tokens, rows, extra = t0 + gain[i][k], r0 + k, e0 + drafting[i](k)
+        if not changed:
+            break
+    return best, ks
+
+
+def _plan_rows(acceptance: list[float], limits: list[int], cost: RowCost) -> list[int]:
     b = len(acceptance)
     ks = [0] * b
     gains = sorted(((a ** (j + 1), i) for i, (a, lim) in enumerate(zip(acceptance, limits)) for j in range(lim)),
@@ -144,6 +222,9 @@ class BatchEngine:
         self.steps = 0
         self.rows = 0  # rows of every forward so far (mean batch rows = rows / steps)
         self.last_batch = 0
+        # (drafted nodes, seconds) of recent proposals: each running sequence's, and by drafter name
+        self._own: dict[int, deque] = {}
+        self._by_name: dict[str, deque] = {}
 
     def add(self, g: Generation) -> None:
         self.waiting.append(g)
@@ -163,8 +244,21 @@ class BatchEngine:
             return [None] * len(decoding)  # (measured before the first sequence started: `step`)
         limits = [min(g.room(), MAX_PLANNED) for g in planned]
         alphas = [PRIOR_ACCEPTANCE if g.acceptance is None else g.acceptance for g in planned]
-        caps = dict(zip(map(id, planned), plan_drafts(alphas, limits, self.cost)))
+        caps = dict(zip(map(id, planned), plan_drafts(alphas, limits, self.cost, [self._draft_cost(g) for g in planned])))
         return [caps.get(id(g)) for g in decoding]
+
+    def _draft_cost(self, g: Generation) -> DraftCost:
+        """The sequence's drafter's cost, fitted to its own recent proposals once it has two, before
+        that to those of every sequence with a drafter of its name (zero before any)."""
+        own = self._own.get(id(g))
+        samples = own if own is not None and len(own) >= 2 else self._by_name.get(g.drafter.name, ())
+        return DraftCost.fit(samples)
+
+    def _note_drafting(self, g: Generation) -> None:
+        if g.drafting is None or g.drafter is None:
+            return
+        self._own.setdefault(id(g), deque(maxlen=DRAFT_SAMPLES)).append(g.drafting)
+        self._by_name.setdefault(g.drafter.name, deque(maxlen=DRAFT_SAMPLES)).append(g.drafting)
 
     @torch.inference_mode()
     def step(self) -> list[Generation]:
@@ -186,6 +280,7 @@ class BatchEngine:
             if seg is None:
                 done.append(g)
             else:
+                self._note_drafting(g)
                 work.append((g, seg))
         if work:
             t = time.perf_counter()
@@ -212,6 +307,8 @@ class BatchEngine:
                 if g.error is not None or g.finish_if_done():  # failed, an EOS or its last token: leave now
                     done.append(g)
         self.running = [g for g in self.running if not g.finished]
+        for g in done:
+            self._own.pop(id(g), None)
         return done
 
     def run(self, on_done=None) -> None:

@@ -177,6 +177,7 @@ class Generation:
         self.layers: dict[int, list[torch.Tensor]] = {i: [] for i in self.needs.hidden_layers}
         self.draft: Draft | None = None
         self.acceptance: float | None = None  # recent acceptance of drafted tokens (BatchEngine's rule)
+        self.drafting: tuple[int, float] | None = None  # the last step's (drafted nodes, seconds drafting)
         self.error: Exception | None = None  # what ended it, if a step failed (`fail`)
 
     # -- the forward this sequence needs next -------------------------------------------------
@@ -199,10 +200,13 @@ class Generation:
         if max_draft is not None:
             step.budget = min(room, max_draft)
         draft = Draft.empty()
+        self.drafting = None
         if self.drafter is not None and step.budget > 0:
             td = time.perf_counter()
             draft = self.drafter.propose(step).truncated(step.budget)
-            self.stats.draft_s += time.perf_counter() - td
+            dt = time.perf_counter() - td
+            self.stats.draft_s += dt
+            self.drafting = (len(draft), dt)
         elif self.drafter is not None and room > 0:  # the batch's rule said no draft this step
             td = time.perf_counter()
             self.drafter.catch_up(step)
