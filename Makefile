@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,gguf]'
+	$(PY) -m pip install --quiet -e '.[dev,gguf,serve,train,bench]'
 	touch $@
 
 run: install

@@ -164,3 +164,18 @@ def test_chat_ctrl_c_during_the_prefill_drops_the_question(tiny_llm_dir, monkeyp
     rc, answers, summaries, err = _chat(tiny_llm_dir, ["first question", "second question"], monkeypatch, capsys)
     assert rc == 0 and "question is dropped" in err and len(summaries) == 1 and len(answers) == 1
     assert calls[1] == [{"role": "user", "content": "second question"}]  # the first is not in the history
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["serve", "--model", "nonexistent"], "serve"),
+    (["bench", "--model", "nonexistent"], "bench"),
+    (["search-skip", "--model", "nonexistent", "--domain", "code", "--out", "x.json"], "train"),
+])
+def test_a_missing_extra_is_named_before_anything_runs(argv, extra, capsys, monkeypatch):
+    from specdraft import errors
+
+    monkeypatch.setitem(errors.EXTRAS, extra, errors.EXTRAS[extra] + ("specdraft_no_such_package",))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'specdraft[{extra}]'" in err and "specdraft_no_such_package" in err
+    assert err.count("\n") == 1

@@ -10,7 +10,7 @@ import json
 import sys
 
 from . import zoo
-from .errors import SpecdraftError
+from .errors import SpecdraftError, require
 
 
 class _Parser(argparse.ArgumentParser):
@@ -464,6 +464,7 @@ def cmd_data(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    require("bench", "specdraft bench (its speedup plot)")
     import dataclasses
     import datetime
     import shlex
@@ -531,6 +532,7 @@ def cmd_bench(a) -> int:
 
 
 def cmd_serve(a) -> int:
+    require("serve", "specdraft serve")
     import os
     import signal
     import threading
@@ -570,6 +572,7 @@ def cmd_serve(a) -> int:
 
 
 def cmd_search_skip(a) -> int:
+    require("train", "the skip-set search")
     from pathlib import Path
 
     from .api import LLM
@@ -620,6 +623,8 @@ def cmd_knn(a) -> int:
 
     if a.knn_command == "radius":
         return knn_radius(Path(a.artifact), a.update)
+    if a.knn_command == "build":
+        require("train", "specdraft knn build (its skip-set searches)")
     min_gain = MIN_GAIN if a.min_gain is None else a.min_gain
 
     if a.knn_command == "routes" and a.reuse_timings:
