@@ -1,6 +1,6 @@
 """Time to build several drafter specs that use the same draft model in one `LLM` (after its load).
 
-Since session 24 the drafters of one LLM share one draft model per (model, quant), so the specs below
+The drafters of one LLM share one draft model per (model, quant), so the specs below
 build one int8 copy of the target instead of one each. Run it with `PYTHONPATH=OTHER/src` to time
 another checkout.
 

@@ -5,7 +5,7 @@
 The context is filled in chunks of 500 tokens (random ids), then `--repeats` forwards of `rows` new
 tokens are timed after it; prints the median per (context, rows). The model loads as `LLM` loads it
 (float32 on a CPU, packed for oneDNN). On a model with sliding-window layers (Gemma 3) the window
-bounds what those layers read, whatever the context (docs/BENCHMARKS.md, session 17).
+bounds what those layers read, whatever the context (docs/archive/benchmarks-history.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ whether this CPU has native bf16 units (what `--dtype auto` decides by). `int8` 
 copy of `draft-model:self?quant=int8` (runtime/quant.py), made from the float32 weights; `packed` the
 float32 weights prepacked for oneDNN (runtime/packed.py), as `LLM` loads a float32 model on a CPU;
 `packed-bfloat16` the bf16 weights prepacked (only on a CPU with bf16 units), as `LLM` loads a
-bf16 model there. `bfloat16` is the dense bf16 model, as it decoded before session 22.
+bf16 model there. `bfloat16` is the dense bf16 model, as it decoded before bf16 weights were packed.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
             dec(ctx, torch.arange(a.context), cache, logits_at=slice(0, 0))
         cache.length = a.context
         configs.append((name, dec, cache, model.WEIGHT_MAJOR_ROWS))
-        if name == "float32":  # the same dtype with every product through F.linear, as before session 10
+        if name == "float32":  # the same dtype with every product through F.linear, as before weight-major products
             configs.append(("float32, F.linear", dec, cache, 1))
     default = model.WEIGHT_MAJOR_ROWS
     ms: dict[str, list[float]] = {c[0]: [] for c in configs}

@@ -4,7 +4,7 @@ Each run is a fresh Python process (so imports and loads are paid as a user pays
 files are in the page cache after the first run). Phases: import, the model load (`LLM(...)`),
 building the drafter, and the generation (for knn-ssd it includes building the route's drafter,
 which happens at the first prompt). `--src` points at another checkout's `src` to compare two versions in one
-session, runs interleaved (A, B, A, B, ...), as are several `--drafter`s; the medians are printed as a Markdown table.
+run, runs interleaved (A, B, A, B, ...), as are several `--drafter`s; the medians are printed as a Markdown table.
 
     python benchmarks/startup.py --model qwen2.5-coder-1.5b --drafter auto --runs 3 --src /tmp/old/src
     python benchmarks/startup.py --model smollm2-135m --drafter plain --drafter auto --max-new-tokens 256

@@ -53,7 +53,7 @@ def _verify_mask(parents: list[int], start: int) -> torch.Tensor:
 def test_each_verification_row_is_its_one_row_step(seed, heads, start, n, chain, window):
     """Rows of a chain or a tree, computed in one forward, against each row computed alone with its
     ancestors at their positions, with or without a sliding window: bit for bit. (torch's fused
-    attention fails this: session 25.)"""
+    attention fails this: docs/BENCHMARKS.md, "Exact bf16 output".)"""
     Hkv, G, D = heads
     rng = random.Random(seed)
     torch.manual_seed(seed)

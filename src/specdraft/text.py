@@ -47,7 +47,7 @@ class Tokenizer:
         if self.hf.eos_token_id is not None:
             ids.add(self.hf.eos_token_id)
         if (path / "specdraft.json").is_file():
-            # A zoo conversion made before session 17 also listed "</s>" where it is ordinary text
+            # A zoo conversion made by an older version also listed "</s>" where it is ordinary text
             # (Qwen's vocabulary: an HTML tag); only special tokens end a zoo model's turn.
             ids &= special_ids(self.hf) | {self.hf.eos_token_id}
         return ids

@@ -255,7 +255,7 @@ def local_gguf_dir(gguf: Path) -> Path:
 # GGUF `general.architecture`s of the families we run (gemma3 converts to gemma3_text)
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 # Peak memory of transformers' float32 dequantization and our save, per GGUF weight: measured 6.2 bytes
-# (qwen2.5-coder-0.5b, 3.9 GB) and 5.1 (qwen2.5-coder-1.5b, 9.1 GB; docs/BENCHMARKS.md, session 23)
+# (qwen2.5-coder-0.5b, 3.9 GB) and 5.1 (qwen2.5-coder-1.5b, 9.1 GB; docs/archive/benchmarks-history.md)
 CONVERT_BYTES_PER_PARAM = 7
 
 

@@ -25,7 +25,7 @@ KINDS = ("plain", "auto", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc"
 
 # `auto` for a model without a shipped recommendation: prompt lookup where the text repeats, else
 # (on a CPU) an int8 copy of the target: of the drafters that need no training, the fastest measured
-# on both qwen models (docs/BENCHMARKS.md, sessions 11-16; int8 products are CPU-only).
+# on both qwen models (docs/archive/benchmarks-history.md; int8 products are CPU-only).
 AUTO_CPU = "lookup?min_ngram=2+draft-model:self?quant=int8"
 AUTO_OTHER = "lookup?min_ngram=2"
 

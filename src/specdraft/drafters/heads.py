@@ -198,7 +198,7 @@ def pack(module: torch.nn.Module, head: torch.Tensor):
     as `LLM` packs its target on a CPU (runtime/packed.py). A drafter runs a few rows per
     step (the CTC layer 6 frames over a 48-position window), where MKL's product is far from its
     speed: on SmolLM2's CTC layer the 6-row head product takes 2.2 ms dense and 0.3 ms packed
-    (docs/BENCHMARKS.md, session 20). Returns the head to give `logits`: packed, or `head` itself
+    (docs/archive/benchmarks-history.md). Returns the head to give `logits`: packed, or `head` itself
     where packing is not available (other dtypes and devices, or a module not of the head's dtype),
     the module then left as it is."""
     from ..runtime.packed import PackedWeight, pack_linears, packable

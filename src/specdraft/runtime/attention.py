@@ -7,7 +7,7 @@ after their siblings, not at their positions). In float32 the two differ in the 
 greedy tokens practically never change. In bfloat16 each product's result is rounded to 8
 mantissa bits, and torch's fused attention gives a row slightly different sums with the number of
 rows and of keys in the call: the rounding then flips a logit and, within a few dozen tokens, a
-greedy token (docs/BENCHMARKS.md, session 25). The linear layers' share of it, oneDNN's one-row
+greedy token (docs/archive/benchmarks-history.md). The linear layers' share of it, oneDNN's one-row
 kernel, is handled in runtime/packed.py.
 
 Here a row's attention is a function of its query and of its visible keys and values in position

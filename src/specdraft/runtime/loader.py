@@ -18,7 +18,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     CPU with AVX512-BF16 or AMX. Without them (an AVX2-only CPU, say) torch computes bf16 products
     by converting to fp32, and their cost grows with the rows: verifying a 5-token draft costs 3.4
     plain steps on SmolLM2, and fp32 is the faster dtype for speculative decoding
-    (docs/BENCHMARKS.md, session 10)."""
+    (docs/archive/benchmarks-history.md)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -54,12 +54,12 @@ def decode_dtype(device: torch.device | str = "cpu", params: int | None = None) 
 
     - A GPU with bf16, or a CPU with AMX: bfloat16.
     - A CPU without bf16 units (AVX2-only): float32. torch emulates bf16 products there, and their
-      cost grows with the rows (docs/BENCHMARKS.md, session 10).
+      cost grows with the rows (docs/archive/benchmarks-history.md).
     - A CPU with AVX512-BF16 but no AMX: bfloat16, with its weights packed for oneDNN
       (runtime/packed.py). Packed bf16 forwards took 0.54-0.68 of packed float32 ones on all four
-      zoo models, and every drafter ran faster in absolute terms (docs/BENCHMARKS.md, session 22).
+      zoo models, and every drafter ran faster in absolute terms (docs/archive/benchmarks-history.md).
       Where bf16 cannot be packed, the dense bf16 product is no faster than packed float32 on small
-      models (session 19): float32 up to FLOAT32_MAX_PARAMS, else bfloat16 (also when `params` is
+      models: float32 up to FLOAT32_MAX_PARAMS, else bfloat16 (also when `params` is
       unknown).
     float32 outputs are exactly plain decoding's. In bf16, verification rounds differently from
     one-row steps, and part of the answers drift from plain bf16 decoding (`--dtype float32` when

@@ -60,7 +60,7 @@ class ForwardOutput:
 
 # Prompt tokens per forward of `Decoder.prefill`: the mask and the activations of a chunk grow with
 # chunk x context instead of context^2, and causal chunks skip the scores above the diagonal. On
-# SmolLM2 an 8000-token prompt takes 30 s in chunks of 256-1024 instead of 47 s whole (docs/BENCHMARKS.md, session 21).
+# SmolLM2 an 8000-token prompt takes 30 s in chunks of 256-1024 instead of 47 s whole (docs/archive/benchmarks-history.md).
 PREFILL_CHUNK = 512
 
 # Rows up to which an fp32 product on a CPU is computed weight-major (see `linear`).
@@ -72,8 +72,8 @@ def linear(x: torch.Tensor, w, b: torch.Tensor | None = None) -> torch.Tensor:
     (runtime/quant.py, runtime/packed.py), which has its own product. For 2..WEIGHT_MAJOR_ROWS
     dense fp32 rows on a CPU it computes (w @ x^T)^T instead: MKL's product of a few rows with a
     transposed weight is far from its one-row speed, the weight-major one less so (SmolLM2, 5 rows:
-    114 ms instead of 148; benchmarks/row_cost.py, docs/BENCHMARKS.md session 10); the packed
-    product is faster still (session 14). The result is a transposed view; bf16 (emulated on AVX2
+    114 ms instead of 148; benchmarks/row_cost.py, docs/archive/benchmarks-history.md); the packed
+    product is faster still (docs/archive/benchmarks-history.md). The result is a transposed view; bf16 (emulated on AVX2
     CPUs) only gets slower this way."""
     if not isinstance(w, torch.Tensor):
         y = w.mm(x)
@@ -217,7 +217,7 @@ class Decoder(nn.Module):
         fused attention (its greedy tokens already match), as do other devices. Refused in bf16
         for heads narrower than 64, where it is not shown to hold (oneDNN's bf16 probabilities-
         times-values product then changes with the rows in about 1 call of 1000:
-        docs/BENCHMARKS.md, session 25)."""
+        docs/archive/benchmarks-history.md)."""
         if on and self.dtype == torch.bfloat16:
             if self.cfg.head_dim < 64:
                 raise SpecdraftError(f"--exact covers attention heads of 64 dimensions or more in bfloat16, this model's "

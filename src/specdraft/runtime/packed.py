@@ -10,10 +10,10 @@ does between any two BLAS kernels.
 Why: a verification forward is a few rows, and on an AVX2 CPU MKL's product of a few rows runs
 far from the one-row (memory-bound) speed, even weight-major (runtime.model.linear). The
 prepacked product is nearly flat in the rows: on qwen2.5-coder-1.5b a 9-row forward costs 1.5
-one-row forwards instead of 3.0 (benchmarks/row_cost.py, docs/BENCHMARKS.md session 14).
+one-row forwards instead of 3.0 (benchmarks/row_cost.py, docs/archive/benchmarks-history.md).
 In bfloat16, on a CPU with AVX512-BF16 or AMX, oneDNN's packed product also reads the weights far
 faster than torch's dense bf16 one: a one-row qwen2.5-coder-1.5b forward takes 111 ms instead of
-212 (docs/BENCHMARKS.md, session 22). Without bf16 units (AVX2) bf16 weights stay dense.
+212 (docs/archive/benchmarks-history.md). Without bf16 units (AVX2) bf16 weights stay dense.
 
 The packed weights replace the dense ones (no second copy is kept). The LM head is packed beside
 the dense head, which the embedding (tied heads) and the trained drafters read. Anything that
@@ -78,7 +78,7 @@ class PackedWeight:
         rows = x.shape[0]
         if 0 < rows < self.min_rows:
             # oneDNN takes another kernel for a single row, whose sums differ in the last bits from
-            # the one every other row count shares (docs/BENCHMARKS.md, session 25). Row-invariant
+            # the one every other row count shares (docs/archive/benchmarks-history.md). Row-invariant
             # decoding (Decoder.set_row_invariant) therefore runs a one-row step as two rows.
             x = x.expand(self.min_rows, -1)
         y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none", [], "")

@@ -8,7 +8,7 @@ quarter of the fp32 weights in memory.
 
 Why: on a CPU a one-token step reads every weight once and is bound by memory traffic; the int8
 copy reads a quarter of the bytes of fp32 and, on an AVX2 CPU, runs a one-row step 2-3x faster
-(docs/BENCHMARKS.md, session 11). Its greedy tokens nearly always equal the full model's, so it
+(docs/archive/benchmarks-history.md). Its greedy tokens nearly always equal the full model's, so it
 is a draft model that needs no training and shares the tokenizer by construction
 (`--drafter draft-model:self?quant=int8`). The target that verifies stays untouched: the output
 is that of plain decoding, whatever the copy proposes.
@@ -109,7 +109,7 @@ def quantize_int8(model: Decoder, head: bool = True) -> Decoder:
     copy.init_rope()
     # FBGEMM's prepack runs on one thread: two weights at a time on two workers, each holding one
     # weight's int8 values until packed. With `quantize_rows`, the copy of qwen2.5-coder-0.5b takes
-    # 2.3 s instead of 7.5 (docs/BENCHMARKS.md, session 24).
+    # 2.3 s instead of 7.5 (docs/archive/benchmarks-history.md).
     slots = [(layer, name) for layer in copy.layers for name in PRODUCTS]
     weights = [getattr(src, name).weight for src in model.layers for name in PRODUCTS]
     with ThreadPoolExecutor(max(1, min(2, torch.get_num_threads()))) as pool:

@@ -123,7 +123,7 @@ def _decoder_settings(dec, layers: tuple[int, ...]) -> dict:
 
 def _pack(dec) -> bool:
     """Pack a CPU base for oneDNN as `LLM` does (unless SPECDRAFT_PACK=0): the batched
-    generation's few-row products run faster packed (docs/BENCHMARKS.md, session 16)."""
+    generation's few-row products run faster packed (docs/archive/benchmarks-history.md)."""
     from ..runtime import packed
 
     return packed.wanted() and packed.pack_decoder(dec)

@@ -83,8 +83,8 @@ def pick_routes(measured: dict, min_gain: float = 0.0) -> dict:
     best mean over the domains (plain if none beats plain); a domain routes to its fastest drafter
     only when that beats the fallback there by more than `min_gain` (in x of plain), else to the
     fallback: timings on a few prompts per domain differ by about 0.1x from one re-timing to the
-    next, and a route picked on noise costs more on other prompts than it gains (docs/BENCHMARKS.md,
-    session 13). A route that does not beat plain is plain."""
+    next, and a route picked on noise costs more on other prompts than it gains (docs/archive/
+    benchmarks-history.md). A route that does not beat plain is plain."""
     cands = [c for c in next(iter(measured.values())) if not c.startswith("skipset:")] if measured else []
     single = {c: statistics.mean(measured[d][c] for d in measured) for c in cands}
     fallback = max(single, key=single.get) if single and max(single.values()) > 1.0 else "plain"
@@ -144,7 +144,7 @@ def fallback_radius(farthest_build: float, anchors: torch.Tensor, labels: list[i
     (`domain_separation`). The build prompts alone give too tight a radius: prompts of the same
     domains worded otherwise (the bench's MT-bench, HumanEval and man-page prompts against the
     pools' ShareGPT, stdlib and README ones) sit up to 2.5x farther, still nearest their own
-    domain (docs/BENCHMARKS.md, session 23)."""
+    domain (docs/archive/benchmarks-history.md)."""
     return max(1.5 * farthest_build, domain_separation(anchors, labels))
 
 
