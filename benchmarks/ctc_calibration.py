@@ -22,7 +22,7 @@ from interleaved import mini_prompts, table, versus_plain
 def tempered(llm, T: float):
     """The shipped CTC drafter with its frame logits divided by T (a shallow copy of its module,
     so the drafters of other temperatures are unaffected)."""
-    d = build_drafter("ctc", llm)
+    d = build_drafter("ctc", llm.draft_context)
     module, logits = copy.copy(d.module), d.module.logits
     object.__setattr__(module, "logits", lambda feats, head: logits(feats, head) / T)
     d.module = module

@@ -33,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
     llm = LLM(a.target, backend="torch")
     prompts = mini_prompts(("code", "math"))[::2]
-    drafters = {k: build_drafter(f"draft-model:{a.draft}", llm, **v) for k, v in SETTINGS.items()}
+    drafters = {k: build_drafter(f"draft-model:{a.draft}", llm.draft_context, **v) for k, v in SETTINGS.items()}
     res = versus_plain(llm, prompts, drafters, a.max_new_tokens)
     print(f"| setting | tau | speedup | overhead | drafting share of wall time |\n|---|---|---|---|---|")
     for k, v in res.items():

@@ -27,7 +27,7 @@ def main() -> None:
     a = ap.parse_args()
     llm = LLM(a.model, backend="torch")
     prompts = mini_prompts()
-    drafters = {f"{k} max_nodes={n}": build_drafter(k, llm, max_nodes=int(n))
+    drafters = {f"{k} max_nodes={n}": build_drafter(k, llm.draft_context, max_nodes=int(n))
                 for k in a.kinds.split(",") for n in a.nodes.split(",")}
     res = versus_plain(llm, prompts, drafters, a.max_new_tokens)
     print(f"{len(prompts)} prompts, {a.max_new_tokens} new tokens, {llm.dtype_name}")

@@ -557,10 +557,10 @@ def test_ctc_checkpoint_reading_layers_the_target_lacks_is_refused(tmp_path, tin
                           frames=3, window=4, num_heads=4, intermediate_size=32, feature_layers=layers)
         save_module(make_module(head), tmp_path / str(layers[0]), dtype=torch.float32)
         if ok:
-            d = build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm)
+            d = build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm.draft_context)
             assert d.needs.hidden_layers == layers
             assert llm.generate("hello there", max_new_tokens=8, drafter=d).token_ids == \
                 llm.generate("hello there", max_new_tokens=8).token_ids
         else:
             with pytest.raises(SpecdraftError, match=f"reads layers \\[{cfg.num_layers}\\]"):
-                build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm)
+                build_drafter(f"ctc:{tmp_path / str(layers[0])}", llm.draft_context)

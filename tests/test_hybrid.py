@@ -135,10 +135,10 @@ def test_hybrid_specs(tiny_llm_dir):
         with pytest.raises(SpecdraftError):
             check_spec(bad)
     llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
-    d = build_drafter("lookup:3+lookup?min_ngram=1", llm, mode="union")
+    d = build_drafter("lookup:3+lookup?min_ngram=1", llm.draft_context, mode="union")
     assert isinstance(d, HybridDrafter) and d.mode == "union" and d.parts[0].num_tokens == 3
     with pytest.raises(SpecdraftError, match="mode"):
-        build_drafter("lookup+lookup:2", llm, mode="nope")
+        build_drafter("lookup+lookup:2", llm.draft_context, mode="nope")
     out = llm.generate("hello there hello", max_new_tokens=8, drafter="lookup:3+lookup:2")
     assert out.token_ids == llm.generate("hello there hello", max_new_tokens=8).token_ids
 
@@ -153,15 +153,15 @@ def test_hybrid_options_in_a_spec(tiny_llm_dir):
         with pytest.raises(SpecdraftError, match=why):
             check_spec(bad)
     llm = LLM(str(tiny_llm_dir), dtype="float32", progress=False)
-    d = build_drafter("(lookup:3+lookup?min_ngram=1)?mode=union&max_nodes=5", llm)
+    d = build_drafter("(lookup:3+lookup?min_ngram=1)?mode=union&max_nodes=5", llm.draft_context)
     assert isinstance(d, HybridDrafter) and (d.mode, d.max_nodes) == ("union", 5) and d.parts[0].num_tokens == 3
-    again = build_drafter(d.name, llm)  # the name is a spec that builds the same hybrid
+    again = build_drafter(d.name, llm.draft_context)  # the name is a spec that builds the same hybrid
     assert (again.mode, again.max_nodes, [p.name for p in again.parts]) == ("union", 5, [p.name for p in d.parts])
     assert again.parts[0].num_tokens == 3 and again.parts[1].min_ngram == 1
-    assert build_drafter("(lookup:3+lookup:2)", llm).name == "lookup:3+lookup:2"  # default mode: the plain name
+    assert build_drafter("(lookup:3+lookup:2)", llm.draft_context).name == "lookup:3+lookup:2"  # default mode: the plain name
     for spec in ("lookup", "lookup:4", "lookup?min_ngram=2", "lookup:16?max_ngram=4&adaptive=true"):
-        d = build_drafter(spec, llm)
-        assert d.name == spec and build_drafter(d.name, llm).describe() == d.describe()
-    assert build_drafter("lookup?min_ngram=2+lookup:4", llm).name == "lookup?min_ngram=2+lookup:4"
+        d = build_drafter(spec, llm.draft_context)
+        assert d.name == spec and build_drafter(d.name, llm.draft_context).describe() == d.describe()
+    assert build_drafter("lookup?min_ngram=2+lookup:4", llm.draft_context).name == "lookup?min_ngram=2+lookup:4"
     out = llm.generate("hello there hello", max_new_tokens=8, drafter="(lookup:3+lookup:2)?mode=union")
     assert out.token_ids == llm.generate("hello there hello", max_new_tokens=8).token_ids

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import product_case, tiny_decoder
 
 from specdraft import SpecdraftError
-from specdraft.drafters import _draft_model
+from specdraft.drafters.draft_model import build as build_draft_model
 from specdraft.drafters.draft_model import DraftModelDrafter
 from specdraft.drafters.hybrid import HybridDrafter
 from specdraft.drafters.lookup import LookupDrafter
@@ -161,11 +161,11 @@ def test_branch_adds_runner_ups_only_at_uncertain_steps(seed):
 
 def test_bad_quant_options_are_refused_before_loading():
     with pytest.raises(SpecdraftError, match="quant= takes int8"):
-        _draft_model("self", None, quant="int4")
+        build_draft_model("self", None, quant="int4")
     with pytest.raises(SpecdraftError, match="add quant=int8"):
-        _draft_model("self", None)
+        build_draft_model("self", None)
     with pytest.raises(SpecdraftError, match="shared is not an option"):
-        _draft_model("self", None, quant="int8", shared=True)
+        build_draft_model("self", None, quant="int8", shared=True)
 
 
 def test_a_copy_without_its_head_drafts_a_reduced_vocabulary_and_gets_the_head_when_needed():

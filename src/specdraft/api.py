@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import zoo
-from .drafters import Drafter, build_drafter
+from .drafters import DraftContext, Drafter, build_drafter
 from .engine import Generation, GenerationStats, PrefixStore, run_generation, run_segment
 from .errors import SpecdraftError
 from .runtime import packed
@@ -206,7 +206,10 @@ class LLM:
         self.exact = exact
         self.model.set_row_invariant(exact)
         self._drafters: dict[str, Drafter | None] = {}
-        self.draft_models: dict[tuple[str, str], object] = {}  # (path, quant) -> Decoder, shared by drafters
+        # What the drafters are built from (drafters/context.py): this target, and `drafter` to build
+        # a hybrid's parts and a router's routes through this LLM's cache of drafters.
+        self.draft_context = DraftContext(self.model, self.tokenizer, self.path, self.name, self.dtype, self.device,
+                                          backend=self.backend, packed=self.packed, build=self.drafter)
         self.prefix = PrefixStore(prefix_cache)  # the last `reuse_prefix` generations' caches
         self.default_drafter = drafter
         self.drafter(drafter)  # build it now: a bad spec fails at load, not mid-request
@@ -221,9 +224,9 @@ class LLM:
         if spec == "auto":
             from .drafters import recommended
 
-            spec = recommended(self, temperature)
+            spec = recommended(self.draft_context, temperature)
         if spec not in self._drafters:
-            self._drafters[spec] = build_drafter(spec, self)
+            self._drafters[spec] = build_drafter(spec, self.draft_context)
         return self._drafters[spec]
 
     @property

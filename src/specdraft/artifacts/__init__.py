@@ -21,15 +21,14 @@ HOW = {
 }
 
 
-def _model_dir(llm) -> Path:
-    """The artifact folder of the loaded model (`llm.name`: a zoo name, or a directory named so)."""
-    return ROOT / Path(getattr(llm, "name", str(llm))).name
+def _model_dir(model: str) -> Path:
+    """The artifact folder of a model (its zoo name, or a directory named so)."""
+    return ROOT / Path(model).name
 
 
-def find(llm, name: str) -> Path:
-    """The shipped artifact `name` for the loaded model, or a clear error naming the recipe."""
-    model = getattr(llm, "name", str(llm))
-    path = _model_dir(llm) / name
+def find(model: str, name: str) -> Path:
+    """The shipped artifact `name` for the model (its zoo name), or a clear error naming the recipe."""
+    path = _model_dir(model) / name
     if not path.exists():
         kind, how = HOW[name]
         raise SpecdraftError(f"no shipped {name} for model {model}: build one with `{how.format(m=model)}` "
@@ -37,7 +36,7 @@ def find(llm, name: str) -> Path:
     return path
 
 
-def recommendation(llm, device_type: str, temperature: float = 0.0, dtype: str | None = None) -> str | None:
+def recommendation(model: str, device_type: str, temperature: float = 0.0, dtype: str | None = None) -> str | None:
     """The drafter spec the model's `drafter.json` recommends on `device_type` (e.g. "cpu") in
     `dtype` at a sampling temperature (0 = greedy), or None when nothing was measured there. The
     file: {"cpu": {"drafter": SPEC, "measured": WHERE, "sampled": {"drafter": SPEC,
@@ -48,7 +47,7 @@ def recommendation(llm, device_type: str, temperature: float = 0.0, dtype: str |
     above, where it differs from greedy's."""
     import json
 
-    path = _model_dir(llm) / "drafter.json"
+    path = _model_dir(model) / "drafter.json"
     if not path.is_file():
         return None
     try:

@@ -9,13 +9,9 @@ parentheses, a hybrid takes options of its own: `(lookup+ctc)?mode=union&max_nod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import SpecdraftError
 from .base import Drafter, Needs, StepContext
-
-if TYPE_CHECKING:
-    from ..api import LLM
+from .context import DraftContext
 
 SPECS = ("plain, auto, lookup[:N], draft-model:NAME (or draft-model:self?quant=int8), layerskip[:SKIPSET.json], knn-ssd[:DIR], "
          "ctc[:DIR], medusa[:DIR], each optionally followed by ?key=value&... drafter options")
@@ -30,16 +26,16 @@ AUTO_CPU = "lookup?min_ngram=2+draft-model:self?quant=int8"
 AUTO_OTHER = "lookup?min_ngram=2"
 
 
-def recommended(llm: "LLM", temperature: float = 0.0) -> str:
+def recommended(ctx: DraftContext, temperature: float = 0.0) -> str:
     """The spec `auto` stands for: the model's shipped `drafter.json` entry for this device type,
     dtype and sampling temperature (the drafter measured fastest there, see specdraft.artifacts),
     else AUTO_CPU / AUTO_OTHER."""
     from .. import artifacts
 
-    kind = llm.device.type
-    if llm.backend == "gguf":  # only what was measured on the gguf backend
-        return artifacts.recommendation(llm, "cpu/gguf", temperature) or AUTO_OTHER
-    entry = artifacts.recommendation(llm, kind, temperature, getattr(llm, "dtype_name", None))
+    kind = ctx.device.type
+    if ctx.backend == "gguf":  # only what was measured on the gguf backend
+        return artifacts.recommendation(ctx.name, "cpu/gguf", temperature) or AUTO_OTHER
+    entry = artifacts.recommendation(ctx.name, kind, temperature, ctx.dtype_name)
     if entry is not None:
         return entry
     return AUTO_CPU if kind == "cpu" else AUTO_OTHER
@@ -116,19 +112,19 @@ def check_spec(spec: str) -> None:
         raise SpecdraftError("draft-model needs a model: draft-model:NAME (a zoo name or a directory)")
 
 
-def build_drafter(spec: str, llm: "LLM", **options) -> Drafter | None:
-    """The drafter a spec names, for the target loaded in `llm`; None for plain decoding. Options
-    given here override those of the spec. `auto` is greedy decoding's recommendation (LLM.drafter
-    picks the sampling one for sampled requests)."""
+def build_drafter(spec: str, ctx: DraftContext, **options) -> Drafter | None:
+    """The drafter a spec names, for the target `ctx` describes (`LLM.draft_context` for a loaded
+    model); None for plain decoding. Options given here override those of the spec. `auto` is
+    greedy decoding's recommendation (LLM.drafter picks the sampling one for sampled requests)."""
     check_spec(spec)
     if spec == "auto":
-        spec = recommended(llm)
+        spec = recommended(ctx)
     hybrid = split_hybrid(spec)
     if hybrid:
-        kind, build = "a hybrid", lambda: _hybrid(hybrid[0], llm, {**hybrid[1], **options})
+        kind, build = "a hybrid", lambda: _hybrid(hybrid[0], ctx, {**hybrid[1], **options})
     else:
         kind, arg, spec_options = parse_spec(spec)
-        build = lambda: _build(kind, arg, llm, {**spec_options, **options})  # noqa: E731
+        build = lambda: _build(kind, arg, ctx, {**spec_options, **options})  # noqa: E731
     try:
         return build()
     except TypeError as e:
@@ -177,8 +173,8 @@ def backend_for(backend: str, specs) -> str:
     return "torch" if backend == "auto" and not all(runs_on_gguf(s) for s in specs) else backend
 
 
-def _check_backend(kind: str, arg: str, llm: "LLM", options: dict) -> None:
-    if llm.backend != "gguf":
+def _check_backend(kind: str, arg: str, ctx: DraftContext, options: dict) -> None:
+    if ctx.backend != "gguf":
         return
     why = _gguf_refusal(kind, arg, options)
     if why:
@@ -186,8 +182,8 @@ def _check_backend(kind: str, arg: str, llm: "LLM", options: dict) -> None:
                              "or load the model with --backend torch")
 
 
-def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
-    _check_backend(kind, arg, llm, options)
+def _build(kind: str, arg: str, ctx: DraftContext, options: dict) -> Drafter | None:
+    _check_backend(kind, arg, ctx, options)
     if kind == "plain":
         return None
     if kind == "lookup":
@@ -195,7 +191,9 @@ def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
 
         return LookupDrafter(**({"num_tokens": int(arg)} if arg else {}), **options)
     if kind == "draft-model":
-        return _draft_model(arg, llm, **options)
+        from .draft_model import build
+
+        return build(arg, ctx, **options)
     if kind == "layerskip":
         from .layerskip import load
     elif kind == "knn-ssd":
@@ -204,85 +202,13 @@ def _build(kind: str, arg: str, llm: "LLM", options: dict) -> Drafter | None:
         from .ctc import load
     else:
         from .medusa import load
-    return load(arg, llm, **options)
+    return load(arg, ctx, **options)
 
 
-def _hybrid(parts: list[str], llm: "LLM", options: dict) -> Drafter:
+def _hybrid(parts: list[str], ctx: DraftContext, options: dict) -> Drafter:
     from .hybrid import HybridDrafter
 
-    return HybridDrafter([llm.drafter(part) for part in parts], **options)
+    return HybridDrafter([ctx.drafter(part) for part in parts], **options)
 
 
-def _draft_model(name: str, llm: "LLM", vocab: int = 0, quant: str = "", **options) -> Drafter:
-    """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py).
-    `quant=int8`: draft with an int8 copy of the model (runtime/quant.py). The name `self` is the
-    target itself, which only makes sense quantized: `draft-model:self?quant=int8`."""
-    import torch
-
-    from .. import zoo
-    from ..runtime.loader import load_decoder
-    from ..text import same_vocab
-    from .draft_model import DraftModelDrafter
-
-    if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
-        raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
-    if "shared" in options:
-        raise SpecdraftError("draft-model: shared is not an option (draft-model:self shares the target's cache)")
-    if quant not in ("", "int8"):
-        raise SpecdraftError(f"draft-model quant= takes int8 (quant=int8), got {quant!r}")
-    if name == "self":
-        if not quant:
-            raise SpecdraftError("draft-model:self drafts with the target itself, which saves nothing: "
-                                 "add quant=int8 (draft-model:self?quant=int8)")
-        path = llm.path
-    else:
-        path = zoo.resolve(name)
-        if not same_vocab(path, llm.tokenizer):
-            raise SpecdraftError(
-                f"draft model {name} has a different tokenizer than the target {llm.name}: "
-                "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
-            )
-    # One model per (name, quant) for all of an LLM's drafters: `lookup+draft-model:self?quant=int8`
-    # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
-    # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
-    model = llm.draft_models.get((str(path), quant))
-    if model is None and llm.backend == "gguf":
-        from ..runtime.config import ModelConfig
-        from ..runtime.llamacpp import LlamaCppDecoder
-
-        gguf = zoo.gguf_file(path)
-        if gguf is None:
-            raise SpecdraftError(f"draft model {name}: no GGUF file for the gguf backend to run")
-        model = llm.draft_models[(str(path), quant)] = LlamaCppDecoder(gguf, ModelConfig.from_dir(path))
-    elif model is None:
-        if name == "self":
-            model = llm.model
-        else:
-            model = load_decoder(path, torch.float32 if quant else llm.dtype, llm.device)
-        if quant:
-            from ..runtime.quant import quantize_int8
-
-            model = quantize_int8(model, head=not vocab)  # a reduced vocabulary quantizes its own rows
-        elif llm.packed:  # (draft-model:self without quant was refused above)
-            from ..runtime.packed import pack_decoder
-
-            pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
-        llm.draft_models[(str(path), quant)] = model
-    if quant and not vocab:
-        from ..runtime.quant import add_int8_head
-
-        add_int8_head(model)  # (a copy first made for a reduced vocabulary has none yet)
-    ids = None
-    if vocab:
-        from ..data.vocab import token_ranking
-
-        size = min(model.cfg.vocab_size, llm.model.cfg.vocab_size)
-        ids = token_ranking(path / "tokenizer.json", size)[:vocab]
-    # The name reports the options that change the model (generate's summary line).
-    extras = "&".join(x for x in (f"vocab={vocab}" if vocab else "", f"quant={quant}" if quant else "") if x)
-    label = f"{name}?{extras}" if extras else name
-    return DraftModelDrafter(model, label, target_vocab=llm.model.cfg.vocab_size, draft_vocab=ids,
-                             shared=name == "self", **options)
-
-
-__all__ = ["Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "recommended", "SPECS"]
+__all__ = ["DraftContext", "Drafter", "Needs", "StepContext", "build_drafter", "check_spec", "recommended", "SPECS"]

@@ -74,6 +74,11 @@ class Drafter:
         """Extra per-generation facts for the JSON output (route taken, draft length, ...)."""
         return {}
 
+    def prepare(self) -> None:
+        """Build now whatever the drafter would otherwise build at its first generation (a
+        router's route drafters): a server prepares its drafters at start, so that no request
+        waits for a model to load."""
+
     def fork(self) -> "Drafter":
         """A drafter for one more concurrent generation: the same weights and settings, its own
         per-generation state (a batch runs one fork per sequence). `start` resets that state, so a

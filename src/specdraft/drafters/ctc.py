@@ -19,6 +19,7 @@ import torch
 from ..errors import SpecdraftError
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
+from .context import DraftContext
 
 
 # Draft-tree node budget. On a CPU every node is one more row of the verification forward and the
@@ -212,14 +213,14 @@ def ctc_draft(logp: torch.Tensor, max_nodes: int, vocab: list[int] | None = None
     return in_vocab(candidates_to_draft(ctc_candidates(logp, blank=blank, topk=topk, beams=beams), max_nodes), vocab)
 
 
-def load(arg: str, llm, **options) -> CTCDrafter:
+def load(arg: str, ctx: DraftContext, **options) -> CTCDrafter:
     """`arg` is a checkpoint directory, or empty for the model's shipped one."""
     from .. import artifacts
     from .heads import load_module
 
-    path = Path(arg) if arg else artifacts.find(llm, "ctc")
-    module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "ctc")
-    if bad := [i for i in module.cfg.feature_layers if not 0 <= i < llm.model.cfg.num_layers]:
-        raise SpecdraftError(f"{path} reads layers {bad} of its base, and this model has {llm.model.cfg.num_layers}")
-    options.setdefault("pack", llm.packed)  # packed as the target is
-    return CTCDrafter(module, llm.model.embed.weight, llm.model.head_weight(), path.name, **options)
+    path = Path(arg) if arg else artifacts.find(ctx.name, "ctc")
+    module, _ = load_module(path, ctx.model.cfg.hidden_size, ctx.model.cfg.vocab_size, ctx.dtype, ctx.device, "ctc")
+    if bad := [i for i in module.cfg.feature_layers if not 0 <= i < ctx.model.cfg.num_layers]:
+        raise SpecdraftError(f"{path} reads layers {bad} of its base, and this model has {ctx.model.cfg.num_layers}")
+    options.setdefault("pack", ctx.packed)  # packed as the target is
+    return CTCDrafter(module, ctx.model.embed.weight, ctx.model.head_weight(), path.name, **options)

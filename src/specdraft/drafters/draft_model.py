@@ -34,6 +34,7 @@ from ..runtime.sampling import target_probs
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
 from .base import Drafter, Needs, StepContext
+from .context import DraftContext
 
 
 class DraftVocab:
@@ -213,3 +214,72 @@ class DraftModelDrafter(Drafter):
     def describe(self) -> dict:
         return {"draft_length": self.length, "tree_width": self.tree_width, "branch": self.branch,
                 "draft_vocab": None if self.vocab is None else self.vocab.n}
+
+
+def build(name: str, ctx: DraftContext, vocab: int = 0, quant: str = "", **options) -> DraftModelDrafter:
+    """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py).
+    `quant=int8`: draft with an int8 copy of the model (runtime/quant.py). The name `self` is the
+    target itself, which only makes sense quantized: `draft-model:self?quant=int8`."""
+    from .. import zoo
+    from ..runtime.loader import load_decoder
+    from ..text import same_vocab
+
+    if vocab and (not isinstance(vocab, int) or vocab < 1):  # checked before any model loads
+        raise SpecdraftError(f"draft-model vocab= takes a number of tokens (vocab=32768), got {vocab!r}")
+    if "shared" in options:
+        raise SpecdraftError("draft-model: shared is not an option (draft-model:self shares the target's cache)")
+    if quant not in ("", "int8"):
+        raise SpecdraftError(f"draft-model quant= takes int8 (quant=int8), got {quant!r}")
+    if name == "self":
+        if not quant:
+            raise SpecdraftError("draft-model:self drafts with the target itself, which saves nothing: "
+                                 "add quant=int8 (draft-model:self?quant=int8)")
+        path = ctx.path
+    else:
+        path = zoo.resolve(name)
+        if not same_vocab(path, ctx.tokenizer):
+            raise SpecdraftError(
+                f"draft model {name} has a different tokenizer than the target {ctx.name}: "
+                "pick a draft model of the same family (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b)"
+            )
+    # One model per (name, quant) for all of a target's drafters: `lookup+draft-model:self?quant=int8`
+    # and `draft-model:self?quant=int8&vocab=32768` (knn-ssd's routes, a bench's methods) share one
+    # int8 copy. A drafter keeps no state in the model (its cache is its own, or the target's).
+    model = ctx.draft_models.get((str(path), quant))
+    if model is None and ctx.backend == "gguf":
+        from ..runtime.config import ModelConfig
+        from ..runtime.llamacpp import LlamaCppDecoder
+
+        gguf = zoo.gguf_file(path)
+        if gguf is None:
+            raise SpecdraftError(f"draft model {name}: no GGUF file for the gguf backend to run")
+        model = ctx.draft_models[(str(path), quant)] = LlamaCppDecoder(gguf, ModelConfig.from_dir(path))
+    elif model is None:
+        if name == "self":
+            model = ctx.model
+        else:
+            model = load_decoder(path, torch.float32 if quant else ctx.dtype, ctx.device)
+        if quant:
+            from ..runtime.quant import quantize_int8
+
+            model = quantize_int8(model, head=not vocab)  # a reduced vocabulary quantizes its own rows
+        elif ctx.packed:  # (draft-model:self without quant was refused above)
+            from ..runtime.packed import pack_decoder
+
+            pack_decoder(model)  # a draft model of the target's dtype, packed as the target is
+        ctx.draft_models[(str(path), quant)] = model
+    if quant and not vocab:
+        from ..runtime.quant import add_int8_head
+
+        add_int8_head(model)  # (a copy first made for a reduced vocabulary has none yet)
+    ids = None
+    if vocab:
+        from ..data.vocab import token_ranking
+
+        size = min(model.cfg.vocab_size, ctx.model.cfg.vocab_size)
+        ids = token_ranking(path / "tokenizer.json", size)[:vocab]
+    # The name reports the options that change the model (generate's summary line).
+    extras = "&".join(x for x in (f"vocab={vocab}" if vocab else "", f"quant={quant}" if quant else "") if x)
+    label = f"{name}?{extras}" if extras else name
+    return DraftModelDrafter(model, label, target_vocab=ctx.model.cfg.vocab_size, draft_vocab=ids,
+                             shared=name == "self", **options)

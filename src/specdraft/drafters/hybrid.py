@@ -121,6 +121,10 @@ class HybridDrafter(Drafter):
         for p in self.parts:
             p.catch_up(ctx)
 
+    def prepare(self) -> None:
+        for p in self.parts:
+            p.prepare()
+
     def fork(self) -> "HybridDrafter":
         out = super().fork()
         out.parts = [p.fork() for p in self.parts]

@@ -30,6 +30,7 @@ from ..paths import read_json
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
 from .base import Drafter, Needs, StepContext
+from .context import DraftContext
 
 FORMAT = "specdraft-knn-1"
 
@@ -110,19 +111,20 @@ def route_table(meta: dict, dtype: str, where: str = "knn.json") -> dict:
 class KNNDrafter(Drafter):
     needs = Needs(final_hidden=True, target=True)
 
-    def __init__(self, llm, path: Path, meta: dict, anchors: torch.Tensor, labels: list[int], skipsets_only: bool = False):
+    def __init__(self, ctx: DraftContext, path: Path, meta: dict, anchors: torch.Tensor, labels: list[int],
+                 skipsets_only: bool = False):
         from .layerskip import skipset_from_json
 
-        self.llm, self.meta = llm, meta
+        self.ctx, self.meta = ctx, meta
         self.name = f"knn-ssd{':skipsets' if skipsets_only else ''}:{Path(path).name}"
         self.domains = list(meta["domains"])
         self.router = Router(anchors, labels, self.domains)
         self.max_distance = float(meta.get("max_distance", 2.0))
         self.skipsets_only = skipsets_only
-        L = llm.model.cfg.num_layers
+        L = ctx.model.cfg.num_layers
         self.skipsets = {d: skipset_from_json(v["skipset"], L, f"{path}/knn.json [{d}]")
                          for d, v in meta["domains"].items() if v.get("skipset")}
-        self.routes = route_table(meta, llm.dtype_name, f"{path}/knn.json")
+        self.routes = route_table(meta, ctx.dtype_name, f"{path}/knn.json")
         self.inner: Drafter | None = None
         self.cache: dict[str, Drafter | None] = {}
         self.last: dict = {}
@@ -141,23 +143,24 @@ class KNNDrafter(Drafter):
                 d = spec.split(":", 1)[1]
                 self.cache[spec] = LayerSkipDrafter(self.skipsets[d], d)
             else:
-                self.cache[spec] = self.llm.drafter(spec)  # built once, shared with the LLM
+                self.cache[spec] = self.ctx.drafter(spec)  # built once (shared with the target's other drafters)
         return spec, self.cache[spec]
 
-    def build_routes(self) -> list[str]:
+    def prepare(self) -> None:
         """Build now every drafter a prompt may route to (each is otherwise built the first time a
-        prompt takes its route: a server warms them at start, so that no request waits for a
-        model to load); returns their specs."""
+        prompt takes its route): a server prepares its drafters at start, so that no request
+        waits for a model to load."""
         for domain in [*self.domains, None]:
-            self._route_drafter(domain)
-        return sorted(self.cache)
+            d = self._route_drafter(domain)[1]
+            if d is not None:
+                d.prepare()
 
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
         vec = ctx.rows.float().mean(0)
         domain, dist = self.router.route(vec)
         fallback = dist > self.max_distance
         spec, inner = self._route_drafter(None if fallback else domain)
-        self.inner = None if inner is None else inner.fork()  # (the route's drafter is shared with the LLM)
+        self.inner = None if inner is None else inner.fork()  # (the route's drafter is shared: a fork of it)
         self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
                      "radius": round(self.max_distance, 4), "fallback": fallback, "drafter": spec,
                      "timed_in": self.routes["dtype"]}
@@ -187,13 +190,13 @@ class KNNDrafter(Drafter):
         return out
 
 
-def load(arg: str, llm, **options) -> KNNDrafter:
+def load(arg: str, ctx: DraftContext, **options) -> KNNDrafter:
     from .. import artifacts
 
     parts = [p for p in arg.split(":") if p] if arg else []
     skipsets_only = bool(parts) and parts[-1] == "skipsets"
     if skipsets_only:
         parts = parts[:-1]
-    path = Path(":".join(parts)) if parts else artifacts.find(llm, "knn-ssd")
-    meta, anchors, labels = read_artifact(path, llm.model.cfg.num_layers, llm.model.cfg.hidden_size)
-    return KNNDrafter(llm, path, meta, anchors, labels, skipsets_only)
+    path = Path(":".join(parts)) if parts else artifacts.find(ctx.name, "knn-ssd")
+    meta, anchors, labels = read_artifact(path, ctx.model.cfg.num_layers, ctx.model.cfg.hidden_size)
+    return KNNDrafter(ctx, path, meta, anchors, labels, skipsets_only)

@@ -26,6 +26,7 @@ from ..runtime.model import SkipSet
 from ..verify.tree import Draft
 from ..verify.verify import Verdict
 from .base import Drafter, Needs, StepContext
+from .context import DraftContext
 
 FORMAT = "specdraft-skipset-1"
 
@@ -131,10 +132,10 @@ class LayerSkipDrafter(Drafter):
         return {"skipped_sublayers": self.skip.count(), "threshold": round(self.threshold.value, 3)}
 
 
-def load(arg: str, llm, **options) -> LayerSkipDrafter:
+def load(arg: str, ctx: DraftContext, **options) -> LayerSkipDrafter:
     """`arg` is a skip-set JSON file, or empty for the model's shipped default set."""
     from .. import artifacts
 
-    path = Path(arg) if arg else artifacts.find(llm, "skipset.json")
-    skip, _ = read_skipset(path, llm.model.cfg.num_layers)
+    path = Path(arg) if arg else artifacts.find(ctx.name, "skipset.json")
+    skip, _ = read_skipset(path, ctx.model.cfg.num_layers)
     return LayerSkipDrafter(skip, path.stem if arg else "default", **options)

@@ -11,6 +11,7 @@ import torch
 
 from ..verify.tree import Draft
 from .base import Drafter, Needs, StepContext
+from .context import DraftContext
 from .ctc import candidates_to_draft, default_nodes, in_vocab
 
 
@@ -86,12 +87,12 @@ class MedusaDrafter(Drafter):
                                     "max_nodes": self.max_nodes, "pack": not isinstance(self.head, torch.Tensor)}}
 
 
-def load(arg: str, llm, **options) -> MedusaDrafter:
+def load(arg: str, ctx: DraftContext, **options) -> MedusaDrafter:
     """`arg` is a checkpoint directory, or empty for the model's shipped one."""
     from .. import artifacts
     from .heads import load_module
 
-    path = Path(arg) if arg else artifacts.find(llm, "medusa")
-    module, _ = load_module(path, llm.model.cfg.hidden_size, llm.model.cfg.vocab_size, llm.dtype, llm.device, "medusa")
-    options.setdefault("pack", llm.packed)  # packed as the target is
-    return MedusaDrafter(module, llm.model.head_weight(), path.name, **options)
+    path = Path(arg) if arg else artifacts.find(ctx.name, "medusa")
+    module, _ = load_module(path, ctx.model.cfg.hidden_size, ctx.model.cfg.vocab_size, ctx.dtype, ctx.device, "medusa")
+    options.setdefault("pack", ctx.packed)  # packed as the target is
+    return MedusaDrafter(module, ctx.model.head_weight(), path.name, **options)

@@ -68,10 +68,10 @@ def create_app(llm: LLM, cfg: ServerConfig, engine_thread: bool = True) -> FastA
     """The app; engine_thread: run the engine on a thread of its own (else the caller runs
     `app.state.scheduler.run()`, on the thread that loaded the model: server/scheduler.py)."""
     metrics = Metrics()
-    for t in (0.0, 1.0):  # knn-ssd: build every route's drafter now, not during a request
+    for t in (0.0, 1.0):  # what a drafter builds lazily (a router's routes): now, not during a request
         d = llm.drafter(cfg.drafter, temperature=t)
-        if hasattr(d, "build_routes"):
-            d.build_routes()
+        if d is not None:
+            d.prepare()
     most = getattr(llm.model, "max_caches", None)
     if most is not None and cfg.max_batch + cfg.prefix_cache > most:
         raise SpecdraftError(f"{cfg.max_batch} requests at once and {cfg.prefix_cache} kept caches need "
