@@ -16,7 +16,8 @@ import torch
 
 from specdraft import zoo
 from specdraft.runtime.batched import greedy_batch
-from specdraft.runtime.loader import fast_dtype, load_decoder
+from specdraft.runtime.cpu import fast_dtype
+from specdraft.runtime.loader import load_decoder
 from specdraft.runtime.packed import pack_decoder
 from specdraft.text import Tokenizer
 from specdraft.train.data import training_prompts

@@ -21,7 +21,8 @@ import torch
 from specdraft import zoo
 from specdraft.drafters.heads import load_module, sub_head
 from specdraft.paths import home
-from specdraft.runtime.loader import fast_dtype, load_decoder
+from specdraft.runtime.cpu import fast_dtype
+from specdraft.runtime.loader import load_decoder
 from specdraft.train.data import keep_layers, load_shards
 from specdraft.train.trainer import Samples, heldout_tau
 

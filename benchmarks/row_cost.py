@@ -23,7 +23,8 @@ import torch
 
 from specdraft import zoo
 from specdraft.runtime import model
-from specdraft.runtime.loader import load_decoder, native_bf16
+from specdraft.runtime.cpu import native_bf16
+from specdraft.runtime.loader import load_decoder
 from specdraft.runtime.packed import pack_decoder
 from specdraft.runtime.quant import quantize_int8
 

@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py --data DIR [--model smollm2-135m] [--kind ctc] [--steps 30]
 
-`specdraft train` autocasts to bf16 only where bf16 runs natively (`runtime.loader.native_bf16`);
+`specdraft train` autocasts to bf16 only where bf16 runs natively (`runtime.cpu.native_bf16`);
 this times both settings on the same batches (optimizer steps per second, the first 3 not counted),
 interleaved step by step so that a change in the machine's load hits both alike.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from specdraft.runtime import loader
-from specdraft.runtime.loader import native_bf16
+from specdraft.runtime import cpu
+from specdraft.runtime.cpu import native_bf16
 from specdraft.train.trainer import TrainConfig, Trainer
 
 
@@ -30,15 +30,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     a = ap.parse_args()
     trainers = {}
-    real = loader.fast_dtype
+    real = cpu.fast_dtype
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in (torch.bfloat16, torch.float32):
-            loader.fast_dtype = lambda device, dtype=dtype: dtype
+            cpu.fast_dtype = lambda device, dtype=dtype: dtype
             try:
                 trainers[dtype] = Trainer(a.model, Path(a.data), Path(tmp) / str(dtype), TrainConfig(a.kind, steps=1000),
                                           progress=False)
             finally:
-                loader.fast_dtype = real
+                cpu.fast_dtype = real
     times: dict[torch.dtype, list[float]] = {d: [] for d in trainers}
     for step in range(a.steps + 3):
         idx = trainers[torch.float32].train_idx[step * 128:(step + 1) * 128]

@@ -39,8 +39,9 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     from safetensors.torch import load_file
 
     from specdraft.errors import SpecdraftError
-    from specdraft.runtime import loader
-    from specdraft.runtime.loader import fast_dtype, load_decoder
+    from specdraft.runtime import cpu, loader
+    from specdraft.runtime.cpu import fast_dtype
+    from specdraft.runtime.loader import load_decoder
     from specdraft.text import Tokenizer
     from specdraft.train import data
 
@@ -98,7 +99,7 @@ def test_distill_build_stores_the_models_own_answers_and_resumes(tiny_llm_dir, t
     meta.pop("dtype")
     (out / "data.json").write_text(__import__("json").dumps(meta))
     for dtype in (torch.bfloat16, torch.float32):
-        monkeypatch.setattr(loader, "fast_dtype", lambda device, dtype=dtype: dtype)
+        monkeypatch.setattr(cpu, "fast_dtype", lambda device, dtype=dtype: dtype)
         shards[2].unlink(missing_ok=True)
         if dtype == torch.bfloat16:
             data.build_distill(str(tiny_llm_dir), out, **kw)
@@ -112,7 +113,8 @@ def test_written_answers_are_teacher_forced_and_new_prompts_only(tiny_llm_dir, t
     from safetensors.torch import load_file
 
     from specdraft.data import sources
-    from specdraft.runtime.loader import fast_dtype, load_decoder
+    from specdraft.runtime.cpu import fast_dtype
+    from specdraft.runtime.loader import load_decoder
     from specdraft.text import Tokenizer
     from specdraft.train import data
 

@@ -310,14 +310,14 @@ def fake_distill(path, model, n_seq=12, length=40, seed=0, layers=()):
 
 @pytest.mark.parametrize("kind", ["ctc", "medusa"])
 def test_training_autocasts_to_bf16_only_where_bf16_is_native(kind, tmp_path, tiny_qwen_dir, monkeypatch):
-    from specdraft.runtime import loader
+    from specdraft.runtime import cpu, loader
     from specdraft.train.trainer import TrainConfig, Trainer
 
     fake_distill(tmp_path / "data", loader.load_decoder(tiny_qwen_dir, torch.float32))
     cfg = TrainConfig(kind, steps=3, batch_size=32, max_labels=3, frames=5, window=4, intermediate_size=32, draft_vocab=64)
     losses = {}
     for dtype in (torch.float32, torch.bfloat16):
-        monkeypatch.setattr(loader, "fast_dtype", lambda device, dtype=dtype: dtype)
+        monkeypatch.setattr(cpu, "fast_dtype", lambda device, dtype=dtype: dtype)
         tr = Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / str(dtype), cfg, progress=False)
         assert tr.embed.dtype == dtype and tr.head.dtype == dtype
         batch = tr.samples.batch(tr.train_idx[:64], future=True)

@@ -7,7 +7,7 @@ import torch
 
 from specdraft.api import resolve_dtype
 from specdraft.errors import SpecdraftError
-from specdraft.runtime import loader
+from specdraft.runtime import cpu, loader
 
 
 def _cpu(monkeypatch, amx, avx512_bf16):
@@ -26,10 +26,10 @@ def _cpu(monkeypatch, amx, avx512_bf16):
 ])
 def test_training_runs_in_bf16_only_with_native_bf16_units(monkeypatch, amx, avx512_bf16, want):
     _cpu(monkeypatch, amx, avx512_bf16)
-    assert loader.fast_dtype("cpu") == want
+    assert cpu.fast_dtype("cpu") == want
 
 
-SMALL, LARGE = loader.FLOAT32_MAX_PARAMS, loader.FLOAT32_MAX_PARAMS + 1
+SMALL, LARGE = cpu.FLOAT32_MAX_PARAMS, cpu.FLOAT32_MAX_PARAMS + 1
 
 
 @pytest.mark.parametrize("amx,avx512_bf16,params,want", [
@@ -44,8 +44,8 @@ def test_auto_decodes_in_float32_unless_bf16_pays(monkeypatch, amx, avx512_bf16,
     """Without packed bf16 (a torch without oneDNN, or SPECDRAFT_PACK=0)."""
     _cpu(monkeypatch, amx, avx512_bf16)
     monkeypatch.setenv("SPECDRAFT_PACK", "0")
-    assert loader.decode_dtype("cpu", params) == want
-    assert loader.decode_dtype(torch.device("cpu"), params) == want
+    assert cpu.decode_dtype("cpu", params) == want
+    assert cpu.decode_dtype(torch.device("cpu"), params) == want
     monkeypatch.setattr(loader, "count_params", lambda path, params=params: params)
     monkeypatch.setattr("specdraft.api.count_params", lambda path, params=params: params)
     assert resolve_dtype("auto", "cpu", path="some/model") == want
@@ -61,12 +61,12 @@ def test_auto_decodes_in_bf16_where_bf16_weights_are_packed(monkeypatch, amx, av
 
     _cpu(monkeypatch, amx, avx512_bf16)
     monkeypatch.delenv("SPECDRAFT_PACK", raising=False)
-    monkeypatch.setattr(packed, "_onednn", lambda: True)
+    monkeypatch.setattr(cpu, "onednn", lambda: True)
     assert (torch.bfloat16 in packed.dtypes()) == (amx or avx512_bf16)
     for params in (SMALL, LARGE, None):
-        assert loader.decode_dtype("cpu", params) == want
-    monkeypatch.setattr(packed, "_onednn", lambda: False)  # a torch without oneDNN: the size decides
-    assert loader.decode_dtype("cpu", SMALL) == (torch.bfloat16 if amx else want if not avx512_bf16 else torch.float32)
+        assert cpu.decode_dtype("cpu", params) == want
+    monkeypatch.setattr(cpu, "onednn", lambda: False)  # a torch without oneDNN: the size decides
+    assert cpu.decode_dtype("cpu", SMALL) == (torch.bfloat16 if amx else want if not avx512_bf16 else torch.float32)
 
 
 def test_count_params_reads_the_safetensors_headers(tiny_llm_dir, tmp_path):
@@ -121,5 +121,5 @@ def test_llm_auto_counts_the_model_it_loads(tiny_llm_dir, monkeypatch):
     _cpu(monkeypatch, False, True)
     monkeypatch.setenv("SPECDRAFT_PACK", "0")
     assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.float32  # a tiny model
-    monkeypatch.setattr(loader, "FLOAT32_MAX_PARAMS", loader.count_params(tiny_llm_dir) - 1)
+    monkeypatch.setattr(cpu, "FLOAT32_MAX_PARAMS", loader.count_params(tiny_llm_dir) - 1)
     assert LLM(str(tiny_llm_dir), progress=False).dtype == torch.bfloat16

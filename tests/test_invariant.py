@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import tiny_decoder
 from specdraft.engine import generate_ids
 from specdraft.runtime import attention
-from specdraft.runtime.loader import native_bf16
+from specdraft.runtime.cpu import native_bf16
 from specdraft.runtime.packed import PackedWeight, pack_decoder
 from specdraft.runtime.sampling import SamplingParams
 from test_speculative import ScriptedDrafter

@@ -10,7 +10,7 @@ from conftest import product_case, tiny_decoder
 
 from specdraft.engine import generate_ids
 from specdraft.runtime import packed
-from specdraft.runtime.loader import native_bf16
+from specdraft.runtime.cpu import native_bf16
 from specdraft.runtime.model import linear
 from specdraft.runtime.packed import PackedLinear, PackedWeight, pack_decoder
 from specdraft.runtime.quant import quantize_int8

@@ -21,7 +21,8 @@ from .drafters import DraftContext, Drafter, build_drafter
 from .engine import Generation, GenerationStats, PrefixStore, run_generation, run_segment
 from .errors import SpecdraftError
 from .runtime import packed
-from .runtime.loader import count_params, decode_dtype, load_decoder
+from .runtime.cpu import decode_dtype
+from .runtime.loader import count_params, load_decoder
 from .runtime.sampling import SamplingParams
 from .text import Detokenizer, Messages, Tokenizer
 
@@ -53,7 +54,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu",
                   path: Path | None = None) -> torch.dtype:
-    """A dtype name or torch dtype; `auto` is the dtype `runtime.loader.decode_dtype` picks on
+    """A dtype name or torch dtype; `auto` is the dtype `runtime.cpu.decode_dtype` picks on
     `device` for the model at `path` (its size matters on some CPUs; unknown without a path)."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .errors import SpecdraftError
 from .paths import atomic_dir, atomic_file, home
+from .runtime.config import SUPPORTED_FAMILIES, check_family
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 MARKER = "specdraft.json"
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -104,14 +104,6 @@ def get_entry(name: str) -> ModelEntry:
             f"unknown model {name!r}: choose one of {', '.join(ZOO)} (see `specdraft models list`) "
             "or pass a local HF-format model directory or a .gguf file"
         ) from None
-
-
-def check_family(family: str, where: str) -> None:
-    if family not in SUPPORTED_FAMILIES:
-        raise SpecdraftError(
-            f"{where}: model family {family!r} is not supported by the specdraft runtime "
-            f"(supported: {', '.join(SUPPORTED_FAMILIES)})"
-        )
 
 
 def resolve(model: str, *, pull_missing: bool = True, progress: bool = True) -> Path:

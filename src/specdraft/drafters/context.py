@@ -37,9 +37,5 @@ class DraftContext:
         return str(self.dtype).removeprefix("torch.")
 
     def drafter(self, spec: str):
-        """Another spec's drafter for the same target (`build`, else built afresh)."""
-        if self.build is not None:
-            return self.build(spec)
-        from . import build_drafter
-
-        return build_drafter(spec, self)
+        """Another spec's drafter for the same target (`build_drafter` sets `build` where it is None)."""
+        return self.build(spec)

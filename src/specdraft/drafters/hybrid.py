@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..verify.tree import Draft, children, follow
 from ..verify.verify import Verdict
-from . import format_spec
+from .specs import format_spec
 from .base import Drafter, Needs, StepContext
 
 MODES = ("first", "union")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import SpecdraftError
 from ..verify.tree import Draft
-from . import format_spec
+from .specs import format_spec
 from .base import Drafter, StepContext
 
 

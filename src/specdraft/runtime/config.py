@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecdraftError
-from ..zoo import check_family
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+
+
+def check_family(family: str, where: str) -> None:
+    if family not in SUPPORTED_FAMILIES:
+        raise SpecdraftError(
+            f"{where}: model family {family!r} is not supported by the specdraft runtime "
+            f"(supported: {', '.join(SUPPORTED_FAMILIES)})"
+        )
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def _lib():
 
 def amx_repack_broken() -> bool:
     """Whether llama.cpp's weight repacking would use its AMX kernels here (which crash, above)."""
-    from .loader import has_amx
+    from .cpu import has_amx
 
     return has_amx()
 

@@ -24,10 +24,11 @@ On other devices, dtypes, or a torch built without oneDNN, `pack_decoder` leaves
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
+
+from . import cpu
+from .cpu import pack_wanted as wanted  # noqa: F401 -- packed.wanted(): packing is on unless SPECDRAFT_PACK=0
 
 # The row count oneDNN prepares the layout for. 8 rows: the measured best for a draft tree's
 # verification on both shipped models, at a one-row cost within noise of the dense product.
@@ -36,11 +37,9 @@ PACK_ROWS = 8
 
 def dtypes() -> tuple[torch.dtype, ...]:
     """The dtypes packed here: float32, and bfloat16 on a CPU with bf16 units; none without oneDNN."""
-    if not _onednn():
+    if not cpu.onednn():
         return ()
-    from .loader import native_bf16
-
-    return (torch.float32, torch.bfloat16) if native_bf16("cpu") else (torch.float32,)
+    return (torch.float32, torch.bfloat16) if cpu.native_bf16("cpu") else (torch.float32,)
 
 
 def available(model) -> bool:
@@ -48,18 +47,9 @@ def available(model) -> bool:
     return model.device.type == "cpu" and model.dtype in dtypes()
 
 
-def _onednn() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
 def packable(w: torch.Tensor) -> bool:
     """Whether this weight can be packed here (2-d, on a CPU, of a dtype in `dtypes()`)."""
     return w.dim() == 2 and w.device.type == "cpu" and w.dtype in dtypes()
-
-
-def wanted() -> bool:
-    """Packing is on unless SPECDRAFT_PACK=0."""
-    return os.environ.get("SPECDRAFT_PACK", "1") != "0"
 
 
 class PackedWeight:

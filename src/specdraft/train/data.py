@@ -139,7 +139,8 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     `layers` also stores the residual states after those layers (CTC feature layers)."""
     from .. import zoo
     from ..runtime.batched import greedy_batch
-    from ..runtime.loader import fast_dtype, load_decoder
+    from ..runtime.cpu import fast_dtype
+    from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)
@@ -196,7 +197,8 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
     out, so this data adds only new prompts."""
     from .. import zoo
     from ..data import sources
-    from ..runtime.loader import fast_dtype, load_decoder
+    from ..runtime.cpu import fast_dtype
+    from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
     path = zoo.resolve(model)

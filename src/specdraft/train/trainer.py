@@ -175,7 +175,8 @@ class Trainer:
     def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
                  extra: tuple[Path, ...] = ()):
         from .. import zoo
-        from ..runtime.loader import fast_dtype, load_decoder
+        from ..runtime.cpu import fast_dtype
+        from ..runtime.loader import load_decoder
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.data_dirs = [str(data_dir), *map(str, extra)]  # recorded with the result (the main one first)
