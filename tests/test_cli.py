@@ -41,14 +41,14 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_prefill_bar_shows_only_for_prompts_of_several_chunks(capsys, monkeypatch):
-    from specdraft import cli
+    from specdraft.cli.generate import PrefillBar
     from specdraft.runtime import model as model_module
 
     monkeypatch.setattr(model_module, "PREFILL_CHUNK", 4)
-    short = cli._PrefillBar()
+    short = PrefillBar()
     short(4, 4)
     assert short.bar is None
-    bar = cli._PrefillBar()
+    bar = PrefillBar()
     for done in (4, 8, 10):
         bar(done, 10)
         assert bar.bar.n == done

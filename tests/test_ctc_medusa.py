@@ -508,7 +508,8 @@ def test_train_cli_defaults_are_the_library_defaults():
     """`train ctc|medusa` with no options trains with TrainConfig's defaults; given options reach it."""
     from dataclasses import replace
 
-    from specdraft.cli import build_parser, train_config
+    from specdraft.cli import build_parser
+    from specdraft.cli.train import train_config
     from specdraft.train.config import TrainConfig
 
     for kind in ("ctc", "medusa"):

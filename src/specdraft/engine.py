@@ -8,6 +8,9 @@ generations in one forward (`Decoder.forward_many`), so sequences join and leave
 Every target forward is counted, the prefill too (it yields the first token), so
 tau = new tokens / target forwards is 1.0 for plain decoding and, with a drafter, the mean number
 of tokens committed per target forward (accepted drafted tokens + 1).
+
+Long because it is the loop's state machine (`Generation`: prefill, propose, verify, commit,
+finish) with the prefix store it hands caches to; its steps read each other's state.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ What it does not serve: sublayer skipping and intermediate layers' hidden states
 graph does not expose them) and row-invariant decoding (`--exact`); a drafter that needs them is
 refused by the caller with the list of what can run here. Final hidden states (after the final
 norm) come from llama.cpp's embeddings output, switched on only for the forwards that ask.
+
+Long because it is one backend: the binding's batch, the cache's sequences and streams, the
+exact-row probe and the batched forward share llama.cpp's state and cannot be read apart.
 """
 
 from __future__ import annotations

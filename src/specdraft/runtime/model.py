@@ -19,6 +19,9 @@ layers of six. Gemma's norm weights are stored as offsets from 1; the loader add
 `rms_norm` serves every family (the same float32 product Gemma computes). Qwen3 is the Qwen2
 layout without q/k/v biases and with Gemma's per-head query and key norms; Mistral, Qwen2 and
 Qwen3 configs may slide a window on some or all layers, which the same masks serve.
+
+Long because it is one decoder: the layer, the forward over one or many sequences and the
+prefill share the preparation of positions, masks and caches, kept in one place.
 """
 
 from __future__ import annotations
