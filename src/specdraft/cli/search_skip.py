@@ -34,36 +34,23 @@ def run(a) -> int:
     from ..api import LLM
     from ..bench.questions import read_questions
     from ..paths import atomic_file
-    from ..train import skipsearch
-    from ..train.knn_build import measure, pool_prompts
-    from ..drafters.layerskip import LayerSkipDrafter, skipset_to_json
+    from ..train.knn_build import pool_prompts, search_skipset
 
     if (a.domain is None) == (a.prompts is None):
         raise SpecdraftError("give exactly one of --domain or --prompts")
     texts = pool_prompts(a.domain) if a.domain else [q.turns[0] for q in read_questions(a.prompts)]
-    if len(texts) < a.num_prompts + a.heldout:
+    if len(texts) < a.num_prompts + a.heldout:  # (before the slow load)
         raise SpecdraftError(f"{len(texts)} prompts; need {a.num_prompts} for the search + {a.heldout} held apart")
     llm = LLM(a.model, dtype=a.dtype, device=a.device, exact=a.exact, backend="torch")  # skipping sublayers
-    ids = [llm.tokenizer.encode_prompt(t) for t in texts[: a.num_prompts + a.heldout]]
-    data = skipsearch.prepare(llm.model, ids[: a.num_prompts], a.tokens)
-    L = llm.model.cfg.num_layers
-    obj = skipsearch.Objective(llm.model, data, protect=(0, L - 1))
-    r = skipsearch.search(obj, max_evals=a.budget, patience=a.patience, max_seconds=a.max_seconds, seed=a.seed)
-    skip = skipsearch.bits_to_skip(list(r["bits"]), L)
-    facts = dict(domain=a.domain or a.prompts, matchness=r["matchness"], cost=r["cost"],
-                 modelled_speedup=r["modelled_speedup"], evals=r["total_evals"], seconds=round(r["total_seconds"], 1),
-                 trace=r["trace"])
-    if a.heldout:
-        d = LayerSkipDrafter(skip, "search")
-        taus: dict = {}
-        facts["heldout_speedup"] = measure(llm, ["layerskip"], ids[a.num_prompts:], 64, {"layerskip": d}, taus)["layerskip"]
-        facts["heldout_tau"] = taus["layerskip"]
-    out = skipset_to_json(skip, llm.name, **facts)
+    out = search_skipset(llm, texts, a.domain or a.prompts, num_prompts=a.num_prompts, tokens=a.tokens,
+                         budget=a.budget, patience=a.patience, max_seconds=a.max_seconds, heldout=a.heldout,
+                         seed=a.seed)
     with atomic_file(Path(a.out), "w") as f:
         json.dump(out, f, indent=2)
-    print(f"skipped {skip.count()} of {2 * L} sublayers (attn {out['attn']}, mlp {out['mlp']}); matchness "
-          f"{r['matchness']:.3f}, cost {r['cost']:.3f}, modelled speedup {r['modelled_speedup']:.3f}, "
-          f"{r['total_evals']} evaluations in {r['total_seconds']:.0f} s"
-          + (f"; held-apart tau {facts['heldout_tau']:.2f}, speedup {facts['heldout_speedup']:.2f}x" if a.heldout else ""))
+    n = len(out["attn"]) + len(out["mlp"])
+    held = f"; held-apart tau {out['heldout_tau']:.2f}, speedup {out['heldout_speedup']:.2f}x" if a.heldout else ""
+    print(f"skipped {n} of {2 * llm.model.cfg.num_layers} sublayers (attn {out['attn']}, mlp {out['mlp']}); "
+          f"matchness {out['matchness']:.3f}, cost {out['cost']:.3f}, modelled speedup {out['modelled_speedup']:.3f}, "
+          f"{out['evals']} evaluations in {out['seconds']:.0f} s{held}")
     print(a.out)
     return 0

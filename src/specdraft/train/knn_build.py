@@ -312,3 +312,28 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         for name, s in searches.items():
             (tmp / f"skipset-{name}.json").write_text(json.dumps(s["json"], indent=2))
     return meta
+
+
+def search_skipset(llm, texts: list[str], label: str, *, num_prompts: int = 8, tokens: int = 32, budget: int = 300,
+                   patience: int = 100, max_seconds: float = 900.0, heldout: int = 3, seed: int = 0) -> dict:
+    """`specdraft search-skip`: a layer-skip set searched on the first `num_prompts` of `texts`
+    (TPE + random moves over the modelled speedup), then timed as a drafter on the next `heldout`
+    (skipped with 0). Returns the skip-set JSON (drafters/layerskip.py) with the search's facts."""
+    from ..drafters.layerskip import LayerSkipDrafter, skipset_to_json
+
+    if len(texts) < num_prompts + heldout:
+        raise SpecdraftError(f"{len(texts)} prompts; need {num_prompts} for the search + {heldout} held apart")
+    ids = [llm.tokenizer.encode_prompt(t) for t in texts[: num_prompts + heldout]]
+    data = skipsearch.prepare(llm.model, ids[:num_prompts], tokens)
+    L = llm.model.cfg.num_layers
+    obj = skipsearch.Objective(llm.model, data, protect=(0, L - 1))
+    r = skipsearch.search(obj, max_evals=budget, patience=patience, max_seconds=max_seconds, seed=seed)
+    skip = skipsearch.bits_to_skip(list(r["bits"]), L)
+    facts = dict(domain=label, matchness=r["matchness"], cost=r["cost"], modelled_speedup=r["modelled_speedup"],
+                 evals=r["total_evals"], seconds=round(r["total_seconds"], 1), trace=r["trace"])
+    if heldout:
+        taus: dict = {}
+        facts["heldout_speedup"] = measure(llm, ["layerskip"], ids[num_prompts:], 64,
+                                           {"layerskip": LayerSkipDrafter(skip, "search")}, taus)["layerskip"]
+        facts["heldout_tau"] = taus["layerskip"]
+    return skipset_to_json(skip, llm.name, **facts)
