@@ -313,19 +313,18 @@ class Decoder(nn.Module):
         logits_at: slice | torch.Tensor | None = None,  # rows to compute logits for; None = all
         final_hidden: bool = False,
         hidden_layers: tuple[int, ...] = (),
-        head: torch.Tensor | None = None,  # [V', hidden] rows of the LM head to use; default all
         prefill: bool = False,  # a prompt's chunk: torch's fused attention even when row-invariant
     ) -> ForwardOutput:
         seg = Segment(tokens, positions, cache, start=start, tree_mask=tree_mask, mask=mask, logits_at=logits_at,
                       final_hidden=final_hidden, hidden_layers=hidden_layers, prefill=prefill)
-        return self._run([seg], skip, head)[0]
+        return self._run([seg], skip)[0]
 
     def forward_many(self, segments: list["Segment"]) -> list[ForwardOutput]:
         """One forward over several sequences' new tokens, each segment into its own cache: the
         products (q/k/v, output, MLP, LM head) run once over every segment's rows, where a decode
         step's cost lies (reading the weights); attention runs per segment, as `forward` runs it.
         Returns each segment's `ForwardOutput`, as `forward` would."""
-        return self._run(list(segments), None, None) if segments else []
+        return self._run(list(segments), None) if segments else []
 
     def _prepare(self, seg: "Segment") -> "_Prepared":
         """A segment's slots, RoPE tables, masks and row-invariant plans, by layer kind."""
@@ -371,7 +370,7 @@ class Decoder(nn.Module):
                  for k, m in masks.items()}
         return _Prepared(start, n, rope, masks, first, plans)
 
-    def _run(self, segs: list["Segment"], skip: SkipSet | None, head) -> list[ForwardOutput]:
+    def _run(self, segs: list["Segment"], skip: SkipSet | None) -> list[ForwardOutput]:
         cfg = self.cfg
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         G = H // Hkv
@@ -418,8 +417,7 @@ class Decoder(nn.Module):
             if i in wanted:
                 layer_hidden[i] = x
         x = rms_norm(x, self.norm, cfg.rms_norm_eps)
-        if head is None:
-            head = self.head_weight() if self.fast_head is None else self.fast_head
+        head = self.head_weight() if self.fast_head is None else self.fast_head
         if one:
             s = segs[0]
             rows = x if s.logits_at is None else x[s.logits_at]
