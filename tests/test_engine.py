@@ -123,9 +123,9 @@ def test_generation_with_a_chunked_prompt_equals_plain(monkeypatch):
     chunks = []
     real_run = model_module.Decoder._run
 
-    def spy_run(self, segs, skip, head):
+    def spy_run(self, segs, skip):
         chunks.extend(s.tokens.shape[0] for s in segs if s.prefill)
-        return real_run(self, segs, skip, head)
+        return real_run(self, segs, skip)
 
     monkeypatch.setattr(model_module.Decoder, "prefill", spy)
     monkeypatch.setattr(model_module.Decoder, "_run", spy_run)

@@ -76,9 +76,10 @@ def write(summary: dict, records: list, out: Path, command: str) -> None:
 
     write_all(summary, records, out, command)
     print(markdown_table(summary))
-    if "concurrency" in summary:
+    if summary.get("concurrency"):
         from .concurrency import table
 
-        print("\nMany at a time (LLM.generate_batch) against one at a time, first turns:\n")
+        n = summary["concurrency"][0]["concurrency"]
+        print(f"\n{n} at a time (LLM.generate_batch) against one at a time, first turns:\n")
         print(table(summary["concurrency"]))
     print(f"\nwritten: {out}/summary.json, report.md, speedup.png, answers/", file=sys.stderr)
