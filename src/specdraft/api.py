@@ -233,7 +233,7 @@ class LLM:
     @property
     def dtype_name(self) -> str:
         """The weights' dtype: "float32", "bfloat16", or "gguf" (the file's low-bit weights)."""
-        return "gguf" if self.backend == "gguf" else dtype_name(self.dtype)
+        return self.draft_context.dtype_name
 
     def generate(
         self,
