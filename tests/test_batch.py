@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_decoder
 
-from specdraft.batch import BatchEngine, DraftCost, RowCost, expected_tokens, plan_drafts
+from specdraft.batch import REPROBE_STEPS, BatchEngine, DraftCost, RowCost, expected_tokens, plan_drafts
 from specdraft.drafters.base import Drafter
 from specdraft.drafters.draft_model import DraftModelDrafter
 from specdraft.drafters.hybrid import HybridDrafter
@@ -213,39 +213,47 @@ def test_plan_drafts_counts_the_drafters_time():
         assert rate(ks) >= best * 0.98
 
 
-class SlowDraftModel(DraftModelDrafter):
-    """The target as its own draft model (every drafted token accepted), its proposals taking
-    `delay` seconds a node; counts them in `calls`."""
+class OracleDrafter(Drafter):
+    """Drafts the next three tokens of the known answers (every one accepted) in no time but
+    `delay` seconds a node; counts its proposals in `calls`."""
 
-    def __init__(self, delay: float, calls: list):
-        super().__init__(tiny_decoder(layers=3, seed=2), "slow", length=3)
-        self.delay, self.calls = delay, calls
+    name = "oracle"
+
+    def __init__(self, answers: list[list[int]], delay: float, calls: list):
+        self.answers, self.delay, self.calls = answers, delay, calls
 
     def propose(self, ctx):
         self.calls.append(1)
-        draft = super().propose(ctx)
+        n = len(ctx.ids)
+        full = next(a for a in self.answers if a[:n] == ctx.ids)
+        draft = full[n:n + min(3, ctx.budget)]
         time.sleep(self.delay * len(draft))
-        return draft
+        return Draft.chain(draft)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05])
 def test_a_batch_stops_drafting_where_drafting_costs_more_than_it_gains(target, delay):
     """Four sequences in lockstep with forwards of 50 ms: a drafter at 50 ms a node drafts in the
-    first step only (then its measured cost says no); a free one keeps drafting. Tokens as alone."""
-    reqs = [([7 + i, 8, 9, 10, 11, 12], 12) for i in range(4)]
+    first step, then only the one-node probes every REPROBE_STEPS steps (its measured cost says
+    no); a free one keeps drafting. Tokens as alone."""
+    reqs = [([7 + i, 8, 9, 10, 11, 12], 24) for i in range(4)]
+    alone = [generate_ids(target, p, max_new_tokens=m)[0] for p, m in reqs]
     calls: list = []
-    d = SlowDraftModel(delay, calls)
+    d = OracleDrafter([p + a for (p, _), a in zip(reqs, alone)], delay, calls)
     eng = BatchEngine(target, 4, cost=RowCost((1, 64), (0.05, 0.05)))
     gens = [Generation(target, p, max_new_tokens=m, drafter=d.fork()) for p, m in reqs]
     for g in gens:
         eng.add(g)
     eng.run()
-    alone = [generate_ids(target, p, max_new_tokens=m, drafter=SlowDraftModel(0.0, []))[0] for p, m in reqs]
     assert [g.out for g in gens] == alone
+    drafted = sum(len(g.out) for g in gens) - eng.steps * len(gens)  # tokens beyond one per sequence and step
+    probes = 4 * (24 // REPROBE_STEPS)
     if delay:
-        assert len(calls) == 4
+        assert 4 < len(calls) <= 4 + probes  # the first step and the probes
+        assert drafted <= 4 * 3 + probes  # three nodes each in the first step, one a probe
     else:
-        assert len(calls) > 8
+        assert len(calls) == 4 * (eng.steps - 1)  # every step after the prefill's drafts
+        assert drafted > 24
 
 
 def test_row_cost_interpolates_and_extrapolates():

@@ -265,22 +265,23 @@ class LLM:
         to the order of summation, so the output may differ from a fresh prefill's where two
         tokens nearly tie.
         """
-        g, flush = self._generation(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                    top_k=top_k, seed=seed, chat=chat, drafter=drafter, on_text=on_text,
-                                    should_stop=should_stop, on_prefill=on_prefill, reuse_prefix=reuse_prefix)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        g, flush = self.generation(prompt, params, max_new_tokens=max_new_tokens, chat=chat, drafter=drafter,
+                                   on_text=on_text, should_stop=should_stop, on_prefill=on_prefill,
+                                   reuse_prefix=reuse_prefix)
         run_generation(self.model, g)
         flush()
         return self._result(g)
 
-    def _generation(self, prompt, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                    top_k: int = 0, seed: int | None = None, chat: bool | None = None,
-                    drafter: str | Drafter | None = "default", on_text: Callable[[str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None, on_prefill: Callable[[int, int], None] | None = None,
-                    reuse_prefix: bool = False, fork: bool = False) -> tuple[Generation, Callable[[], None]]:
-        """`generate`'s generation, not run yet, and the call that sends on_text the text held
-        back at the end. fork: a drafter of its own (`Drafter.fork`), to run beside others."""
+    def generation(self, prompt, params: SamplingParams = SamplingParams(), *, max_new_tokens: int = 256,
+                   chat: bool | None = None, drafter: str | Drafter | None = "default",
+                   on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                   on_prefill: Callable[[int, int], None] | None = None, reuse_prefix: bool = False,
+                   fork: bool = False) -> tuple[Generation, Callable[[], None]]:
+        """`generate`'s generation, not run yet (an engine runs it: `run_generation`, a
+        `BatchEngine`), and the call that sends on_text the text held back at the end. fork: a
+        drafter of its own (`Drafter.fork`), to run beside others."""
         spec = self.default_drafter if drafter == "default" else drafter
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         d = self.drafter(spec, temperature=params.temperature)
         if fork and d is not None:
             d = d.fork()
@@ -337,8 +338,9 @@ class LLM:
                                  f"load it with LLM(..., max_batch={max_batch})")
 
         engine = BatchEngine(self.model, max_batch)
-        gens = [self._generation(p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                 seed=seed, chat=chat, drafter=drafter, fork=True)[0] for p in prompts]
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        gens = [self.generation(p, params, max_new_tokens=max_new_tokens, chat=chat, drafter=drafter, fork=True)[0]
+                for p in prompts]
         for g in gens:
             engine.add(g)
         bar = None
@@ -359,7 +361,8 @@ class LLM:
         if "on_text" in kwargs:
             raise TypeError("stream() yields the text: it takes no on_text")
         pieces: list[str] = []
-        g, flush = self._generation(prompt, on_text=pieces.append, **kwargs)
+        params = SamplingParams(**{k: kwargs.pop(k) for k in ("temperature", "top_p", "top_k", "seed") if k in kwargs})
+        g, flush = self.generation(prompt, params, on_text=pieces.append, **kwargs)
         try:
             while True:
                 with torch.inference_mode():

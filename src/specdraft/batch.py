@@ -14,7 +14,8 @@ for the forward's rows, and drafting itself takes time the others wait for: `pla
 each sequence the draft length that maximises the batch's expected tokens per second, from each
 sequence's recent acceptance rate, the row costs `RowCost` measured on this machine's backend (a
 few forwards at the engine's start) and its drafter's cost `DraftCost`, fitted to the time its
-recent proposals took.
+recent proposals took. A sequence kept from drafting for `REPROBE_STEPS` steps drafts one node, and
+that proposal's time replaces what was measured before.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ DEFAULT_MAX_BATCH = 8
 MAX_PLANNED = 16
 # Recent proposals a drafter's cost is fitted to.
 DRAFT_SAMPLES = 16
+# A sequence the rule has kept from drafting this many steps drafts one node, to measure its
+# drafter again (a cost measured while the machine was busy would otherwise stop it for good).
+REPROBE_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,8 @@ class BatchEngine:
         # (drafted nodes, seconds) of recent proposals: each running sequence's, and by drafter name
         self._own: dict[int, deque] = {}
         self._by_name: dict[str, deque] = {}
+        self._idle: dict[int, int] = {}  # steps since a planned sequence last drafted
+        self._probing: set[int] = set()
 
     def add(self, g: Generation) -> None:
         self.waiting.append(g)
@@ -245,6 +251,12 @@ class BatchEngine:
         limits = [min(g.room(), MAX_PLANNED) for g in planned]
         alphas = [PRIOR_ACCEPTANCE if g.acceptance is None else g.acceptance for g in planned]
         caps = dict(zip(map(id, planned), plan_drafts(alphas, limits, self.cost, [self._draft_cost(g) for g in planned])))
+        for g in planned:
+            i = id(g)
+            self._idle[i] = self._idle.get(i, 0) + 1 if caps[i] == 0 else 0
+            if self._idle[i] >= REPROBE_STEPS and g.room() > 0:
+                caps[i], self._idle[i] = 1, 0
+                self._probing.add(i)
         return [caps.get(id(g)) for g in decoding]
 
     def _draft_cost(self, g: Generation) -> DraftCost:
@@ -257,6 +269,10 @@ class BatchEngine:
     def _note_drafting(self, g: Generation) -> None:
         if g.drafting is None or g.drafter is None:
             return
+        if id(g) in self._probing:  # a fresh measurement: what was fitted before goes
+            self._probing.discard(id(g))
+            self._own.pop(id(g), None)
+            self._by_name.pop(g.drafter.name, None)
         self._own.setdefault(id(g), deque(maxlen=DRAFT_SAMPLES)).append(g.drafting)
         self._by_name.setdefault(g.drafter.name, deque(maxlen=DRAFT_SAMPLES)).append(g.drafting)
 
@@ -309,6 +325,8 @@ class BatchEngine:
         self.running = [g for g in self.running if not g.finished]
         for g in done:
             self._own.pop(id(g), None)
+            self._idle.pop(id(g), None)
+            self._probing.discard(id(g))
         return done
 
     def run(self, on_done=None) -> None:

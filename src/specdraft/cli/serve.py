@@ -61,10 +61,10 @@ def run(a) -> int:
     # on another (server/scheduler.py); the HTTP server on a thread of its own.
     server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
     web = threading.Thread(target=server.run, name="specdraft-http", daemon=True)
-    signal.signal(signal.SIGTERM, lambda *_: app.state.scheduler.close())
+    signal.signal(signal.SIGTERM, lambda *_: app.state.s.scheduler.close())
     web.start()
     try:
-        app.state.scheduler.run()
+        app.state.s.scheduler.run()
     except KeyboardInterrupt:
         pass
     finally:

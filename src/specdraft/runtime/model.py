@@ -187,6 +187,7 @@ class Decoder(nn.Module):
     # The most rows a verification forward may have (None: any); a backend whose kernels round
     # larger batches unlike one-row steps sets it (runtime/llamacpp.py), and the engine clamps drafts.
     max_rows: int | None = None
+    max_caches: int | None = None  # caches alive at once: no bound (llama.cpp's backend has one)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -61,11 +61,9 @@ class _Running:
         self.stops = StopMatcher(job.stops)
         self.pieces: list[str] = []
         self.first = True
-        p = job.params
-        self.gen, self.flush = llm._generation(job.prompt_ids, max_new_tokens=job.max_tokens, temperature=p.temperature,
-                                               top_p=p.top_p, top_k=p.top_k, seed=p.seed, drafter=drafter_spec,
-                                               on_text=self.text, should_stop=self.should_stop,
-                                               reuse_prefix=reuse_prefix, fork=True)
+        self.gen, self.flush = llm.generation(job.prompt_ids, job.params, max_new_tokens=job.max_tokens,
+                                              drafter=drafter_spec, on_text=self.text, should_stop=self.should_stop,
+                                              reuse_prefix=reuse_prefix, fork=True)
 
     def should_stop(self) -> bool:
         return self.job.cancel.is_set() or self.stops.stopped
