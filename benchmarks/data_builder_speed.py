@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from specdraft import zoo
+from specdraft import fetch
 from specdraft.runtime.batched import greedy_batch
 from specdraft.runtime.cpu import fast_dtype
 from specdraft.runtime.loader import load_decoder
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=24)
     ap.add_argument("--dense", action="store_true", help="do not pack the base's weights")
     a = ap.parse_args()
-    path = zoo.resolve(a.model)
+    path = fetch.resolve(a.model)
     tok = Tokenizer(path)
     dec = load_decoder(path, fast_dtype("cpu"))
     packed = not a.dense and pack_decoder(dec)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from specdraft import zoo
+from specdraft import fetch
 from specdraft.drafters.heads import load_module, sub_head
 from specdraft.paths import home
 from specdraft.runtime.cpu import fast_dtype
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--max-labels", type=int, default=4)
     ap.add_argument("--trees", default="beam,prefix", help="tree constructions to compare (beam, prefix)")
     a = ap.parse_args()
-    base = load_decoder(zoo.resolve(a.model), fast_dtype("cpu"))
+    base = load_decoder(fetch.resolve(a.model), fast_dtype("cpu"))
     data_dir = Path(a.data) if a.data else home() / "distill" / a.model
     data = load_shards(data_dir)
     stored = json.loads((data_dir / "data.json").read_text()).get("layers", [])

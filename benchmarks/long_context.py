@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from specdraft import zoo
+from specdraft import fetch
 from specdraft.runtime.loader import load_decoder
 from specdraft.runtime.packed import pack_decoder
 
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1,9")
     ap.add_argument("--repeats", type=int, default=25)
     a = ap.parse_args()
-    dec = load_decoder(zoo.resolve(a.model))
+    dec = load_decoder(fetch.resolve(a.model))
     pack_decoder(dec)
     g = torch.Generator().manual_seed(0)
     vocab = dec.cfg.vocab_size

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from specdraft import zoo
+from specdraft import fetch
 from specdraft.runtime import model
 from specdraft.runtime.cpu import native_bf16
 from specdraft.runtime.loader import load_decoder
@@ -40,7 +40,7 @@ def main() -> None:
     rows = [int(r) for r in a.rows.split(",")]
     print(f"{a.model}, context {a.context}, native bf16: {native_bf16('cpu')}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads\n")
-    path = zoo.resolve(a.model)
+    path = fetch.resolve(a.model)
     g = torch.Generator().manual_seed(0)
     configs = []  # (label, decoder, cache, weight-major row limit)
     for name in a.dtypes.split(","):

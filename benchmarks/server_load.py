@@ -163,7 +163,7 @@ def specdraft_rows(label: str, model: str, args: str, a, reqs, prompts, disconne
 def llama_rows(spec: str, model: str, a, reqs, prompts) -> list[dict]:
     import torch
 
-    from specdraft import zoo
+    from specdraft import fetch, zoo
     from specdraft.bench.llama_server import LlamaServer, find_server, server_args
     from specdraft.runtime.llamacpp import amx_repack_broken
 
@@ -171,11 +171,11 @@ def llama_rows(spec: str, model: str, a, reqs, prompts) -> list[dict]:
     if binary is None:
         print(f"llama-server is not built (make peers): skipping llamacpp-{spec}", file=sys.stderr)
         return []
-    path = zoo.resolve(model, progress=False)
+    path = fetch.resolve(model, progress=False)
     draft = None
     kind = f"llamacpp-{spec}"
     if spec.startswith("draft:"):
-        draft = zoo.gguf_file(zoo.resolve(spec.split(":", 1)[1], progress=False))
+        draft = zoo.gguf_file(fetch.resolve(spec.split(":", 1)[1], progress=False))
     args = server_args(zoo.gguf_file(path), kind, threads=torch.get_num_threads(), n_ctx=2048 * a.clients,
                        draft_gguf=draft, no_repack=amx_repack_broken(), parallel=a.clients)
     srv = LlamaServer(binary, args)

@@ -77,9 +77,9 @@ def tiny_qwen_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real SmolLM2-135M, pulled into $SPECDRAFT_HOME once per machine."""
-    from specdraft import zoo
+    from specdraft import fetch
 
-    return zoo.resolve("smollm2-135m", progress=False)
+    return fetch.resolve("smollm2-135m", progress=False)
 
 
 def tiny_decoder(vocab: int = 97, seed: int = 0, layers: int = 2, scale: float = 0.25, family: str = "qwen2",

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from specdraft import zoo
+from specdraft import fetch, zoo
 from specdraft.errors import SpecdraftError
 from specdraft.runtime.config import ModelConfig
 from specdraft.runtime.model import rope_inv_freq
@@ -123,8 +123,8 @@ def test_only_special_tokens_end_a_zoo_models_turn(tmp_path):
 
     _, hf = _tokenizer_dir(tmp_path / "t", bos=False, marker=False, eos_ids=[1])
     assert hf.convert_tokens_to_ids("</s>") == 7
-    assert zoo.stop_ids(hf, 1) == {1, 3}  # <eos>, <end_of_turn>; "</s>" is text here
-    assert zoo.stop_ids(hf, [1, 5]) == {1, 3, 5}  # what the config names is kept
+    assert fetch.stop_ids(hf, 1) == {1, 3}  # <eos>, <end_of_turn>; "</s>" is text here
+    assert fetch.stop_ids(hf, [1, 5]) == {1, 3, 5}  # what the config names is kept
     # a conversion of an earlier version listed "</s>": a zoo directory drops it, any other keeps it
     path, _ = _tokenizer_dir(tmp_path / "zoo", bos=False, marker=True, eos_ids=[1, 3, 7])
     assert Tokenizer(path).eos_ids == {1, 3}
@@ -144,7 +144,7 @@ def test_raw_prompts_get_the_bos_a_tokenizer_adds(tmp_path, bos):
 @pytest.fixture(scope="session")
 def gemma3_dir():
     """The real Gemma 3 270M (base model), pulled into $SPECDRAFT_HOME once per machine."""
-    return zoo.resolve("gemma3-270m", progress=False)
+    return fetch.resolve("gemma3-270m", progress=False)
 
 
 @pytest.mark.integration

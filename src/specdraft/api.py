@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import zoo
+from . import fetch, zoo
 from .drafters import DraftContext, Drafter, build_drafter
 from .engine import Generation, GenerationStats, PrefixStore, run_generation, run_segment
 from .errors import SpecdraftError
@@ -183,7 +183,7 @@ class LLM:
         if backend not in BACKENDS:
             raise SpecdraftError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
         resolve_dtype(dtype or "auto", self.device)  # a bad dtype fails before a model is pulled
-        self.path: Path = zoo.resolve(model, progress=progress)
+        self.path: Path = fetch.resolve(model, progress=progress)
         self.name = model if model in zoo.ZOO else (zoo.zoo_identity(self.path) or str(self.path))
         self.tokenizer = Tokenizer(self.path)
         self.backend = choose_backend(backend, self.path, self.device, dtype, exact, (drafter,))

@@ -45,7 +45,7 @@ class HFMethod:
     def __init__(self, llm: LLM, spec: str, hf_cache: dict):
         from transformers import AutoModelForCausalLM
 
-        from .. import zoo
+        from .. import fetch
 
         self.name, self.llm = spec, llm
         kind, _, arg = spec.partition(":")
@@ -62,7 +62,7 @@ class HFMethod:
                 raise SpecdraftError("hf-assisted needs a model: hf-assisted:NAME")
             key = f"assistant:{arg}"
             if key not in hf_cache:
-                hf_cache[key] = AutoModelForCausalLM.from_pretrained(str(zoo.resolve(arg)), dtype=llm.dtype).eval()
+                hf_cache[key] = AutoModelForCausalLM.from_pretrained(str(fetch.resolve(arg)), dtype=llm.dtype).eval()
             self.kwargs["assistant_model"] = hf_cache[key]
         elif kind == "hf-lookup":
             self.kwargs["prompt_lookup_num_tokens"] = int(arg or 10)
@@ -175,12 +175,12 @@ def make_peer(llm: LLM, spec: str, hf_cache: dict):
     `PeerUnavailable` for a peer this machine has not built (the caller skips it)."""
     kind, _, arg = spec.partition(":")
     if kind in SERVER_KINDS:
-        from .. import zoo
+        from .. import fetch
 
         binary = find_server()
         if binary is None:
             raise PeerUnavailable(build_hint())
-        draft = _gguf_of(zoo.resolve(arg), f"the draft model {arg!r}") if kind == "llamacpp-draft" and arg else None
+        draft = _gguf_of(fetch.resolve(arg), f"the draft model {arg!r}") if kind == "llamacpp-draft" and arg else None
         return LlamaServerMethod(llm, spec, binary=binary, gguf=_gguf_of(llm.path, "a model"), draft_gguf=draft)
     if kind.startswith("llamacpp-py-"):
         return LlamaCppMethod(llm, spec)

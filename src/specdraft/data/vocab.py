@@ -119,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     """Ship a ranking: `python -m specdraft.data.vocab MODEL` writes src/specdraft/artifacts/vocab/."""
     import argparse
 
-    from .. import zoo
+    from .. import fetch
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("model", help="a zoo name or a model directory (its tokenizer.json is ranked)")
     ap.add_argument("--out", default=str(SHIPPED))
     a = ap.parse_args(argv)
-    print(write_ranking(zoo.resolve(a.model) / "tokenizer.json", Path(a.out)))
+    print(write_ranking(fetch.resolve(a.model) / "tokenizer.json", Path(a.out)))
     return 0
 
 

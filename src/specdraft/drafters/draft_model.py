@@ -220,7 +220,7 @@ def build(name: str, ctx: DraftContext, vocab: int = 0, quant: str = "", **optio
     """`vocab=N` (N > 0): draft over the N most frequent tokens only (data/vocab.py).
     `quant=int8`: draft with an int8 copy of the model (runtime/quant.py). The name `self` is the
     target itself, which only makes sense quantized: `draft-model:self?quant=int8`."""
-    from .. import zoo
+    from .. import fetch, zoo
     from ..runtime.loader import load_decoder
     from ..text import same_vocab
 
@@ -236,7 +236,7 @@ def build(name: str, ctx: DraftContext, vocab: int = 0, quant: str = "", **optio
                                  "add quant=int8 (draft-model:self?quant=int8)")
         path = ctx.path
     else:
-        path = zoo.resolve(name)
+        path = fetch.resolve(name)
         if not same_vocab(path, ctx.tokenizer):
             raise SpecdraftError(
                 f"draft model {name} has a different tokenizer than the target {ctx.name}: "

@@ -137,13 +137,13 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
     """Build (or resume) a self-distillation data directory for base `model`; `max_shards` stops
     after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix;
     `layers` also stores the residual states after those layers (CTC feature layers)."""
-    from .. import zoo
+    from .. import fetch
     from ..runtime.batched import greedy_batch
     from ..runtime.cpu import fast_dtype
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
-    path = zoo.resolve(model)
+    path = fetch.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
     packed = _pack(dec)
@@ -195,13 +195,13 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
     agrees with the model (Samples). Conversations whose prompt is in the self-distillation mix
     of `training_prompts(exclude_sharegpt, exclude_per_pool, seed)` or in the benchmark are left
     out, so this data adds only new prompts."""
-    from .. import zoo
+    from .. import fetch
     from ..data import sources
     from ..runtime.cpu import fast_dtype
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
-    path = zoo.resolve(model)
+    path = fetch.resolve(model)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
     packed = _pack(dec)

@@ -174,7 +174,7 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
 class Trainer:
     def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
                  extra: tuple[Path, ...] = ()):
-        from .. import zoo
+        from .. import fetch
         from ..runtime.cpu import fast_dtype
         from ..runtime.loader import load_decoder
 
@@ -188,7 +188,7 @@ class Trainer:
             stored.append(list(meta.get("layers", [])))
             need_layers(stored[-1], cfg.feature_layers, str(d))  # before any data is loaded
         # bf16 autocast only where bf16 runs natively: on an AVX2-only CPU it trained 25x slower than fp32
-        base = load_decoder(zoo.resolve(model_name), fast_dtype("cpu"))
+        base = load_decoder(fetch.resolve(model_name), fast_dtype("cpu"))
 
         parts = [keep_layers(load_shards(data_dir, progress), stored[0], cfg.feature_layers)]
         main_seqs = int(parts[0]["seq"].max()) + 1
