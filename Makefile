@@ -9,7 +9,7 @@ MODEL ?= smollm2-135m
 DRAFTER ?= auto
 PROMPT ?= Explain in three sentences why speculative decoding does not change the output.
 
-.PHONY: install run test test-fast bench-plain bench-spec drafters peers clean
+.PHONY: install run test test-fast test-avx2 bench-plain bench-spec drafters peers clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not integration"
+
+# The suite as an AVX2-only CPU runs it, on any x86 CPU: oneDNN's and ATen's kernels capped at AVX2
+# and the bf16/AMX probes following the cap (runtime/cpu.py). llama.cpp keeps its own build's ISA.
+test-avx2: install
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q
 
 bench-plain: install
 	$(PY) benchmarks/plain.py --model $(MODEL)

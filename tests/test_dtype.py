@@ -11,6 +11,8 @@ from specdraft.runtime import cpu, loader
 
 
 def _cpu(monkeypatch, amx, avx512_bf16):
+    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the probes' answer, not a cap on it
+        monkeypatch.delenv(cap, raising=False)
     for probe, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
         if value is None:
             monkeypatch.delattr(torch.cpu, probe, raising=False)
@@ -27,6 +29,19 @@ def _cpu(monkeypatch, amx, avx512_bf16):
 def test_training_runs_in_bf16_only_with_native_bf16_units(monkeypatch, amx, avx512_bf16, want):
     _cpu(monkeypatch, amx, avx512_bf16)
     assert cpu.fast_dtype("cpu") == want
+
+
+@pytest.mark.parametrize("cap,bf16,amx", [
+    ("AVX2", False, False), ("avx512_core", False, False), ("AVX512_CORE_BF16", True, False),
+    ("AVX10_1_512", True, False), ("AVX512_CORE_AMX", True, True), ("ALL", True, True), ("", True, True),
+])
+def test_onednn_isa_cap_takes_the_units_away(monkeypatch, cap, bf16, amx):
+    """ONEDNN_MAX_CPU_ISA caps what oneDNN's kernels use; the probes follow, so that an AVX2-only
+    CPU's paths (float32 decoding, no packing in bf16) run on a CPU that has the units."""
+    _cpu(monkeypatch, True, True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert (cpu.native_bf16("cpu"), cpu.has_amx()) == (bf16, amx)
+    assert cpu.fast_dtype("cpu") == (torch.bfloat16 if bf16 else torch.float32)
 
 
 SMALL, LARGE = cpu.FLOAT32_MAX_PARAMS, cpu.FLOAT32_MAX_PARAMS + 1

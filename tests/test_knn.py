@@ -208,27 +208,39 @@ def test_cli_knn_build_refuses_a_domain_with_too_few_prompts(tiny_llm_dir, tmp_p
     (pool / "code.jsonl").write_text("\n".join(json.dumps({"turns": [p]}) for p in PROMPTS))
     r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "code", "--out", str(tmp_path / "k")],
              env={"SPECDRAFT_HOME": str(tmp_path / "home")})
-    assert r.returncode == 2 and "pool prompts" in r.stderr
+    assert r.returncode == 2 and "prompts of at most" in r.stderr
     r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "nosuch", "--out", str(tmp_path / "k")],
              env={"SPECDRAFT_HOME": str(tmp_path / "home")})
     assert r.returncode == 2 and "no prompt pool" in r.stderr
 
 
-def test_cli_knn_build_writes_an_artifact_knn_ssd_routes_with(tiny_llm_dir, tmp_path):
-    """A whole `knn build` on the tiny model and two small pools: the artifact loads, its radius is
-    at least the domains' separation (and 1.5x the farthest anchor prompt), and `knn-ssd` decodes
-    with it exactly as plain decoding does, naming the route it took."""
+@pytest.mark.parametrize("source", ["pools", "user files"])
+def test_cli_knn_build_writes_an_artifact_knn_ssd_routes_with(tiny_llm_dir, tmp_path, source):
+    """A whole `knn build` on the tiny model and two small domains (the built-in pools' place, or a
+    directory of the user's files: text and chat JSONL): the artifact loads, its radius is at least
+    the domains' separation (and 1.5x the farthest anchor prompt), and `knn-ssd` decodes with it
+    exactly as plain decoding does, naming the route it took."""
     from specdraft.drafters.knn import domain_separation
 
-    pool = tmp_path / "home" / "data" / "pool"
-    pool.mkdir(parents=True)
     texts = {"code": [f"def f{i}(x):\n    return x * {i} + {i * i}" for i in range(9)],
              "story": [f"Once upon a time there were {i} little foxes in the wood." for i in range(9)]}
-    for dom, rows in texts.items():
-        (pool / f"{dom}.jsonl").write_text("\n".join(json.dumps({"turns": [t]}) for t in rows))
+    if source == "pools":
+        pool = tmp_path / "home" / "data" / "pool"
+        pool.mkdir(parents=True)
+        for dom, rows in texts.items():
+            (pool / f"{dom}.jsonl").write_text("\n".join(json.dumps({"turns": [t]}) for t in rows))
+        domains = "code,story"
+    else:
+        mine = tmp_path / "mine"
+        mine.mkdir()
+        (mine / "code.jsonl").write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": t}]})
+                                                   for t in texts["code"]))
+        (mine / "story.txt").write_text("\n".join(texts["story"]))
+        (mine / "notes.md").write_text("not a prompt file: left out")
+        domains = str(mine)
     env = {"SPECDRAFT_HOME": str(tmp_path / "home")}
     out = tmp_path / "k"
-    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", "code,story", "--anchors-per-domain", "2",
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", domains, "--anchors-per-domain", "2",
               "--anchor-prompts", "4", "--search-prompts", "1", "--search-evals", "3", "--unseen-prompts", "2",
               "--measure-prompts", "1", "--measure-tokens", "4", "--candidates", "lookup", "--dtype", "float32",
               "--out", str(out)], env=env)
@@ -241,6 +253,17 @@ def test_cli_knn_build_writes_an_artifact_knn_ssd_routes_with(tiny_llm_dir, tmp_
     plain = llm.generate(prompt, max_new_tokens=12, drafter="plain")
     got = llm.generate(prompt, max_new_tokens=12, drafter=f"knn-ssd:{out}")
     assert got.token_ids == plain.token_ids and got.to_json()["route"]["nearest"] in texts
+    assert meta["settings"].get("domains_dir") == (None if source == "pools" else str((tmp_path / "mine").resolve()))
+
+
+def test_cli_knn_build_refuses_a_directory_of_one_domain(tiny_llm_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "code.txt").write_text("def f(): pass\n")
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", str(tmp_path / "mine"), "--out", str(tmp_path / "k")])
+    assert r.returncode == 2 and "two at least" in r.stderr and not (tmp_path / "k").exists()
+    (tmp_path / "mine" / "code.json").write_text("[]")
+    r = _cli(["knn", "build", "--model", str(tiny_llm_dir), "--domains", str(tmp_path / "mine"), "--out", str(tmp_path / "k")])
+    assert r.returncode == 2 and "two files name the domain 'code'" in r.stderr
 
 
 def test_routes_remeasure_adds_unused_pool_prompts(tiny_llm, tmp_path, monkeypatch):

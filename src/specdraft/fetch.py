@@ -49,7 +49,6 @@ def resolve(model: str, *, pull_missing: bool = True, progress: bool = True) -> 
     return model_dir(entry.name)
 
 
-
 def _progress(total: int | None, desc: str, enabled: bool, unit: str = "B"):
     from tqdm.auto import tqdm
 

@@ -13,9 +13,13 @@ def add(sub) -> None:
     kn = sub.add_parser("knn", help="KNN-SSD routing artifacts")
     kn.set_defaults(run=run)
     knsub = kn.add_subparsers(dest="knn_command", required=True, parser_class=Parser)
-    kb = knsub.add_parser("build", help="anchors, per-domain skip sets and measured routes from the domain pools")
+    kb = knsub.add_parser("build", help="anchors, per-domain skip sets and measured routes from the domain pools "
+                                        "or your own files")
     kb.add_argument("--model", default=zoo.DEFAULT_MODEL)
-    kb.add_argument("--domains", default="conversation,code,math,qa,translation,summarization")
+    kb.add_argument("--domains", default="conversation,code,math,qa,translation,summarization",
+                    help="built-in domain pools, comma-separated (default: %(default)s), or a directory of your own "
+                         "prompt files, one per domain named by the file (.jsonl, .json or .txt, as `train data "
+                         "--prompts` reads them)")
     kb.add_argument("--candidates", default="lookup",
                     help="drafter specs a domain may route to besides its skip set (default: %(default)s)")
     kb.add_argument("--anchors-per-domain", type=positive_int, default=10)
@@ -63,6 +67,10 @@ def run(a) -> int:
         return knn_radius(Path(a.artifact), a.update)
     if a.knn_command == "build":
         require("train", "specdraft knn build (its skip-set searches)")
+        from ..train.knn_build import user_domains
+
+        domains_dir = Path(a.domains) if Path(a.domains).is_dir() else None  # checked before the model loads
+        domains = user_domains(domains_dir) if domains_dir else tuple(d.strip() for d in a.domains.split(",") if d.strip())
     min_gain = MIN_GAIN if a.min_gain is None else a.min_gain
 
     if a.knn_command == "routes" and a.reuse_timings:
@@ -85,7 +93,7 @@ def run(a) -> int:
             meta = remeasure(llm, Path(a.artifact), cands, a.measure_prompts, a.measure_tokens, min_gain=min_gain)
             a.out = a.artifact
         else:
-            meta = build_knn(llm, Path(a.out), domains=tuple(d.strip() for d in a.domains.split(",") if d.strip()),
+            meta = build_knn(llm, Path(a.out), domains=domains, domains_dir=domains_dir,
                              anchors_per_domain=a.anchors_per_domain, anchor_prompts=a.anchor_prompts,
                              search_prompts=a.search_prompts, search_evals=a.search_evals,
                              unseen_prompts=a.unseen_prompts, measure_prompts=a.measure_prompts,

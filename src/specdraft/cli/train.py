@@ -22,6 +22,12 @@ def add(sub) -> None:
     td.add_argument("--shards", type=positive_int, default=None, help="stop after the first N shards (batches)")
     td.add_argument("--layers", type=layer_list, default=(), metavar="I,J",
                     help="also store the residual states after these layers (0-based), for `train ctc --feature-layers`")
+    td.add_argument("--prompts", default=None, metavar="FILE",
+                    help="your own prompts instead of the built-in mix: JSONL ({\"prompt\": ...} or OpenAI "
+                         "{\"messages\": [...]}), ShareGPT JSON, or plain text with one prompt per line; the model "
+                         "answers them (default out: $SPECDRAFT_HOME/distill/MODEL-FILESTEM)")
+    td.add_argument("--teacher-forced", action="store_true",
+                    help="with --prompts: teacher-force the file's own written answers instead of generating")
     td.add_argument("--written", type=positive_int, default=None, metavar="N",
                     help="instead of generating answers, teacher-force the written answers of N ShareGPT conversations "
                          "not in the --sharegpt/--per-pool mix (one forward each, much cheaper per token; train "
@@ -85,9 +91,22 @@ def run(a) -> int:
 
     data = Path(a.out if a.train_command == "data" and a.out else (getattr(a, "data", None) or home() / "distill" / Path(a.model).name))
     if a.train_command == "data":
+        from ..errors import SpecdraftError
         from ..train.data import build_distill, build_written
 
-        if a.written:
+        if a.teacher_forced and not a.prompts:
+            raise SpecdraftError("--teacher-forced needs --prompts FILE (the built-in written answers: --written N)")
+        if a.prompts and a.written:
+            raise SpecdraftError("--prompts and --written are two sources: pick one")
+        if a.prompts:
+            if not a.out:
+                data = home() / "distill" / f"{Path(a.model).name}-{Path(a.prompts).stem}"
+            if a.teacher_forced:
+                out = build_written(a.model, data, prompts_file=Path(a.prompts), layers=a.layers)
+            else:
+                out = build_distill(a.model, data, prompts_file=Path(a.prompts), max_new_tokens=a.max_new_tokens,
+                                    batch_size=a.batch_size, max_shards=a.shards, layers=a.layers)
+        elif a.written:
             if not a.out:
                 data = home() / "distill" / f"{Path(a.model).name}-written"
             out = build_written(a.model, data, conversations=a.written, exclude_sharegpt=a.sharegpt,

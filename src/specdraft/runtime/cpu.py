@@ -19,7 +19,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return has_amx() or _cpu_has("_is_avx512_bf16_supported")
+    return has_amx() or (_cpu_has("_is_avx512_bf16_supported") and _isa_allows("AVX512_CORE_BF16"))
 
 
 def _cpu_has(probe: str) -> bool:
@@ -30,9 +30,29 @@ def _cpu_has(probe: str) -> bool:
         return False
 
 
+# oneDNN's instruction sets, lowest first, as its ONEDNN_MAX_CPU_ISA setting names them (aliases
+# share a rank). Only the ranks that decide bf16 units and AMX tiles matter here.
+_ISA_RANK = {"SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 3, "AVX2_VNNI_2": 4, "AVX512_CORE": 5,
+             "AVX512_CORE_VNNI": 6, "AVX512_CORE_BF16": 7, "AVX512_CORE_FP16": 8, "AVX10_1_512": 8,
+             "AVX512_CORE_AMX": 9, "AVX10_1_512_AMX": 9, "AVX512_CORE_AMX_FP16": 10,
+             "AVX10_1_512_AMX_FP16": 10}
+
+
+def _isa_allows(isa: str) -> bool:
+    """Whether oneDNN may use `isa` here: ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps the
+    instruction sets its kernels take, and the probes follow it, so that
+    `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 make test` runs an AVX2-only CPU's paths on
+    any x86 CPU (`make test-avx2`). Unset, DEFAULT, ALL or a name not known here: no cap."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap not in _ISA_RANK:
+        return True
+    return _ISA_RANK[cap] >= _ISA_RANK[isa]
+
+
 def has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix units, Intel Sapphire Rapids and later)."""
-    return _cpu_has("_is_amx_tile_supported")
+    """Whether this CPU has AMX tiles (bf16 matrix units, Intel Sapphire Rapids and later) and
+    oneDNN may use them."""
+    return _cpu_has("_is_amx_tile_supported") and _isa_allows("AVX512_CORE_AMX")
 
 
 def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:

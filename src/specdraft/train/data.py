@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from ..data.prompts import encode_fitting, read_prompts
 from ..errors import SpecdraftError
 from ..paths import atomic_file, home
 
@@ -133,38 +135,57 @@ def _pack(dec) -> bool:
 def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: int = 400,
                   max_new_tokens: int = 192, max_prompt_tokens: int = 384, batch_size: int = 24,
                   context: int = 16, seed: int = 0, max_shards: int | None = None, layers: tuple[int, ...] = (),
-                  progress: bool = True) -> Path:
+                  prompts_file: Path | None = None, progress: bool = True) -> Path:
     """Build (or resume) a self-distillation data directory for base `model`; `max_shards` stops
     after the first N shards of the (shuffled) prompt mix, a smaller data set with the same mix;
-    `layers` also stores the residual states after those layers (CTC feature layers)."""
+    `layers` also stores the residual states after those layers (CTC feature layers).
+
+    `prompts_file` (data/prompts.py's formats) replaces the built-in mix with the user's prompts:
+    every one is kept whole (a prompt whose tokens and `max_new_tokens` overflow the model's
+    context is refused, naming its line), and the directory records the file's sha256, so a resume
+    with another file is refused."""
     from .. import fetch
     from ..runtime.batched import greedy_batch
     from ..runtime.cpu import fast_dtype
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
+    user = read_prompts(prompts_file) if prompts_file is not None else None
     path = fetch.resolve(model)
+    tok = Tokenizer(path)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
+    if user is not None:
+        source = {"prompts_file": str(Path(prompts_file).resolve()), "prompts_sha256": fetch.sha256_file(prompts_file)}
+        prompts = [{"domain": "file", "prompt": ex.messages(), "where": ex.where} for ex in user]
+        rng = random.Random(seed)
+        rng.shuffle(prompts)
+        encoded_all = encode_fitting(tok, dec.cfg.max_position_embeddings, prompts, max_new_tokens)
+    else:
+        source = {"n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool, "max_prompt_tokens": max_prompt_tokens}
+        prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
+        encoded_all = None
     packed = _pack(dec)
-    shards = _Shards(out, {"format": FORMAT, "model": model, "n_sharegpt": n_sharegpt, "n_per_pool": n_per_pool,
-                           "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
+    shards = _Shards(out, {"format": FORMAT, "model": model, **source, "max_new_tokens": max_new_tokens,
                            "batch_size": batch_size, "context": context, "seed": seed,
                            **_decoder_settings(dec, layers)})
     shards.meta["packed_weights"] = packed  # how the latest run computed (not a setting: same data either way)
-    tok = Tokenizer(path)
-    prompts = training_prompts(n_sharegpt, n_per_pool, seed, progress)
     pad = sorted(tok.eos_ids)[0]
-    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)][:max_shards]
+    batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)][:max_shards]
     shards.meta["domains"] = {d: sum(p["domain"] == d for p in prompts) for d in sorted({p["domain"] for p in prompts})}
     shards.meta["shards_total"] = len(batches)
 
     bar = tqdm(batches, desc="distill", unit="batch", disable=not progress)
+    estimate = _Estimate(bar, len(batches), "batch")
     for i, batch in enumerate(bar):
         if shards.done(i):
+            estimate.skip()
             continue
         t0 = time.perf_counter()
-        encoded = [tok.encode_prompt(p["prompt"])[-max_prompt_tokens:] for p in batch]
+        if encoded_all is not None:
+            encoded = [encoded_all[j] for j in batch]
+        else:
+            encoded = [tok.encode_prompt(prompts[j]["prompt"])[-max_prompt_tokens:] for j in batch]
         gen = greedy_batch(dec, encoded, max_new_tokens, frozenset(tok.eos_ids), pad, keep=context, layers=layers)
         cols = _columns(layers)
         for r, (e, a) in enumerate(zip(encoded, gen.answers)):
@@ -178,6 +199,7 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
             cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
         shards.write(i, cols, time.perf_counter() - t0)
+        estimate.done(sum(map(len, gen.answers)), time.perf_counter() - t0)
         bar.set_postfix(answer_tokens=shards.meta["answer_tokens"])
     shards.write_meta()  # also when every shard was already there (shards_total)
     return Path(out)
@@ -187,48 +209,76 @@ def build_distill(model: str, out: Path, *, n_sharegpt: int = 6000, n_per_pool: 
 def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_sharegpt: int = 6000,
                   exclude_per_pool: int = 400, max_answer_tokens: int = 256, max_prompt_tokens: int = 384,
                   per_shard: int = 48, context: int = 16, seed: int = 0, layers: tuple[int, ...] = (),
-                  progress: bool = True) -> Path:
+                  prompts_file: Path | None = None, progress: bool = True) -> Path:
     """Build (or resume) a data directory from ShareGPT's written answers, teacher-forced through
     base `model`: one forward per conversation (no generation), so it costs a small fraction of
     `build_distill` per token. Same shard format; `next` is the written token and `greedy` the
     base model's own choice, so a training sample follows the written answer only as long as it
     agrees with the model (Samples). Conversations whose prompt is in the self-distillation mix
     of `training_prompts(exclude_sharegpt, exclude_per_pool, seed)` or in the benchmark are left
-    out, so this data adds only new prompts."""
+    out, so this data adds only new prompts.
+
+    `prompts_file` (data/prompts.py's formats) takes the written answers of the user's file
+    instead: its examples without an answer are left out (counted in data.json), prompts are kept
+    whole and refused, naming their line, when they and their answer overflow the model's context."""
     from .. import fetch
     from ..data import sources
     from ..runtime.cpu import fast_dtype
     from ..runtime.loader import load_decoder
     from ..text import Tokenizer
 
+    user = read_prompts(prompts_file) if prompts_file is not None else None
+    if user is not None and not any(ex.answer for ex in user):
+        raise SpecdraftError(f"{prompts_file} has no written answers to teacher-force (an \"answer\" next to each "
+                             "\"prompt\", or conversations that end with the assistant): leave out --teacher-forced "
+                             "to have the model answer them")
     path = fetch.resolve(model)
+    tok = Tokenizer(path)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec = load_decoder(path, fast_dtype(dev), dev)
-    packed = _pack(dec)
-    shards = _Shards(out, {"format": FORMAT, "model": model, "source": "sharegpt-written", "conversations": conversations,
-                           "exclude_sharegpt": exclude_sharegpt, "exclude_per_pool": exclude_per_pool,
-                           "max_answer_tokens": max_answer_tokens, "max_prompt_tokens": max_prompt_tokens,
-                           "per_shard": per_shard, "context": context, "seed": seed,
-                           **_decoder_settings(dec, layers)})
-    shards.meta["packed_weights"] = packed  # how the latest run computed (not a setting: same data either way)
-    taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
-    pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
-    random.Random(seed + 1).shuffle(pairs)
-    available, pairs = len(pairs), pairs[:conversations]
-    tok = Tokenizer(path)
     eos = tok.hf.eos_token_id if tok.hf.eos_token_id in tok.eos_ids else sorted(tok.eos_ids)[0]  # ends a chat turn
+    if user is not None:
+        source = {"source": "file-written", "prompts_file": str(Path(prompts_file).resolve()),
+                  "prompts_sha256": fetch.sha256_file(prompts_file), "max_answer_tokens": max_answer_tokens}
+        with_answer = [ex for ex in user if ex.answer]
+        rows = [{"prompt": ex.messages(), "where": ex.where} for ex in with_answer]
+        encoded = encode_fitting(tok, dec.cfg.max_position_embeddings, rows, 0,
+                                  [len(tok.hf.encode(ex.answer, add_special_tokens=False)) + 1 for ex in with_answer],
+                                  max_answer_tokens)
+        pairs = [(e, ex.answer) for e, ex in zip(encoded, with_answer)]
+        random.Random(seed + 1).shuffle(pairs)
+        available = len(pairs)
+    else:
+        source = {"source": "sharegpt-written", "conversations": conversations, "exclude_sharegpt": exclude_sharegpt,
+                  "exclude_per_pool": exclude_per_pool, "max_answer_tokens": max_answer_tokens,
+                  "max_prompt_tokens": max_prompt_tokens}
+        taken = taken_prompts(exclude_sharegpt, exclude_per_pool, seed, progress)
+        pairs = [(u, a) for u, a in sources.sharegpt_exchanges(progress) if 20 <= len(u) <= 1500 and u not in taken]
+        random.Random(seed + 1).shuffle(pairs)
+        available, pairs = len(pairs), pairs[:conversations]
+    packed = _pack(dec)
+    shards = _Shards(out, {"format": FORMAT, "model": model, **source, "per_shard": per_shard, "context": context,
+                           "seed": seed, **_decoder_settings(dec, layers)})
+    shards.meta["packed_weights"] = packed  # how the latest run computed (not a setting: same data either way)
+    if user is not None:
+        shards.meta["without_answer"] = len(user) - available  # the file's prompts left out
     batches = [pairs[i:i + per_shard] for i in range(0, len(pairs), per_shard)]
     shards.meta["shards_total"] = len(batches)
     shards.meta["available"] = available  # conversations eligible (new prompts), of which `conversations` are used
 
     bar = tqdm(batches, desc="written answers", unit="shard", disable=not progress)
+    estimate = _Estimate(bar, len(batches), "shard")
     for i, batch in enumerate(bar):
         if shards.done(i):
+            estimate.skip()
             continue
         t0 = time.perf_counter()
         cols = _columns(layers)
-        for r, (user, answer) in enumerate(batch):
-            e = tok.encode_prompt(user)[-max_prompt_tokens:]
+        for r, (user_prompt, answer) in enumerate(batch):
+            if isinstance(user_prompt, list):  # the user's file: encoded and checked above
+                e = user_prompt
+            else:
+                e = tok.encode_prompt(user_prompt)[-max_prompt_tokens:]
             a = (tok.hf.encode(answer, add_special_tokens=False) + [eos])[:max_answer_tokens]
             x = torch.tensor(e + a, dtype=torch.long, device=dev)
             lo, hi = max(0, len(e) - context), len(x) - 1  # position t predicts t + 1
@@ -243,9 +293,34 @@ def build_written(model: str, out: Path, *, conversations: int = 4000, exclude_s
             cols["seq"].append(torch.full((hi - lo,), r, dtype=torch.int32))
             cols["target"].append(torch.arange(lo, hi) >= len(e) - 1)
         shards.write(i, cols, time.perf_counter() - t0)
+        estimate.done(sum(len(c) for c in cols["next"]), time.perf_counter() - t0)
         bar.set_postfix(answer_tokens=shards.meta["answer_tokens"])
     shards.write_meta()
     return Path(out)
+
+
+class _Estimate:
+    """The cost of a data build, measured on its first batch done here and said once, before the
+    rest runs: tokens/s and the time the remaining batches will take."""
+
+    def __init__(self, bar, total: int, unit: str):
+        self.bar, self.left, self.unit, self.said = bar, total, unit, False
+
+    def skip(self) -> None:
+        self.left -= 1
+
+    def done(self, tokens: int, seconds: float) -> None:
+        self.left -= 1
+        if self.said or self.left <= 0:
+            return
+        self.said = True
+        eta = seconds * self.left
+        self.bar.write(f"first {self.unit}: {tokens / max(seconds, 1e-9):.0f} tokens/s; the other {self.left} "
+                       f"{self.unit}es will take about {_duration(eta)}", file=sys.stderr)
+
+
+def _duration(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
 def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:

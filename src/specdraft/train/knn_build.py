@@ -1,4 +1,5 @@
-"""Build a KNN-SSD artifact from the per-domain prompt pools (`specdraft data build`).
+"""Build a KNN-SSD artifact from per-domain prompts: the built-in pools (`specdraft data build`) or
+the user's own files, one per domain (`knn build --domains DIR`).
 
 Per domain, the pool is split into disjoint parts: anchor prompts (k-means over their mean-pooled
 final hidden states, scikit-learn KMeans with n_init 10 -> `anchors_per_domain` centroids), search
@@ -26,7 +27,33 @@ from ..paths import atomic_dir, atomic_file, home
 from . import skipsearch
 
 
-def pool_prompts(domain: str) -> list[str]:
+PROMPT_SUFFIXES = (".jsonl", ".json", ".txt")
+
+
+def user_domains(directory: Path) -> tuple[str, ...]:
+    """The domains of a directory of the user's prompt files: one per file (data/prompts.py's
+    formats), named by its stem; two at least, as routing chooses among domains."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in PROMPT_SUFFIXES)
+    stems = [p.stem for p in files]
+    if dup := sorted({s for s in stems if stems.count(s) > 1}):
+        raise SpecdraftError(f"{directory}: two files name the domain {dup[0]!r}; one file per domain")
+    if len(files) < 2:
+        raise SpecdraftError(f"{directory} holds {len(files)} prompt files ({', '.join(PROMPT_SUFFIXES)}); the router "
+                             "chooses among domains, one file each, two at least")
+    return tuple(stems)
+
+
+def pool_prompts(domain: str, directory: Path | None = None) -> list:
+    """A domain's prompts: the built-in pool (`specdraft data build`), or the user's file for it in
+    `directory` (plain prompts or chat messages)."""
+    if directory is not None:
+        from ..data.prompts import read_prompts
+
+        path = next((p for p in sorted(Path(directory).iterdir()) if p.stem == domain and p.suffix.lower() in PROMPT_SUFFIXES), None)
+        if path is None:
+            raise SpecdraftError(f"no prompt file for domain {domain!r} in {directory}")
+        return [ex.messages() for ex in read_prompts(path)]
     path = home() / "data" / "pool" / f"{domain}.jsonl"
     if not path.is_file():
         raise SpecdraftError(f"no prompt pool for domain {domain!r} ({path}): run `specdraft data build` "
@@ -216,9 +243,10 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
     tokens = measure_tokens or st["measure_tokens"]
     cap = st.get("max_prompt_tokens", 10**9)
     extra_from = lo + built + st["unseen_prompts"]
+    directory = st.get("domains_dir")
     sets = {}
     for d in meta["domains"]:
-        enc = [e for e in (llm.tokenizer.encode_prompt(t) for t in pool_prompts(d)) if len(e) <= cap]
+        enc = [e for e in (llm.tokenizer.encode_prompt(t) for t in pool_prompts(d, directory)) if len(e) <= cap]
         sets[d] = enc[lo: lo + min(n, built)] + enc[extra_from: extra_from + max(0, n - built)]
         if len(sets[d]) < n:
             raise SpecdraftError(f"domain {d!r} has only {len(sets[d])} measure prompts available, asked for {n}")
@@ -235,7 +263,10 @@ def remeasure(llm, path: Path, candidates: tuple[str, ...], measure_prompts: int
 def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: int = 10, anchor_prompts: int = 100,
               search_prompts: int = 6, search_tokens: int = 24, search_evals: int = 120, unseen_prompts: int = 30,
               measure_prompts: int = 2, measure_tokens: int = 48, candidates: tuple[str, ...] = ("lookup",),
-              max_prompt_tokens: int = 1024, seed: int = 0, progress: bool = True, min_gain: float = MIN_GAIN) -> dict:
+              max_prompt_tokens: int = 1024, seed: int = 0, progress: bool = True, min_gain: float = MIN_GAIN,
+              domains_dir: Path | None = None) -> dict:
+    """Build a KNN-SSD artifact into `out` for `domains`: the built-in pools, or with `domains_dir`
+    the user's files in it (one per domain, `user_domains`)."""
     t0 = time.perf_counter()
     model, tok = llm.model, llm.tokenizer
     L = model.cfg.num_layers
@@ -245,10 +276,12 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
         if anchor_prompts < anchors_per_domain:
             raise SpecdraftError(f"k-means needs at least {anchors_per_domain} anchor prompts per domain, "
                                  f"got --anchor-prompts {anchor_prompts}")
-        enc = [e for e in (tok.encode_prompt(r) for r in pool_prompts(d)) if len(e) <= max_prompt_tokens][:need]
+        enc = [e for e in (tok.encode_prompt(r) for r in pool_prompts(d, domains_dir)) if len(e) <= max_prompt_tokens][:need]
         if len(enc) < need:
-            raise SpecdraftError(f"domain {d!r} has {len(enc)} pool prompts of at most {max_prompt_tokens} tokens; "
-                                 f"building needs {need}: lower --anchor-prompts")
+            raise SpecdraftError(f"domain {d!r} has {len(enc)} prompts of at most {max_prompt_tokens} tokens; building "
+                                 f"needs {need} (--anchor-prompts {anchor_prompts}, --search-prompts {search_prompts}, "
+                                 f"--measure-prompts {measure_prompts}, --unseen-prompts {unseen_prompts}): "
+                                 "add prompts or lower those")
         a, s, m = anchor_prompts, anchor_prompts + search_prompts, anchor_prompts + search_prompts + measure_prompts
         splits[d] = {"anchor": enc[:a], "search": enc[a:s], "measure": enc[s:m], "unseen": enc[m:need]}
 
@@ -302,7 +335,8 @@ def build_knn(llm, out: Path, *, domains: tuple[str, ...], anchors_per_domain: i
                          "search_prompts": search_prompts, "search_tokens": search_tokens, "search_evals": search_evals,
                          "unseen_prompts": unseen_prompts, "measure_prompts": measure_prompts,
                          "measure_tokens": measure_tokens, "candidates": list(candidates), "seed": seed,
-                         "max_prompt_tokens": max_prompt_tokens}}
+                         "max_prompt_tokens": max_prompt_tokens,
+                         **({"domains_dir": str(Path(domains_dir).resolve())} if domains_dir is not None else {})}}
     set_routes(meta, table, llm.dtype_name, candidates=list(candidates), measure_prompts=measure_prompts,
                measure_tokens=measure_tokens, timed_on=timed_on(llm))
     with atomic_dir(Path(out)) as tmp:
