@@ -18,6 +18,7 @@ HOW = {
     "knn-ssd": ("knn-ssd", "specdraft knn build --model {m} --out DIR"),
     "ctc": ("ctc", "specdraft train ctc --model {m} --data DIR --out DIR"),
     "medusa": ("medusa", "specdraft train medusa --model {m} --data DIR --out DIR"),
+    "eagle3": ("eagle3", "specdraft train eagle3 --model {m} --data DIR --out DIR"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`specdraft train data|ctc|medusa`: self-distillation data and trained drafters."""
+"""`specdraft train data|ctc|medusa|eagle3`: self-distillation data and trained drafters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .options import Parser, layer_list, positive_int
 
 
 def add(sub) -> None:
-    tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa)")
+    tr = sub.add_parser("train", help="self-distillation data and trained drafters (ctc, medusa, eagle3)")
     tr.set_defaults(run=run)
     trsub = tr.add_subparsers(dest="train_command", required=True, parser_class=Parser)
     td = trsub.add_parser("data", help="base-model answers teacher-forced: hidden states + greedy tokens (resumable)")
@@ -34,8 +34,10 @@ def add(sub) -> None:
                          "with --extra-data)")
     from ..train.config import TrainConfig as TC  # the option defaults (torch-free)
 
-    for kind in ("ctc", "medusa"):
-        tk = trsub.add_parser(kind, help=f"train the {kind} drafter (resumes from OUT/checkpoint)")
+    helps = {"ctc": "the CTC drafter", "medusa": "Medusa heads",
+             "eagle3": "an EAGLE-3 head (llama.cpp's and vLLM's checkpoint layout)"}
+    for kind in ("ctc", "medusa", "eagle3"):
+        tk = trsub.add_parser(kind, help=f"train {helps[kind]} (resumes from OUT/checkpoint)")
         tk.add_argument("--model", default=zoo.DEFAULT_MODEL)
         tk.add_argument("--data", default=None, help="default: $SPECDRAFT_HOME/distill/MODEL")
         tk.add_argument("--out", required=True)
@@ -62,7 +64,16 @@ def add(sub) -> None:
             tk.add_argument("--align", type=float, default=TC.align,
                             help="weight of an alignment prior added to the CTC loss: frame k emits token k, "
                                  "later frames blank (default: %(default)s)")
-        dflt = "1 for ctc, 0 for medusa"  # TrainConfig resolves None per kind
+        if kind == "eagle3":
+            tk.add_argument("--layer-ids", type=layer_list, default=(), metavar="I,J,K",
+                            help="the target layers whose incoming states the head reads, EAGLE-3's numbering "
+                                 "(default 2,L/2,L-3); the data must hold the states after layers I-1,J-1,K-1 "
+                                 "(`train data --layers`)")
+            tk.add_argument("--intermediate-size", type=positive_int, default=None,
+                            help="MLP width of the head (default: the target's)")
+            tk.add_argument("--window", type=positive_int, default=TC.window,
+                            help="positions of context each training sample sees (default: %(default)s)")
+        dflt = "1 for ctc, 0 for medusa and eagle3"  # TrainConfig resolves None per kind
         tk.add_argument("--feat", type=float, default=None,
                         help=f"weight of a feature loss: drafted position k regresses the base model's hidden state "
                              f"(default: {dflt})")
@@ -79,6 +90,9 @@ def train_config(a):
 
     ctc_only = ({"frames": a.frames, "align": a.align, "intermediate_size": a.intermediate_size, "layers": a.layers,
                  "feature_layers": a.feature_layers, "window": a.window} if a.train_command == "ctc" else {})
+    if a.train_command == "eagle3":  # 0: the target's MLP width
+        ctc_only = {"intermediate_size": a.intermediate_size or 0, "window": a.window,
+                    "feature_layers": tuple(i - 1 for i in a.layer_ids)}
     return TrainConfig(a.train_command, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        max_labels=a.max_labels, draft_vocab=a.draft_vocab, eval_every=a.eval_every, feat=a.feat,
                        kd=a.kd, **ctc_only)

@@ -1,6 +1,6 @@
 """Drafters, one file each, built from a spec string: `plain`, `lookup[:N]`, `draft-model:NAME`,
-`layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]` (without an argument the
-last four use the artifact shipped for the model, see `specdraft.artifacts`), and `auto`: the
+`layerskip[:SKIPSET.json]`, `knn-ssd[:DIR]`, `ctc[:DIR]`, `medusa[:DIR]`, `eagle3[:DIR]` (without an
+argument the last five use the artifact shipped for the model, see `specdraft.artifacts`), and `auto`: the
 drafter measured fastest for the model on this kind of device (`recommended`). Any spec may end in
 `?key=value&key=value`: keyword options of the drafter (e.g. `ctc?max_nodes=8`,
 `draft-model:qwen2.5-coder-0.5b?max_length=6&confidence=0.5`, `lookup?max_ngram=4`). Specs joined
@@ -156,6 +156,8 @@ def _build(kind: str, arg: str, ctx: DraftContext, options: dict) -> Drafter | N
         from .knn import load
     elif kind == "ctc":
         from .ctc import load
+    elif kind == "eagle3":
+        from .eagle3 import load
     else:
         from .medusa import load
     return load(arg, ctx, **options)

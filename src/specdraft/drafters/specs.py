@@ -6,9 +6,9 @@ from __future__ import annotations
 from ..errors import SpecdraftError
 
 SPECS = ("plain, auto, lookup[:N], draft-model:NAME (or draft-model:self?quant=int8), layerskip[:SKIPSET.json], knn-ssd[:DIR], "
-         "ctc[:DIR], medusa[:DIR], each optionally followed by ?key=value&... drafter options")
+         "ctc[:DIR], medusa[:DIR], eagle3[:DIR], each optionally followed by ?key=value&... drafter options")
 
-KINDS = ("plain", "auto", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa")
+KINDS = ("plain", "auto", "lookup", "draft-model", "layerskip", "knn-ssd", "ctc", "medusa", "eagle3")
 
 
 def _option_value(v: str):

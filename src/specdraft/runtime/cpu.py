@@ -52,7 +52,13 @@ def _isa_allows(isa: str) -> bool:
 def has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix units, Intel Sapphire Rapids and later) and
     oneDNN may use them."""
-    return _cpu_has("_is_amx_tile_supported") and _isa_allows("AVX512_CORE_AMX")
+    return amx_tiles() and _isa_allows("AVX512_CORE_AMX")
+
+
+def amx_tiles() -> bool:
+    """Whether the hardware has AMX tiles, whatever ONEDNN_MAX_CPU_ISA says: llama.cpp's kernels
+    do not read that cap."""
+    return _cpu_has("_is_amx_tile_supported")
 
 
 def fast_dtype(device: torch.device | str = "cpu") -> torch.dtype:

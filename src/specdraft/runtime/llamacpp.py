@@ -64,9 +64,9 @@ def _lib():
 
 def amx_repack_broken() -> bool:
     """Whether llama.cpp's weight repacking would use its AMX kernels here (which crash, above)."""
-    from .cpu import has_amx
+    from .cpu import amx_tiles
 
-    return has_amx()
+    return amx_tiles()  # the hardware's: llama.cpp does not follow ONEDNN_MAX_CPU_ISA
 
 
 _INIT = threading.Lock()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainConfig:
-    kind: str  # ctc | medusa
+    kind: str  # ctc | medusa | eagle3
     epochs: float = 1.0
     steps: int | None = None  # optimizer steps; overrides epochs (equal compute on different data)
     batch_size: int = 128
@@ -22,7 +22,8 @@ class TrainConfig:
     layers: int = 1  # ctc: transformer layers (the paper's module has one; more update the frames only)
     draft_vocab: int = 8192  # the most frequent answer tokens of the data
     window: int = 48  # ctc: latest positions attended to (48 measured +0.02 held-out tau over 16)
-    feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them)
+    feature_layers: tuple[int, ...] = ()  # ctc: also read the base's states after these layers (data built with them);
+    # eagle3: the three it reads (default EAGLE-3's ids 2, L/2, L-3, i.e. after layers 1, L/2-1, L-4)
     align: float = 0.0  # ctc: weight of the alignment prior (frame k -> label k, later frames -> blank)
     # Dense distillation terms (the CTC reference code's recipe; None = 1.0 for ctc, 0.0 for medusa,
     # whose paper trains with cross-entropy only -- and measured no gain from them, docs/BENCHMARKS.md):

@@ -1,10 +1,12 @@
-"""Training of the CTC draft layer and of Medusa heads on self-distillation data (train/data.py).
+"""Training of the CTC draft layer, Medusa heads and the EAGLE-3 head on self-distillation data
+(train/data.py).
 
 Samples: every answer position t whose token x_{t+1} is the base model's own greedy token (the
 root the drafter will draft after). Labels: the base model's greedy continuation after the root,
 the greedy tokens at t+1 .. t+L, cut after the first one the recorded text does not follow (later
 ones would no longer be what greedy decoding produces) and at `max_labels`; CTC handles the
-variable length. Medusa head k learns label k with cross-entropy (where it exists). Extra data
+variable length. Medusa head k learns label k with cross-entropy (where it exists), as does step k
+of the EAGLE-3 head unrolled over the labels before it (drafters/eagle3.py). Extra data
 directories (`extra`, e.g. teacher-forced written answers) add training samples only: the
 held-out conversations, and so the held-out tau, come from the main directory alone.
 
@@ -163,6 +165,14 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
     total = 0
     for chunk in idx.split(256):
         b = samples.batch(chunk, future=False)
+        if kind == "eagle3":  # the head's greedy chain (the drafter's tree holds it, and more)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
+                cols = module.unroll(b["ctx_layers"].to(embed.dtype), b["ctx_next"], b["valid"], embed,
+                                     samples.labels.shape[1]).argmax(-1)
+            for r in range(cols.shape[0]):
+                chain = Draft(cols[r].tolist(), list(range(-1, cols.shape[1] - 1)))
+                total += tree_accept(chain, b["labels"][r, : int(b["length"][r])].tolist())
+            continue
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
             logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
         for r in range(logp.shape[0]):
@@ -180,6 +190,12 @@ class Trainer:
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.data_dirs = [str(data_dir), *map(str, extra)]  # recorded with the result (the main one first)
+        # bf16 autocast only where bf16 runs natively: on an AVX2-only CPU it trained 25x slower than fp32
+        base = load_decoder(fetch.resolve(model_name), fast_dtype("cpu"))
+        if cfg.kind == "eagle3" and not cfg.feature_layers:  # EAGLE-3's low, middle and high layers
+            from ..drafters.eagle3 import default_layer_ids
+
+            cfg.feature_layers = tuple(i - 1 for i in default_layer_ids(base.cfg.num_layers))
         stored: list[list[int]] = []  # the layers whose states each directory holds
         for d in (data_dir, *extra):
             meta = json.loads((Path(d) / "data.json").read_text()) if (Path(d) / "data.json").is_file() else {}
@@ -187,8 +203,6 @@ class Trainer:
                 raise SpecdraftError(f"{d} was built from {meta['model']}, not {model_name}")
             stored.append(list(meta.get("layers", [])))
             need_layers(stored[-1], cfg.feature_layers, str(d))  # before any data is loaded
-        # bf16 autocast only where bf16 runs natively: on an AVX2-only CPU it trained 25x slower than fp32
-        base = load_decoder(fetch.resolve(model_name), fast_dtype("cpu"))
 
         parts = [keep_layers(load_shards(data_dir, progress), stored[0], cfg.feature_layers)]
         main_seqs = int(parts[0]["seq"].max()) + 1
@@ -199,17 +213,28 @@ class Trainer:
         counts = torch.bincount(data["next"][data["target"]], minlength=base.cfg.vocab_size)
         vocab = counts.argsort(descending=True)[: min(cfg.draft_vocab, base.cfg.vocab_size)].sort().values
         self.vocab_coverage = float(counts[vocab].sum() / counts.sum())
-        self.hcfg = HeadConfig(kind=cfg.kind, base_model=model_name, hidden_size=base.cfg.hidden_size,
-                               vocab_size=base.cfg.vocab_size, draft_vocab=int(vocab.numel()),
-                               frames=cfg.frames if cfg.kind == "ctc" else cfg.max_labels, window=cfg.window,
-                               num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                               feature_layers=tuple(cfg.feature_layers) if cfg.kind == "ctc" else (),
-                               layers=cfg.layers if cfg.kind == "ctc" else 1)
         torch.manual_seed(cfg.seed)
-        self.module = make_module(self.hcfg)
-        self.module.vocab.copy_(vocab)
-        init_from_base(self.module, base.norm)
-        self.embed, self.head = base.embed.weight, sub_head(self.module, base.head_weight())
+        if cfg.kind == "eagle3":
+            from ..drafters.eagle3 import Eagle3Config, Eagle3Head
+
+            self.hcfg = Eagle3Config.for_target(model_name, base.cfg, int(vocab.numel()),
+                                                tuple(i + 1 for i in cfg.feature_layers), cfg.intermediate_size,
+                                                cfg.window)
+            self.module = Eagle3Head(self.hcfg)
+            self.module.vocab.copy_(vocab)
+            self.module.init_from_base(base)
+            self.embed, self.head = base.embed.weight, None  # the head has an LM head of its own
+        else:
+            self.hcfg = HeadConfig(kind=cfg.kind, base_model=model_name, hidden_size=base.cfg.hidden_size,
+                                   vocab_size=base.cfg.vocab_size, draft_vocab=int(vocab.numel()),
+                                   frames=cfg.frames if cfg.kind == "ctc" else cfg.max_labels, window=cfg.window,
+                                   num_heads=base.cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                                   feature_layers=tuple(cfg.feature_layers) if cfg.kind == "ctc" else (),
+                                   layers=cfg.layers if cfg.kind == "ctc" else 1)
+            self.module = make_module(self.hcfg)
+            self.module.vocab.copy_(vocab)
+            init_from_base(self.module, base.norm)
+            self.embed, self.head = base.embed.weight, sub_head(self.module, base.head_weight())
         self.samples = Samples(data, cfg.max_labels, cfg.window, vocab)
         self.train_idx, self.held_idx = self.samples.split(held_below=main_seqs)
         if len(self.train_idx) == 0 or len(self.held_idx) == 0:
@@ -226,6 +251,11 @@ class Trainer:
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
     def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.cfg.kind == "eagle3":  # label k from step k of the unrolled head, fed labels < k
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.dtype == torch.bfloat16):
+                logits = self.module.unroll(b["ctx_layers"].to(self.embed.dtype), b["ctx_next"], b["valid"],
+                                            self.embed, b["labels"].shape[1], b["labels"])
+            return self._hard_loss(torch.log_softmax(logits, -1, dtype=torch.float32), b)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.embed.dtype == torch.bfloat16):
             feats = head_features(self.module, b, self.embed)
             logits = self.module.logits(feats, self.head)
@@ -338,5 +368,10 @@ class Trainer:
         bar.close()
         self.seconds += time.perf_counter() - t0
         state = self._state()
-        save_module(self.module, self.out, extra={"training": state})
+        if self.cfg.kind == "eagle3":
+            from ..drafters.eagle3 import save_head
+
+            save_head(self.module, self.out, extra={"training": state})
+        else:
+            save_module(self.module, self.out, extra={"training": state})
         return state
