@@ -72,6 +72,40 @@ def test_knn_drafter_routes_reports_and_stays_lossless(tiny_llm, tmp_path):
         assert s.token_ids == plain.token_ids and s.to_json()["route"]["drafter"] == f"skipset:{want}"
 
 
+@pytest.mark.parametrize("routes", [("skipset:a", "lookup"), ("lookup", "plain"), ("plain", "skipset:b")])
+def test_rerouting_switches_drafters_mid_generation_and_stays_lossless(tiny_llm, tmp_path, monkeypatch, routes):
+    """With `reroute=N` the route is checked every N committed tokens on the recent text's states;
+    when it changes, the new route's drafter takes over between two steps. Forced here by a
+    router that answers the first domain once, then the second: the output stays plain decoding's
+    and the switch is reported with the token it happened at."""
+    from specdraft.drafters.knn import KNNDrafter
+
+    H = tiny_llm.model.cfg.hidden_size
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["a", "b"], torch.randn(2, H) * 1e-3, max_distance=10.0,
+                         routes={"a": routes[0], "b": routes[1]})
+    calls = []
+
+    def route(self, vec):
+        calls.append(vec)
+        return ("a" if len(calls) == 1 else "b"), 0.0
+
+    monkeypatch.setattr(Router, "route", route)
+    prompt = PROMPTS[0]
+    plain = tiny_llm.generate(prompt, max_new_tokens=40, drafter="plain")
+    r = tiny_llm.generate(prompt, max_new_tokens=40, drafter=f"knn-ssd:{art}?reroute=8&recent=16")
+    assert r.token_ids == plain.token_ids
+    route_facts = r.to_json()["route"]
+    (switch,) = route_facts["switches"]  # a to b once; b stays b
+    assert switch["domain"] == "b" and switch["drafter"] == routes[1] and route_facts["drafter"] == routes[1]
+    assert 8 <= switch["at_token"] - len(tiny_llm.tokenizer.encode_prompt(prompt)) <= 8 + 8
+    assert len(calls) >= 3 and calls[1].shape == (H,)
+    calls.clear()
+    once = tiny_llm.generate(prompt, max_new_tokens=40, drafter=f"knn-ssd:{art}")  # no reroute: one route
+    assert once.token_ids == plain.token_ids and len(calls) == 1 and "switches" not in once.to_json()["route"]
+    with pytest.raises(SpecdraftError, match="reroute"):
+        tiny_llm.generate(prompt, max_new_tokens=4, drafter=f"knn-ssd:{art}?reroute=-1")
+
+
 def test_a_server_builds_every_route_at_start(tiny_llm, tmp_path):
     from specdraft.server.app import ServerConfig, create_app
 

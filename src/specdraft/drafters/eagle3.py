@@ -328,6 +328,7 @@ class Eagle3Drafter(Drafter):
         self.vocab = module.vocab.tolist()
         self.k = self.v = None
         self.n = 0  # committed pairs in the head's cache
+        self.base = 0  # the position of the first (a drafter started mid-text sees no earlier states)
         self.last = None  # the head's pre-norm output at the root's pair
         self._seen = None
 
@@ -336,7 +337,7 @@ class Eagle3Drafter(Drafter):
         shape = (1, ctx.capacity + 1, c.num_kv_heads, c.head_dim)
         dt, dev = self.module.fc.weight.dtype, self.embed.device
         self.k, self.v = torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev)
-        self.n, self.last, self._seen = 0, None, None
+        self.n, self.base, self.last, self._seen = 0, None, None, None
 
     @torch.inference_mode()
     def _update(self, ctx: StepContext) -> None:
@@ -347,16 +348,19 @@ class Eagle3Drafter(Drafter):
         m = self.module
         kk = ctx.rows.shape[0]
         first = len(ctx.ids) - 1 - kk  # position of the first committed row
-        if first != self.n:
+        if self.base is None:
+            self.base = first
+        if first != self.base + self.n:
             raise SpecdraftError(f"the EAGLE-3 drafter lost track of the text ({self.n} pairs, rows from {first})")
         feats = torch.stack([ctx.layer_rows[i] for i in self.layers], 1)[None]  # [1, k, 3, H]
         tok = torch.tensor(ctx.ids[first + 1:], device=self.embed.device)[None]
         g = m.fuse(feats)
         pos = torch.arange(first, first + kk, device=tok.device)[None]
         q, k, v = m.project(F.embedding(tok, self.embed), g, pos)
-        self.k[:, first:first + kk], self.v[:, first:first + kk] = k, v
-        n = first + kk
-        mask = torch.ones(kk, n, dtype=torch.bool, device=tok.device).tril(first)[None]
+        s = self.n  # cache slot of the first row
+        self.k[:, s:s + kk], self.v[:, s:s + kk] = k, v
+        n = s + kk
+        mask = torch.ones(kk, n, dtype=torch.bool, device=tok.device).tril(s)[None]
         self.last = m.finish(attend(q, self.k[:, :n], self.v[:, :n], mask), g)[:, -1]  # [1, H]
         self.n = n
 
@@ -367,6 +371,7 @@ class Eagle3Drafter(Drafter):
     def propose(self, ctx: StepContext) -> Draft:
         self._update(ctx)
         m, n, dev = self.module, self.n, self.embed.device
+        root = self.base + n - 1  # the position of the root's pair
         budget = min(self.max_nodes, ctx.budget)
         if budget <= 0:
             return Draft([], [])
@@ -379,7 +384,7 @@ class Eagle3Drafter(Drafter):
             g = self.last if parent < 0 else nodes[parent][2]
             depth = 1 if parent < 0 else nodes[parent][3] + 1
             tok = torch.tensor([[self.vocab[tokens[i]]]], device=dev)
-            q, k, v = m.project(F.embedding(tok, self.embed), g[:, None], torch.tensor([[n - 1 + depth]], device=dev))
+            q, k, v = m.project(F.embedding(tok, self.embed), g[:, None], torch.tensor([[root + depth]], device=dev))
             path, j = [], parent
             while j >= 0:
                 path.append(j)

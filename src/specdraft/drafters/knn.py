@@ -4,7 +4,10 @@ The prompt's vector is the mean of the final hidden states of the prefill the en
 (chat template included); the nearest anchor by cosine distance (scikit-learn's NearestNeighbors,
 K = 1) names a domain, and the domain's route -- a searched skip set (the seed system) or any
 other drafter spec measured fastest on that domain (the generalisation) -- drafts for the whole
-generation. A prompt farther than the artifact's `max_distance` from every anchor takes the
+generation, or with `reroute=N` until the text drifts: every N committed tokens the mean of the
+latest `recent` (64) tokens' final states is routed again, and another route's drafter takes over
+between two steps (lossless, as every draft is verified; its first step gets those recent states).
+A prompt farther than the artifact's `max_distance` from every anchor takes the
 fallback route; that radius is the larger of 1.5x the farthest build prompt's distance and the
 domains' separation (`domain_separation`, train.knn_build.fallback_radius). The route taken is
 reported in the generation's JSON (`route`).
@@ -18,6 +21,7 @@ the drafter uses the table of the dtype it runs in, else the top-level routes of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +116,15 @@ class KNNDrafter(Drafter):
     needs = Needs(final_hidden=True, target=True)
 
     def __init__(self, ctx: DraftContext, path: Path, meta: dict, anchors: torch.Tensor, labels: list[int],
-                 skipsets_only: bool = False):
+                 skipsets_only: bool = False, reroute: int = 0, recent: int = 64):
         from .layerskip import skipset_from_json
+
+        if reroute < 0 or recent < 1:
+            raise SpecdraftError(f"knn-ssd: reroute must be >= 0 (0: route once) and recent >= 1, got {reroute}, {recent}")
+        self.reroute, self.recent = reroute, recent
+        self.rows: torch.Tensor | None = None  # the final states of the latest `recent` committed tokens
+        self._seen = None
+        self.since = 0  # tokens committed since the route was last checked
 
         self.ctx, self.meta = ctx, meta
         self.name = f"knn-ssd{':skipsets' if skipsets_only else ''}:{Path(path).name}"
@@ -155,19 +166,57 @@ class KNNDrafter(Drafter):
             if d is not None:
                 d.prepare()
 
-    def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
-        vec = ctx.rows.float().mean(0)
+    def _choose(self, vec: torch.Tensor) -> tuple[dict, str, Drafter | None]:
         domain, dist = self.router.route(vec)
         fallback = dist > self.max_distance
         spec, inner = self._route_drafter(None if fallback else domain)
-        self.inner = None if inner is None else inner.fork()  # (the route's drafter is shared: a fork of it)
-        self.last = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
-                     "radius": round(self.max_distance, 4), "fallback": fallback, "drafter": spec,
-                     "timed_in": self.routes["dtype"]}
+        facts = {"domain": None if fallback else domain, "nearest": domain, "distance": round(dist, 4),
+                 "fallback": fallback, "drafter": spec}
+        return facts, spec, None if inner is None else inner.fork()  # (a route's drafter is shared: a fork of it)
+
+    def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
+        self.rows, self._seen = None, None
+        self._remember(ctx)
+        self.since = 0  # the prompt's tokens do not count: they chose the first route
+        facts, _, self.inner = self._choose(ctx.rows.float().mean(0))
+        self.last = {**facts, "radius": round(self.max_distance, 4), "timed_in": self.routes["dtype"]}
+        if self.reroute:
+            self.last["switches"] = []
         if self.inner is not None:
             self.inner.start(prompt_ids, ctx)
 
+    def _remember(self, ctx: StepContext) -> None:
+        """Keep the final states of the latest `recent` committed tokens (once per target forward)."""
+        if ctx.rows is self._seen:
+            return
+        self._seen = ctx.rows
+        rows = ctx.rows if self.rows is None else torch.cat((self.rows, ctx.rows))
+        self.rows = rows[-self.recent:]
+        self.since += ctx.rows.shape[0]
+
+    def _maybe_switch(self, ctx: StepContext) -> StepContext:
+        """Every `reroute` committed tokens, route again on the recent text's states; on another
+        route, its drafter takes over now, started on the text so far with the recent states as
+        the rows of its first step (a drafter that reads states catches up from those). Returns
+        the step context that drafter drafts from on this step."""
+        if not self.reroute or self.since < self.reroute:
+            return ctx
+        self.since = 0
+        facts, spec, inner = self._choose(self.rows.float().mean(0))
+        if spec == self.last.get("drafter"):
+            return ctx
+        self.inner = inner
+        self.last["switches"].append({"at_token": len(ctx.ids) - 1, **facts})
+        self.last["drafter"] = spec
+        if inner is None:
+            return ctx
+        ctx = replace(ctx, rows=self.rows, hidden=self.rows[-1])
+        inner.start(ctx.ids[:-1], ctx)
+        return ctx
+
     def propose(self, ctx: StepContext) -> Draft:
+        self._remember(ctx)
+        ctx = self._maybe_switch(ctx)
         return Draft.empty() if self.inner is None else self.inner.propose(ctx)
 
     def observe(self, draft: Draft, verdict: Verdict) -> None:
@@ -175,12 +224,13 @@ class KNNDrafter(Drafter):
             self.inner.observe(draft, verdict)
 
     def catch_up(self, ctx: StepContext) -> None:
+        self._remember(ctx)
         if self.inner is not None:
             self.inner.catch_up(ctx)
 
     def fork(self) -> "KNNDrafter":
         out = super().fork()
-        out.inner, out.last = None, {}
+        out.inner, out.last, out.rows, out._seen = None, {}, None, None
         return out
 
     def describe(self) -> dict:
@@ -199,4 +249,4 @@ def load(arg: str, ctx: DraftContext, **options) -> KNNDrafter:
         parts = parts[:-1]
     path = Path(":".join(parts)) if parts else artifacts.find(ctx.name, "knn-ssd")
     meta, anchors, labels = read_artifact(path, ctx.model.cfg.num_layers, ctx.model.cfg.hidden_size)
-    return KNNDrafter(ctx, path, meta, anchors, labels, skipsets_only)
+    return KNNDrafter(ctx, path, meta, anchors, labels, skipsets_only, **options)
