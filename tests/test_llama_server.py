@@ -31,6 +31,8 @@ def test_server_args_per_spec(tmp_path):
                                                                           no_repack=True)
     draft = ls.server_args(g, "llamacpp-draft:small", threads=2, n_ctx=64, draft_gguf=d)
     assert draft[draft.index("-md") + 1] == str(d) and draft[draft.index("--spec-type") + 1] == "draft-simple"
+    eagle = ls.server_args(g, "llamacpp-eagle3:head", threads=2, n_ctx=64, draft_gguf=d)
+    assert eagle[eagle.index("-md") + 1] == str(d) and eagle[eagle.index("--spec-type") + 1] == "draft-eagle3"
     ngram = ls.server_args(g, "llamacpp-ngram", threads=2, n_ctx=64)
     assert ngram[ngram.index("--spec-type") + 1] == "ngram-mod"
     simple = ls.server_args(g, "llamacpp-ngram:ngram-simple", threads=2, n_ctx=64)
@@ -39,6 +41,8 @@ def test_server_args_per_spec(tmp_path):
         ls.server_args(g, "llamacpp-ngram:bigram", threads=2, n_ctx=64)
     with pytest.raises(SpecdraftError, match="needs a model"):
         ls.server_args(g, "llamacpp-draft", threads=2, n_ctx=64)
+    with pytest.raises(SpecdraftError, match="needs a head"):
+        ls.server_args(g, "llamacpp-eagle3", threads=2, n_ctx=64)
     with pytest.raises(SpecdraftError, match="unknown llama-server peer"):
         ls.server_args(g, "llamacpp-plain:7", threads=2, n_ctx=64)
 

