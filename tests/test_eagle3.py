@@ -185,3 +185,37 @@ def test_llamacpps_converter_reads_the_checkpoint(tmp_path, smollm2_dir):
     assert {"fc.weight", "d2t", "output.weight", "blk.0.attn_q.weight"} <= names
     d2t = next(t for t in r.tensors if t.name == "d2t")
     assert [int(x) for x in d2t.data[:4]] == [0, 2, 4, 6]  # written as target ids
+
+
+@pytest.mark.integration
+def test_llama_server_drafts_with_the_converted_head(tmp_path, smollm2_dir):
+    """The bench peer `llamacpp-eagle3:DIR`: the head converted once (cached by its sha256), then
+    llama-server drafts with it (`--spec-type draft-eagle3`) and answers with its plain tokens."""
+    from specdraft.api import LLM
+    from specdraft.bench import llama_server as ls
+    from specdraft.bench.llama_convert import converted_eagle3
+    from specdraft.bench.peers import make_peer
+    from specdraft.runtime.loader import load_decoder
+
+    if ls.find_server() is None:
+        pytest.skip(ls.build_hint())
+    pytest.importorskip("sentencepiece")
+    base = load_decoder(smollm2_dir, torch.float32)
+    head = Eagle3Head(Eagle3Config.for_target("smollm2-135m", base.cfg, 256))
+    head.init_from_base(base)
+    save_head(head, tmp_path / "head")
+    first = converted_eagle3(tmp_path / "head", smollm2_dir)
+    assert converted_eagle3(tmp_path / "head", smollm2_dir) == first and first.stat().st_size > 0
+    llm = LLM(str(smollm2_dir), backend="gguf")
+    messages = [{"role": "user", "content": "Write a haiku about the sea."}]
+    plain, peer = make_peer(llm, "llamacpp-plain", {}), None
+    try:
+        want = plain.generate(messages, 32).token_ids
+        plain.close()
+        peer = make_peer(llm, f"llamacpp-eagle3:{tmp_path / 'head'}", {})
+        r = peer.generate(messages, 32)
+        assert r.drafted > 0 and r.token_ids == want
+    finally:
+        plain.close()
+        if peer is not None:
+            peer.close()

@@ -16,7 +16,7 @@ def add(sub) -> None:
     b.add_argument("--methods", default="plain,lookup",
                    help="comma list of drafter specs and peers (hf-plain, hf-assisted:NAME, hf-lookup[:N], "
                         "hf-early-exit[:L]; llama-server, built by `make peers`: llamacpp-plain, llamacpp-draft:NAME, "
-                        "llamacpp-ngram[:TYPE]; llama-cpp-python: llamacpp-py-plain, llamacpp-py-lookup[:N]); "
+                        "llamacpp-ngram[:TYPE], llamacpp-eagle3:DIR; llama-cpp-python: llamacpp-py-plain, llamacpp-py-lookup[:N]); "
                         "plain is always included")
     b.add_argument("--questions", default=None, help="Spec-Bench-format file (default: the built suite)")
     b.add_argument("--per-category", type=positive_int, default=None, help="first K questions of each category")
