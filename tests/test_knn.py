@@ -106,6 +106,40 @@ def test_rerouting_switches_drafters_mid_generation_and_stays_lossless(tiny_llm,
         tiny_llm.generate(prompt, max_new_tokens=4, drafter=f"knn-ssd:{art}?reroute=-1")
 
 
+@pytest.mark.parametrize("order", ["eagle3-first", "eagle3-second"])
+def test_a_route_to_an_eagle3_head_gets_its_layers_even_after_a_switch(tiny_llm, tmp_path, monkeypatch, order):
+    """A route's drafter that reads intermediate layers (an EAGLE-3 head) makes the router ask the
+    prefill for them, and a switch to it mid-generation hands it the recent text's layer states
+    beside the final ones: it drafts, and the output stays plain decoding's."""
+    from specdraft.drafters.eagle3 import Eagle3Config, Eagle3Head, save_head
+
+    cfg = Eagle3Config.for_target(tiny_llm.name, tiny_llm.model.cfg, 40, (1, 2, 2))
+    torch.manual_seed(0)
+    head = Eagle3Head(cfg)
+    head.vocab.copy_(torch.arange(40))
+    head.init_from_base(tiny_llm.model)
+    save_head(head, tmp_path / "head")
+    eagle = f"eagle3:{tmp_path / 'head'}"
+    first, second = (eagle, "lookup") if order == "eagle3-first" else ("lookup", eagle)
+    H = tiny_llm.model.cfg.hidden_size
+    art = write_artifact(tmp_path / "knn", tiny_llm, ["a", "b"], torch.randn(2, H) * 1e-3, max_distance=10.0,
+                         routes={"a": first, "b": second})
+    calls = []
+
+    def route(self, vec):
+        calls.append(vec)
+        return ("a" if len(calls) == 1 else "b"), 0.0
+
+    monkeypatch.setattr(Router, "route", route)
+    prompt = PROMPTS[2]
+    plain = tiny_llm.generate(prompt, max_new_tokens=40, drafter="plain")
+    r = tiny_llm.generate(prompt, max_new_tokens=40, drafter=f"knn-ssd:{art}?reroute=8&recent=16")
+    assert r.token_ids == plain.token_ids and r.stats.drafted > 0
+    (switch,) = r.to_json()["route"]["switches"]
+    assert switch["drafter"] == second
+    assert tiny_llm.drafter(f"knn-ssd:{art}").needs.hidden_layers == (0, 1)  # after layers 0 and 1: entering 1 and 2
+
+
 def test_a_server_builds_every_route_at_start(tiny_llm, tmp_path):
     from specdraft.server.app import ServerConfig, create_app
 

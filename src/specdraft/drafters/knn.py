@@ -113,7 +113,8 @@ def route_table(meta: dict, dtype: str, where: str = "knn.json") -> dict:
 
 
 class KNNDrafter(Drafter):
-    needs = Needs(final_hidden=True, target=True)
+    # the final states route; a route's drafter may read intermediate layers' states too (`needs`)
+    READS_LAYERS = ("eagle3", "ctc")
 
     def __init__(self, ctx: DraftContext, path: Path, meta: dict, anchors: torch.Tensor, labels: list[int],
                  skipsets_only: bool = False, reroute: int = 0, recent: int = 64):
@@ -123,6 +124,8 @@ class KNNDrafter(Drafter):
             raise SpecdraftError(f"knn-ssd: reroute must be >= 0 (0: route once) and recent >= 1, got {reroute}, {recent}")
         self.reroute, self.recent = reroute, recent
         self.rows: torch.Tensor | None = None  # the final states of the latest `recent` committed tokens
+        self.layer_rows: dict[int, torch.Tensor] | None = None  # and their intermediate states, if read
+        self._needs: Needs | None = None
         self._seen = None
         self.since = 0  # tokens committed since the route was last checked
 
@@ -140,15 +143,15 @@ class KNNDrafter(Drafter):
         self.cache: dict[str, Drafter | None] = {}
         self.last: dict = {}
 
+    def _route_spec(self, domain: str | None) -> str:
+        if domain is None:
+            return self.routes["fallback"]["skipsets" if self.skipsets_only else "route"]
+        return f"skipset:{domain}" if self.skipsets_only else self.routes["domains"][domain]["route"]
+
     def _route_drafter(self, domain: str | None) -> tuple[str, Drafter | None]:
         from .layerskip import LayerSkipDrafter
 
-        if domain is None:
-            spec = self.routes["fallback"]["skipsets" if self.skipsets_only else "route"]
-        elif self.skipsets_only:
-            spec = f"skipset:{domain}"
-        else:
-            spec = self.routes["domains"][domain]["route"]
+        spec = self._route_spec(domain)
         if spec not in self.cache:
             if spec.startswith("skipset:"):
                 d = spec.split(":", 1)[1]
@@ -156,6 +159,21 @@ class KNNDrafter(Drafter):
             else:
                 self.cache[spec] = self.ctx.drafter(spec)  # built once (shared with the target's other drafters)
         return spec, self.cache[spec]
+
+    @property
+    def needs(self) -> Needs:
+        """The final states (to route), the target (skip sets), and every intermediate layer a
+        route's drafter reads (an EAGLE-3 head, a CTC layer with feature layers): the prefill,
+        before any route is chosen, collects them. Only drafters of those kinds are built to ask."""
+        if self._needs is None:
+            layers: set[int] = set()
+            for domain in [*self.domains, None]:
+                spec = self._route_spec(domain)
+                if any(kind in spec for kind in self.READS_LAYERS):
+                    d = self._route_drafter(domain)[1]
+                    layers |= set(d.needs.hidden_layers if d is not None else ())
+            self._needs = Needs(final_hidden=True, hidden_layers=tuple(sorted(layers)), target=True)
+        return self._needs
 
     def prepare(self) -> None:
         """Build now every drafter a prompt may route to (each is otherwise built the first time a
@@ -175,7 +193,7 @@ class KNNDrafter(Drafter):
         return facts, spec, None if inner is None else inner.fork()  # (a route's drafter is shared: a fork of it)
 
     def start(self, prompt_ids: list[int], ctx: StepContext) -> None:
-        self.rows, self._seen = None, None
+        self.rows, self.layer_rows, self._seen = None, None, None
         self._remember(ctx)
         self.since = 0  # the prompt's tokens do not count: they chose the first route
         facts, _, self.inner = self._choose(ctx.rows.float().mean(0))
@@ -192,6 +210,10 @@ class KNNDrafter(Drafter):
         self._seen = ctx.rows
         rows = ctx.rows if self.rows is None else torch.cat((self.rows, ctx.rows))
         self.rows = rows[-self.recent:]
+        if ctx.layer_rows:
+            old = self.layer_rows or {}
+            self.layer_rows = {i: (r if i not in old else torch.cat((old[i], r)))[-self.recent:]
+                               for i, r in ctx.layer_rows.items()}
         self.since += ctx.rows.shape[0]
 
     def _maybe_switch(self, ctx: StepContext) -> StepContext:
@@ -210,7 +232,7 @@ class KNNDrafter(Drafter):
         self.last["drafter"] = spec
         if inner is None:
             return ctx
-        ctx = replace(ctx, rows=self.rows, hidden=self.rows[-1])
+        ctx = replace(ctx, rows=self.rows, hidden=self.rows[-1], layer_rows=self.layer_rows)
         inner.start(ctx.ids[:-1], ctx)
         return ctx
 
@@ -230,7 +252,7 @@ class KNNDrafter(Drafter):
 
     def fork(self) -> "KNNDrafter":
         out = super().fork()
-        out.inner, out.last, out.rows, out._seen = None, {}, None, None
+        out.inner, out.last, out.rows, out.layer_rows, out._seen = None, {}, None, None, None
         return out
 
     def describe(self) -> dict:
