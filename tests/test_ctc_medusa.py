@@ -333,7 +333,7 @@ def test_training_autocasts_to_bf16_only_where_bf16_is_native(kind, tmp_path, ti
 @pytest.mark.parametrize("kind", ["ctc", "medusa"])
 def test_training_learns_resumes_and_refuses_corrupt_checkpoints(kind, tmp_path, tiny_qwen_dir):
     from specdraft.runtime.loader import load_decoder
-    from specdraft.train.trainer import TrainConfig, Trainer
+    from specdraft.train.trainer import TrainConfig, Trainer, heldout_first_token
 
     base = load_decoder(tiny_qwen_dir, torch.bfloat16)
     fake_distill(tmp_path / "data", base.float())
@@ -343,9 +343,16 @@ def test_training_learns_resumes_and_refuses_corrupt_checkpoints(kind, tmp_path,
     batch = full.samples.batch(full.train_idx[:64])
     with torch.no_grad():
         loss0 = float(full.loss(batch))
+
+    def first_token():  # on training positions: the tiny random data's held-out ones are not learnable
+        return heldout_first_token(full.module.eval(), full.samples, full.train_idx[:300], full.embed, full.head)
+
+    first0 = first_token()
+    full.module.train()
     state = full.run()
     with torch.no_grad():
         assert float(full.loss(batch)) < 0.9 * loss0  # it learns
+    assert first_token() > first0 + 0.05  # its first drafted token is the data's next token more often
     assert state["history"][-1]["heldout_tau"] >= 1.0
     assert (tmp_path / "a" / "config.json").is_file() and not (tmp_path / "a" / "checkpoint").exists()
 

@@ -127,7 +127,7 @@ def test_default_layers_are_eagle3s():
 def test_training_learns_and_gives_a_lossless_drafter(tmp_path, tiny_qwen_dir):
     from specdraft.drafters import DraftContext, build_drafter
     from specdraft.runtime.loader import load_decoder
-    from specdraft.train.trainer import TrainConfig, Trainer
+    from specdraft.train.trainer import TrainConfig, Trainer, heldout_first_token
 
     base = load_decoder(tiny_qwen_dir, torch.float32)
     fake_distill(tmp_path / "data", base, layers=(0, 1))
@@ -138,9 +138,16 @@ def test_training_learns_and_gives_a_lossless_drafter(tmp_path, tiny_qwen_dir):
     batch = tr.samples.batch(tr.train_idx[:64])
     with torch.no_grad():
         loss0 = float(tr.loss(batch))
+
+    def first_token():  # on training positions: the tiny random data's held-out ones are not learnable
+        return heldout_first_token(tr.module.eval(), tr.samples, tr.train_idx[:300], tr.embed, tr.head)
+
+    first0 = first_token()
+    tr.module.train()
     state = tr.run()
     with torch.no_grad():
         assert float(tr.loss(batch)) < 0.9 * loss0  # it learns
+    assert first_token() > first0 + 0.1  # its first drafted token is the data's next token more often
     assert state["history"][-1]["heldout_tau"] >= 1.0
     assert not (tmp_path / "a" / "checkpoint").exists()
     assert json.loads((tmp_path / "a" / "config.json").read_text())["architectures"] == [ARCH]

@@ -181,6 +181,25 @@ def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor
     return 1.0 + total / max(1, idx.numel())
 
 
+@torch.no_grad()
+def heldout_first_token(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor) -> float:
+    """How often the drafter's most probable first token is the base model's next token, at the
+    held-out positions `idx` (a one-node draft, built as the drafter builds its trees)."""
+    kind, right = module.cfg.kind, 0
+    for chunk in idx.split(256):
+        b = samples.batch(chunk, future=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
+            if kind == "eagle3":
+                first = module.unroll(b["ctx_layers"].to(embed.dtype), b["ctx_next"], b["valid"], embed, 1).argmax(-1)
+                right += int((first[:, 0] == b["labels"][:, 0]).sum())
+                continue
+            logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
+        for r in range(logp.shape[0]):
+            draft = (ctc_draft if kind == "ctc" else medusa_draft)(logp[r], 1)
+            right += int(bool(draft.tokens) and draft.tokens[0] == int(b["labels"][r, 0]))
+    return right / max(1, idx.numel())
+
+
 class Trainer:
     def __init__(self, model_name: str, data_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
                  extra: tuple[Path, ...] = ()):
