@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from specdraft.train.config import TrainConfig
-from specdraft.train.trainer import Trainer, heldout_first_token, heldout_tau
+from specdraft.train.trainer import Trainer, heldout_scores
 
 
 def load_trained(trainer: Trainer, path: Path):
@@ -53,8 +53,7 @@ def main() -> None:
             t = Trainer(a.model, Path(a.data), Path(tmp), TrainConfig(**train), progress=False)
         t.module = load_trained(t, d)
         idx = t.held_idx[: a.samples]
-        first = heldout_first_token(t.module, t.samples, idx, t.embed, t.head)
-        tau = heldout_tau(t.module, t.samples, idx, t.embed, t.head)
+        tau, first = heldout_scores(t.module, t.samples, idx, t.embed, t.head)
         print(f"| {d.name} ({t.cfg.kind}) | {state['step']} | "
               f"{state['seconds'] / 60:.0f} min | {first:.3f} | {tau:.2f} |", flush=True)
 

@@ -72,17 +72,12 @@ def test_knn_drafter_routes_reports_and_stays_lossless(tiny_llm, tmp_path):
         assert s.token_ids == plain.token_ids and s.to_json()["route"]["drafter"] == f"skipset:{want}"
 
 
-@pytest.mark.parametrize("routes", [("skipset:a", "lookup"), ("lookup", "plain"), ("plain", "skipset:b")])
-def test_rerouting_switches_drafters_mid_generation_and_stays_lossless(tiny_llm, tmp_path, monkeypatch, routes):
-    """With `reroute=N` the route is checked every N committed tokens on the recent text's states;
-    when it changes, the new route's drafter takes over between two steps. Forced here by a
-    router that answers the first domain once, then the second: the output stays plain decoding's
-    and the switch is reported with the token it happened at."""
-    from specdraft.drafters.knn import KNNDrafter
-
-    H = tiny_llm.model.cfg.hidden_size
-    art = write_artifact(tmp_path / "knn", tiny_llm, ["a", "b"], torch.randn(2, H) * 1e-3, max_distance=10.0,
-                         routes={"a": routes[0], "b": routes[1]})
+def a_then_b(llm, tmp_path, monkeypatch, route_a: str, route_b: str):
+    """A router of two domains whose routes are `route_a` and `route_b`, forced to answer "a" at its
+    first call and "b" at every later one. Returns the artifact and the list of vectors routed."""
+    H = llm.model.cfg.hidden_size
+    art = write_artifact(tmp_path / "knn", llm, ["a", "b"], torch.randn(2, H) * 1e-3, max_distance=10.0,
+                         routes={"a": route_a, "b": route_b})
     calls = []
 
     def route(self, vec):
@@ -90,6 +85,17 @@ def test_rerouting_switches_drafters_mid_generation_and_stays_lossless(tiny_llm,
         return ("a" if len(calls) == 1 else "b"), 0.0
 
     monkeypatch.setattr(Router, "route", route)
+    return art, calls
+
+
+@pytest.mark.parametrize("routes", [("skipset:a", "lookup"), ("lookup", "plain"), ("plain", "skipset:b")])
+def test_rerouting_switches_drafters_mid_generation_and_stays_lossless(tiny_llm, tmp_path, monkeypatch, routes):
+    """With `reroute=N` the route is checked every N committed tokens on the recent text's states;
+    when it changes, the new route's drafter takes over between two steps. Forced here by a
+    router that answers the first domain once, then the second: the output stays plain decoding's
+    and the switch is reported with the token it happened at."""
+    H = tiny_llm.model.cfg.hidden_size
+    art, calls = a_then_b(tiny_llm, tmp_path, monkeypatch, *routes)
     prompt = PROMPTS[0]
     plain = tiny_llm.generate(prompt, max_new_tokens=40, drafter="plain")
     r = tiny_llm.generate(prompt, max_new_tokens=40, drafter=f"knn-ssd:{art}?reroute=8&recent=16")
@@ -121,16 +127,7 @@ def test_a_route_to_an_eagle3_head_gets_its_layers_even_after_a_switch(tiny_llm,
     save_head(head, tmp_path / "head")
     eagle = f"eagle3:{tmp_path / 'head'}"
     first, second = (eagle, "lookup") if order == "eagle3-first" else ("lookup", eagle)
-    H = tiny_llm.model.cfg.hidden_size
-    art = write_artifact(tmp_path / "knn", tiny_llm, ["a", "b"], torch.randn(2, H) * 1e-3, max_distance=10.0,
-                         routes={"a": first, "b": second})
-    calls = []
-
-    def route(self, vec):
-        calls.append(vec)
-        return ("a" if len(calls) == 1 else "b"), 0.0
-
-    monkeypatch.setattr(Router, "route", route)
+    art, _ = a_then_b(tiny_llm, tmp_path, monkeypatch, first, second)
     prompt = PROMPTS[2]
     plain = tiny_llm.generate(prompt, max_new_tokens=40, drafter="plain")
     r = tiny_llm.generate(prompt, max_new_tokens=40, drafter=f"knn-ssd:{art}?reroute=8&recent=16")

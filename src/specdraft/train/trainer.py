@@ -157,47 +157,44 @@ def distill_terms(feats: torch.Tensor, logp: torch.Tensor, b: dict[str, torch.Te
 
 
 @torch.no_grad()
-def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor,
-                max_nodes: int = 24, tree: str = "prefix") -> float:
-    """1 + mean number of drafted tokens greedy verification would accept at the positions `idx`,
-    each draft built exactly as the drafter builds it (`head` = the LM head's draft-vocabulary rows)."""
+def heldout_scores(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor,
+                   max_nodes: int = 24, tree: str = "prefix") -> tuple[float, float]:
+    """(tau, first-token rate) at the positions `idx`, from one pass of the module over them.
+    tau: 1 + mean number of drafted tokens greedy verification would accept, each draft built
+    exactly as the drafter builds it (`head` = the LM head's draft-vocabulary rows). First-token
+    rate: how often the drafter's most probable first token (a one-node draft) is the base model's
+    next token."""
     kind = module.cfg.kind
-    total = 0
+    total = right = 0
     for chunk in idx.split(256):
         b = samples.batch(chunk, future=False)
         if kind == "eagle3":  # the head's greedy chain (the drafter's tree holds it, and more)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
                 cols = module.unroll(b["ctx_layers"].to(embed.dtype), b["ctx_next"], b["valid"], embed,
                                      samples.labels.shape[1]).argmax(-1)
+            right += int((cols[:, 0] == b["labels"][:, 0]).sum())
             for r in range(cols.shape[0]):
                 chain = Draft(cols[r].tolist(), list(range(-1, cols.shape[1] - 1)))
                 total += tree_accept(chain, b["labels"][r, : int(b["length"][r])].tolist())
             continue
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
             logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
+        draft_fn = ctc_draft if kind == "ctc" else medusa_draft
         for r in range(logp.shape[0]):
-            draft = (ctc_draft if kind == "ctc" else medusa_draft)(logp[r], max_nodes, tree=tree)
-            total += tree_accept(draft, b["labels"][r, : int(b["length"][r])].tolist())
-    return 1.0 + total / max(1, idx.numel())
+            total += tree_accept(draft_fn(logp[r], max_nodes, tree=tree), b["labels"][r, : int(b["length"][r])].tolist())
+            first = draft_fn(logp[r], 1).tokens
+            right += int(bool(first) and first[0] == int(b["labels"][r, 0]))
+    n = max(1, idx.numel())
+    return 1.0 + total / n, right / n
 
 
-@torch.no_grad()
+def heldout_tau(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor,
+                max_nodes: int = 24, tree: str = "prefix") -> float:
+    return heldout_scores(module, samples, idx, embed, head, max_nodes, tree)[0]
+
+
 def heldout_first_token(module, samples: Samples, idx: torch.Tensor, embed: torch.Tensor, head: torch.Tensor) -> float:
-    """How often the drafter's most probable first token is the base model's next token, at the
-    held-out positions `idx` (a one-node draft, built as the drafter builds its trees)."""
-    kind, right = module.cfg.kind, 0
-    for chunk in idx.split(256):
-        b = samples.batch(chunk, future=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed.dtype == torch.bfloat16):
-            if kind == "eagle3":
-                first = module.unroll(b["ctx_layers"].to(embed.dtype), b["ctx_next"], b["valid"], embed, 1).argmax(-1)
-                right += int((first[:, 0] == b["labels"][:, 0]).sum())
-                continue
-            logp = torch.log_softmax(head_logits(module, b, embed, head).float(), -1)
-        for r in range(logp.shape[0]):
-            draft = (ctc_draft if kind == "ctc" else medusa_draft)(logp[r], 1)
-            right += int(bool(draft.tokens) and draft.tokens[0] == int(b["labels"][r, 0]))
-    return right / max(1, idx.numel())
+    return heldout_scores(module, samples, idx, embed, head)[1]
 
 
 class Trainer:
@@ -300,12 +297,13 @@ class Trainer:
         return (nll * mask).sum() / mask.sum().clamp(min=1)
 
     # -- held-out tau ------------------------------------------------------------------------------
-    def estimate_tau(self, max_nodes: int = 24, tree: str = "prefix") -> float:
+    def estimate(self, max_nodes: int = 24, tree: str = "prefix") -> tuple[float, float]:
+        """Held-out (tau, first-token rate) of the module as it is now."""
         self.module.eval()
-        tau = heldout_tau(self.module, self.samples, self.held_idx[: self.cfg.eval_samples], self.embed, self.head,
-                          max_nodes, tree)
+        scores = heldout_scores(self.module, self.samples, self.held_idx[: self.cfg.eval_samples], self.embed,
+                                self.head, max_nodes, tree)
         self.module.train()
-        return tau
+        return scores
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -377,9 +375,11 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}", resumed=resumed)
             if self.step % self.cfg.eval_every == 0 or self.step == self.steps:
-                tau = self.estimate_tau()
-                self.history.append({"step": self.step, "loss": loss_ema, "heldout_tau": tau})
-                bar.write(f"step {self.step}/{self.steps}: loss {loss_ema:.3f}, held-out tau estimate {tau:.2f}")
+                tau, first = self.estimate()
+                self.history.append({"step": self.step, "loss": loss_ema, "heldout_tau": tau,
+                                     "heldout_first_token": first})
+                bar.write(f"step {self.step}/{self.steps}: loss {loss_ema:.3f}, held-out tau estimate {tau:.2f}, "
+                          f"first token right {first:.2f}")
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
